@@ -1,0 +1,5 @@
+import sys
+
+from hsmlb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC servicers: decode and validate, hand one Operation to the router, encode the result."""

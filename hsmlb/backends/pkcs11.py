@@ -1,0 +1,242 @@
+"""PKCS#11 node: the daemon-side half of a token worker process.
+
+The worker (pkcs11_worker.py) owns the library and the sessions. This side spawns it, keeps it
+alive (respawning with back-off when it dies), batches requests into one socket write per event
+loop turn and resolves futures from its replies. Nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from hsmlb.backends import wire
+from hsmlb.config import Pkcs11NodeConfig
+from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
+from hsmlb.ops import CostClass, KeyInfo, Operation, OpKind
+
+log = logging.getLogger("hsmlb.backends.pkcs11")
+
+WORKER_OP = {
+    OpKind.ENCRYPT: "encrypt",
+    OpKind.DECRYPT: "decrypt",
+    OpKind.GENERATE_MAC: "generate_mac",
+    OpKind.VERIFY_MAC: "verify_mac",
+    OpKind.SIGN: "sign",
+    OpKind.VERIFY: "verify",
+    OpKind.RANDOM: "random",
+}
+
+
+class _WorkerLink(asyncio.Protocol):
+    """Socket protocol: frames in, futures resolved."""
+
+    def __init__(self, node: Pkcs11Backend) -> None:
+        self.node = node
+        self.decoder = wire.FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            self.node._on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.node._on_link_lost()
+
+
+class Pkcs11Backend:
+    kind = "pkcs11"
+
+    def __init__(self, config: Pkcs11NodeConfig, fault_injection: bool = False) -> None:
+        self.config = config
+        self.name = config.name
+        self.fault_injection = fault_injection
+        self._state = "starting"
+        self._keys: dict[str, KeyInfo] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._outbox: list[tuple] = []
+        self._flush_scheduled = False
+        self._link: _WorkerLink | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.restarts = 0
+        self.on_change: list[Any] = []  # callbacks(node) when state or inventory changes
+
+    # -- contract ---------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def keys(self) -> dict[str, KeyInfo]:
+        return self._keys
+
+    async def start(self) -> None:
+        """Start the worker; if it fails, the supervisor keeps retrying in the background."""
+        try:
+            await self._spawn()
+        finally:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    def perform(self, op: Operation, slot: int) -> asyncio.Future[Any]:
+        name = WORKER_OP[op.kind]
+        if op.kind is OpKind.SIGN and op.cost is CostClass.RSA:
+            name = "sign_rsa"  # the worker lets fast ops overtake it
+        label = self.config.key_labels.get(op.key_alias, op.key_alias) if op.key_alias else ""
+        return self._send(name, label, op.args, op.deadline or 0.0, slot)
+
+    async def control(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Non-data requests to the worker: _ping, _inventory, _stats, _fault (test-only)."""
+        return await asyncio.wait_for(self._send(name, "", args, 0.0, 0), timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._supervisor:
+            self._supervisor.cancel()
+        if self._link and self._link.transport:
+            self._link.transport.close()  # EOF: the worker closes its sessions and finalizes
+        if self._proc and self._proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5.0)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        self._fail_pending(Unavailable(f"node {self.name} is shutting down"))
+        self._set_state("down")
+
+    # -- request path -----------------------------------------------------------------------
+    def _send(self, name: str, label: str, args: tuple, deadline: float, slot: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._state != "up" or self._link is None:
+            future.set_exception(NodeFault(f"node {self.name} is {self._state}"))
+            return future
+        request_id = next(self._ids)
+        self._pending[request_id] = future
+        self._outbox.append((request_id, slot, name, label, args, deadline))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._outbox = self._outbox, []
+        if batch and self._link and self._link.transport and not self._link.transport.is_closing():
+            self._link.transport.write(wire.encode(batch))
+
+    def _on_frame(self, frame: Any) -> None:
+        if isinstance(frame, dict):  # handshake
+            if self._ready and not self._ready.done():
+                self._ready.set_result(frame)
+            return
+        pending = self._pending
+        for request_id, code, payload in frame:
+            future = pending.pop(request_id, None)
+            if future is None or future.done():
+                continue
+            if code is None:
+                future.set_result(payload)
+            else:
+                future.set_exception(from_wire(code, payload))
+
+    def _on_link_lost(self) -> None:
+        if self._ready and not self._ready.done():
+            self._ready.set_exception(NodeFault(f"node {self.name}: worker exited during start"))
+        self._fail_pending(NodeFault(f"node {self.name}: token worker connection lost"))
+        if not self._closing:
+            self._set_state("down")
+
+    def _fail_pending(self, exc: HsmlbError) -> None:
+        pending, self._pending = self._pending, {}
+        self._outbox.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    # -- worker lifecycle -------------------------------------------------------------------
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        env = {**os.environ, **self.config.env}
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hsmlb.backends.pkcs11_worker", str(child.fileno()),
+                pass_fds=(child.fileno(),), env=env,
+            )
+        finally:
+            child.close()
+        self._ready = loop.create_future()
+        _, self._link = await loop.create_connection(lambda: _WorkerLink(self), sock=parent)
+        init = {
+            "module": str(self.config.module),
+            "token_label": self.config.token_label,
+            "token_serial": self.config.token_serial,
+            "pin": self.config.read_pin(),
+            "pool_size": self.config.pool_size,
+            "fault_injection": self.fault_injection,
+        }
+        assert self._link.transport is not None
+        self._link.transport.write(wire.encode(init))
+        try:
+            hello = await asyncio.wait_for(self._ready, 30.0)
+            if "failed" in hello:
+                raise NodeFault(f"node {self.name}: token worker could not open the token: {hello['failed']}")
+        except BaseException:
+            self._link.transport.close()
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+            raise
+        self._keys = self._index(hello["ready"])
+        self._set_state("up")
+        log.info("node %s up: worker pid %s, %d sessions, %d keys",
+                 self.name, hello.get("pid"), self.config.pool_size, len(self._keys))
+
+    def _index(self, inventory: list[dict[str, Any]]) -> dict[str, KeyInfo]:
+        aliases = {label: alias for alias, label in self.config.key_labels.items()}
+        keys = {}
+        for entry in inventory:
+            alias = aliases.get(entry["label"], entry["label"])
+            keys[alias] = KeyInfo(alias=alias, label=entry["label"], key_type=entry["key_type"],
+                                  kcv=entry["kcv"], usages=frozenset(entry["usages"]), bits=entry["bits"])
+        return keys
+
+    async def _supervise(self) -> None:
+        """Respawn the worker when it dies, with back-off; in-flight requests already failed over."""
+        delay = 0.05
+        while not self._closing:
+            if self._state == "up" and self._proc is not None:
+                code = await self._proc.wait()
+                if self._closing:
+                    return
+                self._set_state("down")
+                log.warning("node %s: token worker exited with %s; restarting", self.name, code)
+            while not self._closing:
+                await asyncio.sleep(delay)
+                try:
+                    await self._spawn()
+                    self.restarts += 1
+                    delay = 0.05
+                    break
+                except (HsmlbError, OSError, TimeoutError) as exc:
+                    delay = min(delay * 2, 5.0)
+                    log.warning("node %s: restart failed (%s); next try in %.2fs", self.name,
+                                getattr(exc, "message", type(exc).__name__), delay)
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            for callback in self.on_change:
+                callback(self)

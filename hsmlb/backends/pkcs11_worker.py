@@ -1,0 +1,217 @@
+"""A token worker: one process per node, the only code that calls into its PKCS#11 library.
+
+Why a process: python-pkcs11 initialises libraries without OS locking, so two threads in one
+library segfault; and a C call that releases the GIL inside the gRPC server process costs far
+more in GIL hand-offs than the 16 us the token needs. A single-threaded process per node owns
+its library, its logged-in sessions and its cached key handles, and gets its own core time.
+
+Loop: read every request frame waiting on the socket, run the fast ops, send their replies in
+one write, then run at most one slow op (RSA signing) before looking at the socket again, so a
+symmetric op never waits behind more than one slow op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import pkcs11
+from pkcs11 import ObjectClass
+
+from hsmlb.backends import wire
+from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover
+
+
+class TokenHost:
+    """Owns one token's library, sessions and key-handle cache; recovers them when they decay."""
+
+    def __init__(self, init: dict[str, Any]) -> None:
+        self.module = init["module"]
+        self.token_label = init.get("token_label")
+        self.token_serial = init.get("token_serial")
+        self._pin = init["pin"]
+        self.pool_size = init["pool_size"]
+        self.fault_injection = bool(init.get("fault_injection"))
+        self.delay_s = 0.0
+        self.lib = pkcs11.lib(self.module)
+        self.token: Any = None
+        self.sessions: list[Any] = []
+        self.handles: list[dict[tuple[str, ObjectClass], Any]] = []
+        self.known_labels: set[str] = set()
+        self.recoveries = {"session": 0, "login": 0, "library": 0}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def open_all(self) -> None:
+        if self.token_serial:
+            self.token = self.lib.get_token(token_serial=self.token_serial)
+        else:
+            self.token = self.lib.get_token(token_label=self.token_label)
+        self.sessions = [self._open(login=(i == 0)) for i in range(self.pool_size)]
+        self.handles = [{} for _ in self.sessions]
+        self.known_labels = {entry["label"] for entry in self.inventory()}
+
+    def _open(self, login: bool) -> Any:
+        if not login:
+            return self.token.open(rw=False)
+        try:
+            return self.token.open(user_pin=self._pin, rw=False)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            return self.token.open(rw=False)
+
+    def close_all(self) -> None:
+        for session in self.sessions:
+            with contextlib.suppress(Exception):
+                session.close()
+        self.sessions, self.handles = [], []
+
+    def inventory(self) -> list[dict[str, Any]]:
+        return discover(self.sessions[0])
+
+    # -- recovery ---------------------------------------------------------------------------
+    def recover(self, kind: str, slot: int) -> None:
+        self.recoveries[kind] += 1
+        if kind == "session":
+            self.sessions[slot] = self._open(login=False)
+            self.handles[slot] = {}
+        elif kind == "login":
+            self.sessions[slot] = self._open(login=True)
+            self.handles[slot] = {}
+        else:
+            self.close_all()
+            self.lib.reinitialize()
+            self.open_all()
+
+    # -- operations -------------------------------------------------------------------------
+    def key(self, slot: int, label: str, object_class: ObjectClass) -> Any:
+        cache = self.handles[slot]
+        handle = cache.get((label, object_class))
+        if handle is None:
+            try:
+                handle = self.sessions[slot].get_key(label=label, object_class=object_class)
+            except pkcs11.exceptions.NoSuchKey:
+                if label in self.known_labels:
+                    # Private objects vanish from a session that lost its login: treat as login decay.
+                    raise pkcs11.exceptions.UserNotLoggedIn() from None
+                raise LookupError(f"key {label} ({object_class.name.lower()}) is not on this token") from None
+            cache[(label, object_class)] = handle
+        return handle
+
+    def run(self, request: tuple) -> tuple:
+        request_id, slot, op, label, args, deadline = request
+        if deadline and time.monotonic() > deadline:
+            return (request_id, "deadline", "the deadline passed while the request was queued")
+        slot %= max(1, len(self.sessions))
+        for attempt in range(2):
+            try:
+                return (request_id, None, self._dispatch(slot, op, label, args))
+            except CallerFault as exc:
+                return (request_id, "invalid", str(exc))
+            except LookupError as exc:
+                return (request_id, "not_found", str(exc))
+            except Exception as exc:
+                kind, message = classify(exc)
+                if kind == "invalid":
+                    return (request_id, "invalid", message)
+                if attempt == 1 or kind == "node":
+                    return (request_id, "node", message)
+                try:
+                    self.recover(kind, slot)
+                except Exception as again:
+                    return (request_id, "node", f"recovery ({kind}) failed: {classify(again)[1]}")
+                slot %= max(1, len(self.sessions))
+        raise AssertionError("unreachable")
+
+    def _dispatch(self, slot: int, op: str, label: str, args: tuple) -> Any:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if op == "random":
+            return self.sessions[slot].generate_random(8 * args[0])
+        if op == "sign_rsa" or op == "sign":
+            return OPS["sign"](lambda lab, cls: self.key(slot, lab, cls), label, args)
+        if op in OPS:
+            return OPS[op](lambda lab, cls: self.key(slot, lab, cls), label, args)
+        if op == "_ping":
+            return self.sessions[0].generate_random(64)
+        if op == "_inventory":
+            return self.inventory()
+        if op == "_stats":
+            return dict(self.recoveries)
+        if op == "_fault" and self.fault_injection:
+            return self._fault(*args)
+        raise CallerFault(f"unknown operation {op}")
+
+    def _fault(self, what: str, value: float = 0.0) -> str:
+        """Test-only hooks (config fault_injection: true): break the token under the pool."""
+        if what == "close_sessions":
+            for session in self.sessions:
+                session.close()
+        elif what == "logout":
+            self.sessions[0].close()  # closing every session drops the login state
+            for session in self.sessions[1:]:
+                session.close()
+        elif what == "finalize":
+            self.lib.finalize()
+        elif what == "delay":
+            self.delay_s = float(value)
+        else:
+            raise CallerFault(f"unknown fault {what}")
+        return what
+
+
+def serve(sock: socket.socket) -> int:
+    decoder = wire.FrameDecoder()
+    init = _read_frames(sock, decoder, block=True)[0]
+    try:
+        host = TokenHost(init)
+        host.open_all()
+        sock.sendall(wire.encode({"ready": host.inventory(), "pid": os.getpid()}))
+    except Exception as exc:
+        sock.sendall(wire.encode({"failed": classify(exc)[1]}))
+        return 2
+    fast: deque[tuple] = deque()
+    slow: deque[tuple] = deque()
+    while True:
+        frames = _read_frames(sock, decoder, block=not (fast or slow))
+        if frames is None:
+            host.close_all()
+            return 0
+        for batch in frames:
+            for request in batch:
+                (slow if request[2] in SLOW_OPS else fast).append(request)
+        if fast:
+            replies = [host.run(fast.popleft()) for _ in range(len(fast))]
+            sock.sendall(wire.encode(replies))
+        if slow:
+            sock.sendall(wire.encode([host.run(slow.popleft())]))
+
+
+def _read_frames(sock: socket.socket, decoder: wire.FrameDecoder, block: bool) -> list[Any] | None:
+    frames: list[Any] = []
+    while True:
+        ready, _, _ = select.select([sock], [], [], None if (block and not frames) else 0)
+        if not ready:
+            return frames
+        data = sock.recv(1 << 20)
+        if not data:
+            return None
+        frames.extend(decoder.feed(data))
+        if frames and not block:
+            return frames
+        if frames:
+            block = False
+
+
+def main() -> int:
+    fd = int(sys.argv[1])
+    with socket.socket(fileno=fd) as sock:
+        return serve(sock)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

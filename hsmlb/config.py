@@ -1,0 +1,126 @@
+"""The one typed configuration model, validated once at start.
+
+PINs never live in the YAML: a node names an environment variable or a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PinSource(_Frozen):
+    pin_env: str | None = Field(None, description="environment variable holding the user PIN")
+    pin_file: Path | None = Field(None, description="file holding the user PIN (first line)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_pin(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("pin" in data or "user_pin" in data):
+            raise ValueError("a PIN may not be written in the config; name pin_env or pin_file instead")
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PinSource:
+        if (self.pin_env is None) == (self.pin_file is None):
+            raise ValueError("exactly one of pin_env or pin_file is required")
+        return self
+
+    def read_pin(self) -> str:
+        if self.pin_env is not None:
+            value = os.environ.get(self.pin_env)
+            if not value:
+                raise ConfigError(f"pin_env: environment variable {self.pin_env} is not set")
+            return value
+        assert self.pin_file is not None
+        try:
+            return self.pin_file.read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"pin_file: cannot read a PIN from {self.pin_file}: {exc.__class__.__name__}") from None
+
+
+class Pkcs11NodeConfig(PinSource):
+    kind: Literal["pkcs11"] = "pkcs11"
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    module: Path = Field(description="path of the PKCS#11 library")
+    token_label: str | None = None
+    token_serial: str | None = None
+    pool_size: int = Field(4, ge=1, le=256, description="logged-in sessions kept warm")
+    queue_limit: int = Field(1024, ge=0, description="requests that may wait for a session")
+    key_labels: dict[str, str] = Field(
+        default_factory=dict, description="alias -> PKCS#11 label, where they differ (default: label = alias)"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the token worker")
+
+    @model_validator(mode="after")
+    def _token_named(self) -> Pkcs11NodeConfig:
+        if not (self.token_label or self.token_serial):
+            raise ValueError("token_label or token_serial is required")
+        return self
+
+
+NodeConfig = Annotated[Pkcs11NodeConfig, Field(discriminator="kind")]
+
+
+class RouterConfig(_Frozen):
+    balancer: Literal["least_outstanding"] = "least_outstanding"
+    node_fault_retries: int = Field(1, ge=0, le=3, description="retries of idempotent ops on another node")
+
+
+class Config(_Frozen):
+    listen: str = Field("127.0.0.1:50051", pattern=r"^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    shutdown_grace_s: float = Field(5.0, ge=0, le=300)
+    start_timeout_s: float = Field(30.0, gt=0, le=600)
+    fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
+    router: RouterConfig = RouterConfig()
+    nodes: list[NodeConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        names = [n.name for n in self.nodes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"node names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the offending field named in the message."""
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    base = Path(path).resolve().parent
+    if isinstance(data, dict):
+        for node in data.get("nodes") or []:
+            if isinstance(node, dict) and node.get("pin_file") and not Path(node["pin_file"]).is_absolute():
+                node["pin_file"] = str(base / node["pin_file"])
+    return parse_config(data)

@@ -1,0 +1,223 @@
+"""`hsmlb dev up`: SoftHSM2 tokens holding the same test keys, plus a daemon config.
+
+Idempotent: tokens that exist are kept; keys whose label exists with the expected KCV are kept,
+others are (re)created. Everything lives under one state directory with its own SOFTHSM2_CONF.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from hsmlb.config import ConfigError
+from hsmlb.keys import USAGE_ATTRIBUTES, KeyEntry, load_keys
+
+PRIMARY_NODES = ("node-a", "node-b", "node-c")
+PARTIAL_NODE = "node-d"  # holds only the keys that name it: proves routing respects inventory
+DEFAULT_KEYS = Path(__file__).resolve().parents[2] / "config" / "dev-keys.yaml"
+MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+SO_PIN_FILE, USER_PIN_FILE = "so.pin", "user.pin"
+HMAC_MIN_KEY = 32  # SoftHSM2's floor for SHA-256 HMAC keys
+
+
+def find_module() -> Path:
+    for candidate in (os.environ.get("HSMLB_PKCS11_MODULE"), *MODULE_CANDIDATES):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    raise ConfigError("SoftHSM2 is not installed (apt-get install -y softhsm2), or set HSMLB_PKCS11_MODULE")
+
+
+def default_keys_file() -> Path:
+    return DEFAULT_KEYS if DEFAULT_KEYS.exists() else Path("config/dev-keys.yaml")
+
+
+def _secret_file(path: Path, digits: int) -> str:
+    if not path.exists():
+        path.write_text("".join(secrets.choice("0123456789") for _ in range(digits)) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", pool_size: int = 4,
+           fault_injection: bool = False) -> Path:
+    state_dir = state_dir.resolve()
+    (state_dir / "tokens").mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    conf = state_dir / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {state_dir / 'tokens'}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\nslots.removable = false\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    module = find_module()
+    entries = load_keys(keys_file)
+    so_pin = _secret_file(state_dir / SO_PIN_FILE, 8)
+    user_pin = _secret_file(state_dir / USER_PIN_FILE, 8)
+    nodes = (*PRIMARY_NODES, PARTIAL_NODE)
+    _init_tokens(nodes, so_pin, user_pin)
+    asymmetric = {e.alias: _asymmetric_material(state_dir, e) for e in entries if e.asymmetric}
+    _provision(module, nodes, entries, asymmetric, user_pin)
+    config = {
+        "listen": listen,
+        "fault_injection": fault_injection,
+        "nodes": [{"name": n, "kind": "pkcs11", "module": str(module), "token_label": n,
+                   "pin_file": str(state_dir / USER_PIN_FILE), "pool_size": pool_size,
+                   "env": {"SOFTHSM2_CONF": str(conf)}} for n in nodes],
+    }
+    path = state_dir / "hsmlb.yaml"
+    path.write_text("# written by `hsmlb dev up`; PINs live in pin_file, never here\n" + yaml.safe_dump(config))
+    return path
+
+
+def _init_tokens(nodes: tuple[str, ...], so_pin: str, user_pin: str) -> None:
+    util = shutil.which("softhsm2-util")
+    if util is None:
+        raise ConfigError("softhsm2-util not found: apt-get install -y softhsm2")
+    existing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, check=True).stdout
+    for node in nodes:
+        if f"Label:            {node}\n" in existing or f"Label: {node}\n" in existing:
+            continue
+        subprocess.run([util, "--init-token", "--free", "--label", node, "--so-pin", so_pin, "--pin", user_pin],
+                       check=True, capture_output=True)
+
+
+def _holders(entry: KeyEntry) -> tuple[str, ...]:
+    return tuple(entry.nodes) if entry.nodes else PRIMARY_NODES
+
+
+def _asymmetric_material(state_dir: Path, entry: KeyEntry) -> bytes:
+    """PKCS#8 DER: from the keys file, else generated once and kept in the state dir (0600)."""
+    if entry.material_hex:
+        return bytes.fromhex(entry.material_hex)
+    path = state_dir / "generated" / (entry.alias.replace("/", "_") + ".der")
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        key = rsa.generate_private_key(65537, 2048) if entry.algorithm == "RSA_2048" \
+            else ec.generate_private_key(ec.SECP256R1())
+        path.write_bytes(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+def _provision(module: Path, nodes: tuple[str, ...], entries: list[KeyEntry],
+               asymmetric: dict[str, bytes], user_pin: str) -> None:
+    import pkcs11
+
+    lib = pkcs11.lib(str(module))
+    for node in nodes:
+        token = lib.get_token(token_label=node)
+        with token.open(user_pin=user_pin, rw=True) as session:
+            for entry in entries:
+                if node in _holders(entry):
+                    _ensure_key(session, entry, asymmetric.get(entry.alias))
+
+
+def _ensure_key(session: Any, entry: KeyEntry, der: bytes | None) -> None:
+    from pkcs11 import Attribute
+
+    existing = list(session.get_objects({Attribute.LABEL: entry.alias}))
+    if existing and _matches(existing, entry, der):
+        return
+    for obj in existing:
+        obj.destroy()
+    usages = USAGE_ATTRIBUTES[entry.usage]
+    if der is None:
+        session.create_object(_secret_template(entry, usages))
+        return
+    private, public = _asymmetric_templates(entry, der, usages)
+    session.create_object(private)
+    session.create_object(public)
+
+
+
+def _secret_template(entry: KeyEntry, usages: frozenset[str]) -> dict[Any, Any]:
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    material = entry.material()
+    assert material is not None
+    if entry.algorithm.startswith("AES"):
+        key_type = KeyType.AES
+    elif entry.algorithm.startswith("TDES"):
+        key_type = KeyType.DES3
+        if len(material) == 16:  # K1K2 -> K1K2K1
+            material += material[:8]
+    else:
+        key_type = KeyType.GENERIC_SECRET
+        # HMAC pads short keys with zeros to the block size (RFC 2104 s.2), so zero-padding to
+        # SoftHSM2's 32-byte floor yields identical MACs for every SHA-2 HMAC.
+        material = material.ljust(HMAC_MIN_KEY, b"\0")
+    return {
+        Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: key_type, Attribute.VALUE: material,
+        Attribute.LABEL: entry.alias, Attribute.TOKEN: True, Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+        Attribute.ENCRYPT: "encrypt" in usages, Attribute.DECRYPT: "decrypt" in usages,
+        Attribute.SIGN: "sign" in usages, Attribute.VERIFY: "verify" in usages,
+        Attribute.WRAP: False, Attribute.UNWRAP: False, Attribute.DERIVE: False,
+    }
+
+
+def _asymmetric_templates(entry: KeyEntry, der: bytes, usages: frozenset[str]) -> tuple[dict, dict]:
+    from pkcs11 import Attribute
+    from pkcs11.util.ec import decode_ec_private_key, decode_ec_public_key
+    from pkcs11.util.rsa import decode_rsa_private_key, decode_rsa_public_key
+
+    key = serialization.load_der_private_key(der, password=None)
+    if isinstance(key, rsa.RSAPrivateKey):
+        private = decode_rsa_private_key(key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+        public = decode_rsa_public_key(key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.PKCS1))
+    else:
+        private = decode_ec_private_key(key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+        public = decode_ec_public_key(key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    common = {Attribute.LABEL: entry.alias, Attribute.TOKEN: True, Attribute.ID: entry.alias.encode()}
+    private.update(common)
+    private.update({Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: "sign" in usages, Attribute.DECRYPT: False})
+    public.update(common)
+    public.update({Attribute.VERIFY: "verify" in usages, Attribute.ENCRYPT: False})
+    return private, public
+
+
+def _matches(existing: list[Any], entry: KeyEntry, der: bytes | None) -> bool:
+    from pkcs11 import Attribute, ObjectClass
+
+    if der is not None:
+        return len(existing) == 2  # the pair from this state dir's material
+    if len(existing) != 1 or existing[0][Attribute.CLASS] != ObjectClass.SECRET_KEY:
+        return False
+    probe = _secret_template(entry, USAGE_ATTRIBUTES[entry.usage])
+    kcv = bytes(existing[0][Attribute.CHECK_VALUE])
+    return kcv == _expected_kcv(probe[Attribute.KEY_TYPE].name, probe[Attribute.VALUE]) and all(
+        bool(existing[0][a]) == probe[a] for a in (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN))
+
+
+def _expected_kcv(key_type: str, material: bytes) -> bytes:
+    """What SoftHSM2 stores as CKA_CHECK_VALUE: ECB(zero block)[:3], or SHA-1 for generic secrets."""
+    import hashlib
+
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    if key_type == "GENERIC_SECRET":
+        return hashlib.sha1(material).digest()[:3]
+    algorithm = algorithms.AES(material) if key_type == "AES" else TripleDES(material)
+    block = algorithm.block_size // 8
+    encryptor = Cipher(algorithm, modes.ECB()).encryptor()
+    return (encryptor.update(b"\0" * block) + encryptor.finalize())[:3]

@@ -1,0 +1,73 @@
+"""The whole error tree, in one place.
+
+    HsmlbError
+    ├── CallerError            the request is wrong; never counts against a node, never retried
+    │   ├── InvalidArgument    bad hex, wrong length, unsupported mode, usage the key forbids
+    │   └── KeyNotFound        no node knows the alias
+    ├── Overloaded             every eligible node's queue is full (RESOURCE_EXHAUSTED); not a node fault
+    ├── Unavailable            no eligible node is up (UNAVAILABLE)
+    ├── DeadlineExceeded       the caller's deadline passed before the op ran
+    └── NodeFault              the node is at fault (device error, lost session, dead worker, timeout);
+                               feeds health and breakers; idempotent ops are retried on another node
+
+Backends translate their own failures (PKCS#11 return codes, HTTP statuses) into this tree once,
+at their boundary; everything above the backend speaks only these types.
+Messages never carry PANs, PINs, PIN blocks or key material.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class HsmlbError(Exception):
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retryable = False
+    counts_against_node = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CallerError(HsmlbError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidArgument(CallerError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class KeyNotFound(CallerError):
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class Overloaded(HsmlbError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(HsmlbError):
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(HsmlbError):
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NodeFault(HsmlbError):
+    status = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+    counts_against_node = True
+
+
+# Wire codes between a backend worker and the daemon (see backends/pkcs11_worker.py).
+WIRE_CODES: dict[str, type[HsmlbError]] = {
+    "invalid": InvalidArgument,
+    "not_found": KeyNotFound,
+    "deadline": DeadlineExceeded,
+    "node": NodeFault,
+}
+
+
+def from_wire(code: str, message: str) -> HsmlbError:
+    return WIRE_CODES.get(code, NodeFault)(message)

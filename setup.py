@@ -1,0 +1,31 @@
+"""Compile proto/ into hsmlb/v1 stubs as part of every build, wheel or editable."""
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).parent
+
+
+def compile_protos() -> None:
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    for proto in sorted((ROOT / "proto").rglob("*.proto")):
+        rc = protoc.main([
+            "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"-I{include}",
+            f"--python_out={ROOT}", f"--grpc_python_out={ROOT}", f"--pyi_out={ROOT}", str(proto),
+        ])
+        if rc != 0:
+            raise RuntimeError(f"protoc failed on {proto}")
+
+
+class BuildPyWithProtos(build_py):
+    def run(self) -> None:
+        compile_protos()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithProtos})
