@@ -72,7 +72,7 @@ async def start_daemon(config: Config) -> Daemon:
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)])
     hsmlb_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(router), server)
-    hsmlb_pb2_grpc.add_AdminServicer_to_server(AdminServicer(nodes), server)
+    hsmlb_pb2_grpc.add_AdminServicer_to_server(AdminServicer(nodes, fault_injection=config.fault_injection), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(config.listen)

@@ -37,4 +37,7 @@ class Backend(Protocol):
     def perform(self, op: Operation, slot: int) -> Awaitable[Any]:
         """Run one operation on session slot `slot`; raises hsmlb.errors types."""
 
+    async def inject_fault(self, fault: str, value: float = 0.0) -> None:
+        """Test-only hooks, refused unless the config enables fault injection."""
+
     async def close(self) -> None: ...

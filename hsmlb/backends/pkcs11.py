@@ -101,6 +101,14 @@ class Pkcs11Backend:
         """Non-data requests to the worker: _ping, _inventory, _stats, _fault (test-only)."""
         return await asyncio.wait_for(self._send(name, "", args, 0.0, 0), timeout)
 
+    async def inject_fault(self, fault: str, value: float = 0.0) -> None:
+        """Test-only (config fault_injection): break the token or the worker under the pool."""
+        if fault == "kill_worker":
+            if self._proc and self._proc.returncode is None:
+                self._proc.kill()
+            return
+        await self.control("_fault", fault, value)
+
     async def close(self) -> None:
         self._closing = True
         if self._supervisor:
