@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -67,7 +67,8 @@ class Pkcs11NodeConfig(PinSource):
         return self
 
 
-NodeConfig = Annotated[Pkcs11NodeConfig, Field(discriminator="kind")]
+# One kind today; a second backend kind turns this into a union discriminated on `kind`.
+NodeConfig = Pkcs11NodeConfig
 
 
 class RouterConfig(_Frozen):

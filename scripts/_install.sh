@@ -1,0 +1,16 @@
+# Sourced by run-dev and run-tests: install what a fresh Debian machine lacks, idempotently.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! command -v softhsm2-util >/dev/null 2>&1; then
+  echo "installing softhsm2 (Debian package)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends softhsm2 >/dev/null
+fi
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  # Not inside a virtualenv: keep the project's dependencies in its own.
+  [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install -q --disable-pip-version-check -e ".[test]"

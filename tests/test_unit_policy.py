@@ -1,0 +1,152 @@
+"""Pure policy and plumbing, without tokens or sockets: balancer, pool, wire framing, config."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from hsmlb.backends import wire
+from hsmlb.backends.base import NodeStats
+from hsmlb.config import ConfigError, parse_config
+from hsmlb.errors import NodeFault, Overloaded
+from hsmlb.ops import KeyInfo, OpKind, Operation
+from hsmlb.pool import NodePool
+from hsmlb.router import LeastOutstanding
+
+
+def test_p2c_never_picks_the_busier_of_two():
+    balancer = LeastOutstanding(random.Random(7))
+    loads = {"a": 0, "b": 5, "c": 9}
+    picks = Counter(balancer.choose(list(loads), loads.__getitem__) for _ in range(3000))
+    assert picks["c"] == 0  # c is the busier of any pair it is sampled in
+    assert picks["a"] > picks["b"] > 0  # a wins every pair it is in; b only beats c
+
+
+def test_p2c_spreads_equal_load():
+    balancer = LeastOutstanding(random.Random(1))
+    picks = Counter(balancer.choose(["a", "b", "c"], lambda _: 0) for _ in range(3000))
+    assert all(800 < picks[n] < 1200 for n in "abc"), picks
+
+
+class FakeBackend:
+    """A scriptable backend on the Backend protocol: each op waits on a future the test controls."""
+
+    kind = "fake"
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.state = "up"
+        self.keys: dict[str, KeyInfo] = {}
+        self.stats = NodeStats()
+        self.calls: list[tuple[Operation, int]] = []
+        self.results: list[asyncio.Future[Any]] = []
+
+    def perform(self, op: Operation, slot: int) -> asyncio.Future[Any]:
+        self.calls.append((op, slot))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.results.append(future)
+        return future
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def inject_fault(self, fault: str, value: float = 0.0) -> None: ...
+
+
+def _op() -> Operation:
+    return Operation(OpKind.RANDOM, None, (8,))
+
+
+async def test_pool_hands_out_distinct_slots_then_queues_then_refuses():
+    backend = FakeBackend()
+    pool = NodePool(backend, size=2, queue_limit=1)
+    first = asyncio.ensure_future(pool.perform(_op()))
+    second = asyncio.ensure_future(pool.perform(_op()))
+    third = asyncio.ensure_future(pool.perform(_op()))
+    await asyncio.sleep(0)
+    assert sorted(slot for _, slot in backend.calls) == [0, 1]
+    assert (pool.in_use, pool.queued, pool.outstanding) == (2, 1, 3)
+    with pytest.raises(Overloaded):
+        await pool.perform(_op())
+    backend.results[0].set_result(b"x")
+    assert await first == b"x"
+    await asyncio.sleep(0)
+    assert len(backend.calls) == 3 and backend.calls[2][1] == backend.calls[0][1]  # the freed slot is reused
+    backend.results[1].set_exception(NodeFault("device error"))
+    with pytest.raises(NodeFault):
+        await second
+    backend.results[2].set_result(b"y")
+    assert await third == b"y"
+    assert (pool.in_use, pool.queued) == (0, 0)
+    assert (pool.stats.ops_ok, pool.stats.ops_failed) == (2, 1)
+
+
+async def test_cancelled_waiter_does_not_leak_a_slot():
+    backend = FakeBackend()
+    pool = NodePool(backend, size=1, queue_limit=4)
+    running = asyncio.ensure_future(pool.perform(_op()))
+    waiting = asyncio.ensure_future(pool.perform(_op()))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.sleep(0)
+    backend.results[0].set_result(b"done")
+    await running
+    assert pool.in_use == 0 and pool.queued == 0
+    later = asyncio.ensure_future(pool.perform(_op()))
+    await asyncio.sleep(0)
+    backend.results[-1].set_result(b"later")
+    assert await later == b"later"
+
+
+def test_wire_frames_survive_arbitrary_splits():
+    batches = [[(i, 0, "encrypt", "alias/x", ("ECB", b"", bytes(16)), 0.0)] for i in range(50)]
+    stream = b"".join(wire.encode(b) for b in batches)
+    decoder = wire.FrameDecoder()
+    rng = random.Random(3)
+    out: list[Any] = []
+    pos = 0
+    while pos < len(stream):
+        step = rng.randint(1, 97)
+        out.extend(decoder.feed(stream[pos:pos + step]))
+        pos += step
+    assert out == batches
+
+
+def test_wire_rejects_oversized_frame():
+    with pytest.raises(ValueError, match="exceeds"):
+        wire.FrameDecoder().feed(wire.HEADER.pack(wire.MAX_FRAME + 1))
+
+
+NODE = {"name": "n1", "module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "t", "pin_env": "PIN"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"pool_size": 0}, "nodes.0.pool_size"),
+    ({"pin": "1234"}, "PIN may not be written"),
+    ({"pin_env": None}, "exactly one of pin_env or pin_file"),
+    ({"token_label": None}, "token_label or token_serial"),
+    ({"name": "bad name"}, "nodes.0.name"),
+])
+def test_config_errors_name_the_field(change: dict[str, Any], field: str):
+    node = {**NODE, **change}
+    with pytest.raises(ConfigError, match=field):
+        parse_config({"nodes": [{k: v for k, v in node.items() if v is not None}]})
+
+
+def test_config_rejects_duplicate_names_and_unknown_keys():
+    with pytest.raises(ConfigError, match="unique: n1"):
+        parse_config({"nodes": [NODE, NODE]})
+    with pytest.raises(ConfigError, match="colour"):
+        parse_config({"nodes": [NODE], "colour": "blue"})
+
+
+def test_pin_comes_from_env_only_when_set(monkeypatch: pytest.MonkeyPatch):
+    config = parse_config({"nodes": [NODE]})
+    monkeypatch.delenv("PIN", raising=False)
+    with pytest.raises(ConfigError, match="PIN is not set"):
+        config.nodes[0].read_pin()
+    monkeypatch.setenv("PIN", "98765432")
+    assert config.nodes[0].read_pin() == "98765432"
