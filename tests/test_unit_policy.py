@@ -13,7 +13,7 @@ from hsmlb.backends import wire
 from hsmlb.backends.base import NodeStats
 from hsmlb.config import ConfigError, parse_config
 from hsmlb.errors import NodeFault, Overloaded
-from hsmlb.ops import KeyInfo, OpKind, Operation
+from hsmlb.ops import CostClass, KeyInfo, Operation, OpKind
 from hsmlb.pool import NodePool
 from hsmlb.router import LeastOutstanding
 
@@ -54,6 +54,11 @@ class FakeBackend:
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def inject_fault(self, fault: str, value: float = 0.0) -> None: ...
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 def _op() -> Operation:
@@ -150,3 +155,26 @@ def test_pin_comes_from_env_only_when_set(monkeypatch: pytest.MonkeyPatch):
         config.nodes[0].read_pin()
     monkeypatch.setenv("PIN", "98765432")
     assert config.nodes[0].read_pin() == "98765432"
+
+
+async def test_rsa_never_takes_the_last_slot_and_fast_waiters_go_first():
+    backend = FakeBackend()
+    pool = NodePool(backend, size=2, queue_limit=8)
+    rsa = Operation(OpKind.SIGN, "alias/r", ("RSASSA_PKCS1_V1_5_SHA_256", b"m"), cost=CostClass.RSA)
+    first_rsa = asyncio.ensure_future(pool.perform(rsa))
+    second_rsa = asyncio.ensure_future(pool.perform(rsa))
+    await _settle()
+    assert len(backend.calls) == 1 and pool.queued == 1  # one slot stays free of RSA
+    fast = asyncio.ensure_future(pool.perform(_op()))
+    blocked = asyncio.ensure_future(pool.perform(_op()))
+    await _settle()
+    assert [op.kind for op, _ in backend.calls] == [OpKind.SIGN, OpKind.RANDOM]
+    backend.results[0].set_result(b"sig")  # the RSA slot frees: the waiting fast op goes first
+    await _settle()
+    assert [op.kind for op, _ in backend.calls][2] is OpKind.RANDOM
+    for result in backend.results[1:]:
+        result.set_result(b"ok")
+    await _settle()
+    backend.results[-1].set_result(b"sig2")
+    assert [await f for f in (first_rsa, fast, blocked, second_rsa)] == [b"sig", b"ok", b"ok", b"sig2"]
+    assert pool.in_use == 0 and pool._slow_in_use == 0

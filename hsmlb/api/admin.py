@@ -8,7 +8,6 @@ from typing import Any
 import grpc
 
 from hsmlb.errors import HsmlbError
-
 from hsmlb.pool import NodePool
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
@@ -29,7 +28,8 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     async def InjectFault(self, request: pb.InjectFaultRequest, context: Any) -> pb.InjectFaultResponse:
         if not self.fault_injection:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "fault injection is disabled in this daemon's config")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "fault injection is disabled in this daemon's config")
         node = next((n for n in self.nodes if n.name == request.node), None)
         if node is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no node named {request.node!r}")

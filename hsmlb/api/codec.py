@@ -91,7 +91,8 @@ def _mac_length(value: int, algorithm: str) -> int:
 
 def _signing(value: int) -> tuple[str, CostClass]:
     if value not in SIGNING:
-        raise InvalidArgument("signing_algorithm: must be RSASSA_PKCS1_V1_5_SHA_256, RSASSA_PSS_SHA_256 or ECDSA_SHA_256")
+        raise InvalidArgument(
+            "signing_algorithm: must be RSASSA_PKCS1_V1_5_SHA_256, RSASSA_PSS_SHA_256 or ECDSA_SHA_256")
     return SIGNING[value]
 
 

@@ -87,7 +87,8 @@ class OperationsServicer(pb_grpc.OperationsServicer):
                     field = request.WhichOneof("operation")
                     if field is None:
                         slots.release()
-                        out.put_nowait(_status(request.request_id, InvalidArgument("operation: one operation is required")))
+                        missing = InvalidArgument("operation: one operation is required")
+                        out.put_nowait(_status(request.request_id, missing))
                         continue
                     decode: Decoder
                     decode, encode = CODECS[field]

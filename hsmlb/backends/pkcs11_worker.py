@@ -178,8 +178,10 @@ def serve(sock: socket.socket) -> int:
     slow: deque[tuple] = deque()
     while True:
         frames = _read_frames(sock, decoder, block=not (fast or slow))
-        if frames is None:
+        if frames is None:  # the daemon closed the link: shut down cleanly
             host.close_all()
+            with contextlib.suppress(Exception):
+                host.lib.finalize()
             return 0
         for batch in frames:
             for request in batch:

@@ -4,6 +4,9 @@ The sessions themselves live in the node's backend (logged in, key handles cache
 hands out slot numbers so at most `size` operations are in flight per node, queues up to
 `queue_limit` more, and refuses the rest at once (RESOURCE_EXHAUSTED) rather than letting
 latency grow without bound.
+
+Slow operations (RSA) may hold at most size - 1 slots, and waiting fast operations are served
+first, so symmetric traffic never queues behind a backlog of signatures.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from hsmlb.backends.base import Backend, NodeStats
 from hsmlb.errors import HsmlbError, Overloaded
-from hsmlb.ops import Operation
+from hsmlb.ops import CostClass, Operation
 
 
 class NodePool:
@@ -23,9 +26,12 @@ class NodePool:
         self.name = backend.name
         self.size = size
         self.queue_limit = queue_limit
+        self.slow_limit = max(1, size - 1)
         self.stats = NodeStats()
         self._free = list(range(size - 1, -1, -1))
-        self._waiters: deque[asyncio.Future[int]] = deque()
+        self._slow_in_use = 0
+        self._fast_waiters: deque[asyncio.Future[int]] = deque()
+        self._slow_waiters: deque[asyncio.Future[int]] = deque()
 
     @property
     def in_use(self) -> int:
@@ -33,14 +39,19 @@ class NodePool:
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self._fast_waiters) + len(self._slow_waiters)
 
     @property
     def outstanding(self) -> int:
-        return self.in_use + len(self._waiters)
+        return self.in_use + self.queued
 
     async def perform(self, op: Operation) -> Any:
-        slot = self._free.pop() if self._free else await self._wait_for_slot()
+        slow = op.cost is CostClass.RSA
+        if self._free and (not slow or self._slow_in_use < self.slow_limit):
+            slot = self._free.pop()
+            self._slow_in_use += slow
+        else:
+            slot = await self._wait_for_slot(slow)  # granted with _slow_in_use already counted
         try:
             result = await self.backend.perform(op, slot)
         except HsmlbError as exc:
@@ -49,26 +60,32 @@ class NodePool:
                 self.stats.last_fault = exc.message
             raise
         finally:
-            self._release(slot)
+            self._release(slot, slow)
         self.stats.ops_ok += 1
         return result
 
-    async def _wait_for_slot(self) -> int:
-        if len(self._waiters) >= self.queue_limit:
+    async def _wait_for_slot(self, slow: bool) -> int:
+        if self.queued >= self.queue_limit:
             raise Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued")
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        (self._slow_waiters if slow else self._fast_waiters).append(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release(waiter.result())
+                self._release(waiter.result(), slow)
             raise
 
-    def _release(self, slot: int) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)
-                return
+    def _release(self, slot: int, slow: bool) -> None:
         self._free.append(slot)
+        self._slow_in_use -= slow
+        while self._free:
+            if self._fast_waiters:
+                waiter, grant_slow = self._fast_waiters.popleft(), False
+            elif self._slow_waiters and self._slow_in_use < self.slow_limit:
+                waiter, grant_slow = self._slow_waiters.popleft(), True
+            else:
+                return
+            if not waiter.done():
+                self._slow_in_use += grant_slow
+                waiter.set_result(self._free.pop())
