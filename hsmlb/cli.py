@@ -59,31 +59,72 @@ def _address(args: argparse.Namespace) -> str:
     return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
 
 
-def cmd_nodes(args: argparse.Namespace) -> int:
+def _admin_call(args: argparse.Namespace, method: str, request: object) -> object | None:
     import grpc
 
-    from hsmlb.v1 import hsmlb_pb2 as pb
     from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(_address(args)) as channel:
+    address = _address(args)
+    with grpc.insecure_channel(address) as channel:
         try:
-            reply = pb_grpc.AdminStub(channel).ListNodes(pb.ListNodesRequest(), timeout=5)
+            return getattr(pb_grpc.AdminStub(channel), method)(request, timeout=5)
         except grpc.RpcError as exc:
-            print(f"hsmlb: daemon at {_address(args)}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    header = ("NODE", "KIND", "STATE", "POOL", "IN USE", "QUEUED", "OK", "FAILED", "KEYS")
-    rows = [(n.name, n.kind, n.state, str(n.pool_size), str(n.sessions_in_use), str(n.queued),
-             str(n.ops_ok), str(n.ops_failed), str(len(n.keys))) for n in reply.nodes]
+            print(f"hsmlb: daemon at {address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return None
+
+
+def _print_table(nodes: list) -> None:
+    header = ("NODE", "STATE", "OUTSTANDING", "IN USE", "OK", "ERRORS", "BREAKER", "KEYS")
+    rows = [(n.name, n.state, f"{n.outstanding:g}", f"{n.sessions_in_use}/{n.pool_size}", str(n.ops_ok),
+             str(n.ops_failed), n.breaker, str(len(n.keys))) for n in nodes]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if args.keys:
-        for node in reply.nodes:
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from hsmlb.v1 import hsmlb_pb2 as pb
+
+    reply = _admin_call(args, "ListNodes", pb.ListNodesRequest())
+    if reply is None:
+        return 1
+    _print_table(list(reply.nodes))  # type: ignore[attr-defined]
+    for node in reply.nodes:  # type: ignore[attr-defined]
+        notes = [f"{node.name}: {node.detail}"] if node.detail else []
+        if node.kcv_conflicts:
+            notes.append(f"{node.name}: KCV differs, excluded for {', '.join(node.kcv_conflicts)}")
+        if node.panic_routes:
+            notes.append(f"{node.name}: {node.panic_routes} requests served as last holder while unhealthy")
+        for note in notes:
+            print(f"  ! {note}")
+        if args.keys:
             print(f"\n{node.name}:")
             for key in node.keys:
                 print(f"  {key.alias:<24} {key.key_type:<15} kcv={key.key_check_value or '-':<6} "
                       f"{','.join(key.usages)}")
     return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import getpass
+    import socket
+
+    from hsmlb.v1 import hsmlb_pb2 as pb
+
+    action = {"fail": pb.FAIL, "drain": pb.DRAIN, "restore": pb.RESTORE}[args.action]
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    reply = _admin_call(args, "SetNodeState", pb.SetNodeStateRequest(node=args.name, action=action,
+                                                                       requested_by=who))
+    if reply is None:
+        return 1
+    _print_table([reply.node])  # type: ignore[attr-defined]
+    return 0
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--config", type=Path, help="find the daemon from its config (default .hsmlb/dev/hsmlb.yaml)")
+    target.add_argument("--address", help="HOST:PORT of the daemon")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,11 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     nodes = sub.add_parser("nodes", help="node table from a running daemon")
-    target = nodes.add_mutually_exclusive_group()
-    target.add_argument("--config", type=Path)
-    target.add_argument("--address")
+    _target(nodes)
     nodes.add_argument("--keys", action="store_true", help="also list each node's keys")
     nodes.set_defaults(func=cmd_nodes)
+
+    node = sub.add_parser("node", help="failover drills: fail, drain or restore a node")
+    node.add_argument("action", choices=("fail", "drain", "restore"))
+    node.add_argument("name")
+    _target(node)
+    node.set_defaults(func=cmd_node)
 
     dev = sub.add_parser("dev", help="embedded dev cluster")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

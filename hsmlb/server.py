@@ -18,9 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from hsmlb.api.admin import AdminServicer
 from hsmlb.api.operations import OperationsServicer
 from hsmlb.backends.pkcs11 import Pkcs11Backend
+from hsmlb.clock import Clock, monotonic
 from hsmlb.config import Config
+from hsmlb.health import HealthPolicy, NodeHealth
+from hsmlb.health.checker import HealthChecker
+from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
-from hsmlb.router import LeastOutstanding, Router
+from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
 from hsmlb.v1 import hsmlb_pb2, hsmlb_pb2_grpc
 
 log = logging.getLogger("hsmlb.server")
@@ -35,32 +39,57 @@ SERVICE_NAMES = (
 class Daemon:
     config: Config
     server: grpc.aio.Server
-    nodes: list[NodePool]
     router: Router
+    checker: HealthChecker
     health: health.aio.HealthServicer
     port: int
+
+    @property
+    def nodes(self) -> list[NodePool]:
+        return [m.pool for m in self.router.cluster.members]
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_s)
+        await self.checker.close()
         await asyncio.gather(*(n.backend.close() for n in self.nodes), return_exceptions=True)
         log.info("stopped")
 
 
+def build_router(config: Config, backends: list[Pkcs11Backend], clock: Clock = monotonic) -> Router:
+    """Pools, health, breakers and the balancer for each node, as the config says."""
+    rc = config.router
+    weights = {CostClass.SYMMETRIC: rc.cost_weights.symmetric, CostClass.ECDSA: rc.cost_weights.ecdsa,
+               CostClass.RSA: rc.cost_weights.rsa}
+    o, hc = rc.outlier, rc.health_check
+    policy = HealthPolicy(unhealthy_threshold=hc.unhealthy_threshold, healthy_threshold=hc.healthy_threshold,
+                          consecutive_faults=o.consecutive_node_faults, failure_rate=o.failure_rate,
+                          failure_rate_min_requests=o.failure_rate_min_requests, window_s=o.window_s,
+                          base_ejection_s=o.base_ejection_s, max_ejection_s=o.max_ejection_s,
+                          slow_start_s=o.slow_start_s, observe_only=o.observe_only)
+    members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights),
+                      health=NodeHealth(b.name, policy, clock()),
+                      breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s))
+               for b, c in zip(backends, config.nodes, strict=True)]
+    balancer: Balancer = KeyAffinity(rc.hash_balance_factor) if rc.balancer == "key_affinity" else LeastOutstanding()
+    budget = RetryBudget(rc.retry.budget_ratio, rc.retry.min_retries_per_s, rc.retry.window_s)
+    return Router(Cluster(members), balancer, clock, max_attempts=rc.retry.max_attempts, budget=budget,
+                  max_ejected_nodes=o.max_ejected_nodes, backoff_base_s=rc.retry.backoff_base_ms / 1000,
+                  backoff_max_s=rc.retry.backoff_max_ms / 1000)
+
+
 async def start_daemon(config: Config) -> Daemon:
     backends = [Pkcs11Backend(node, fault_injection=config.fault_injection) for node in config.nodes]
-    nodes = [NodePool(b, size=c.pool_size, queue_limit=c.queue_limit) for b, c in zip(backends, config.nodes,
-                                                                                        strict=True)]
+    router = build_router(config, backends)
     results = await asyncio.wait_for(asyncio.gather(*(b.start() for b in backends), return_exceptions=True),
                                      config.start_timeout_s)
     for backend, result in zip(backends, results, strict=True):
         if isinstance(result, BaseException):
             log.error("node %s did not start: %s", backend.name, getattr(result, "message", repr(result)))
-    router = Router(nodes, LeastOutstanding(), node_fault_retries=config.router.node_fault_retries)
     health_servicer = health.aio.HealthServicer()
 
-    def on_change(_: object) -> None:
-        router.rebuild()
+    def on_change(_: object = None) -> None:
+        router.cluster.rebuild()
         status = health_pb2.HealthCheckResponse.SERVING if any(b.state == "up" for b in backends) \
             else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICE_NAMES):
@@ -69,20 +98,25 @@ async def start_daemon(config: Config) -> Daemon:
 
     for backend in backends:
         backend.on_change.append(on_change)
+    hc = config.router.health_check
+    checker = HealthChecker(hc.interval_s, hc.jitter_s, hc.timeout_s, router.clock)
+    for member in router.cluster.members:
+        checker.watch(member.health, member.pool.backend.probe, on_change)
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)])
     hsmlb_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(router), server)
-    hsmlb_pb2_grpc.add_AdminServicer_to_server(AdminServicer(nodes, fault_injection=config.fault_injection), server)
+    hsmlb_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(router, fault_injection=config.fault_injection, balancer_name=config.router.balancer), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    on_change(None)
+    on_change()
     up = sum(b.state == "up" for b in backends)
-    log.info("serving on port %d with %d/%d nodes up", port, up, len(backends))
-    return Daemon(config, server, nodes, router, health_servicer, port)
+    log.info("serving on port %d with %d/%d nodes up (balancer %s)", port, up, len(backends), config.router.balancer)
+    return Daemon(config, server, router, checker, health_servicer, port)
 
 
 async def serve(config: Config) -> None:

@@ -80,7 +80,7 @@ def _wait_nodes_up(daemon: DaemonProcess, deadline: float) -> None:
         admin = pb_grpc.AdminStub(channel)
         while time.monotonic() < deadline:
             nodes = admin.ListNodes(pb.ListNodesRequest(), timeout=5).nodes
-            if nodes and all(n.state == "up" for n in nodes):
+            if nodes and all(n.backend_state == "up" and n.state.startswith("healthy") for n in nodes):
                 return
             time.sleep(0.05)
     raise RuntimeError("nodes did not come up")

@@ -1,4 +1,4 @@
-"""The Admin service: node status for operators (drill controls arrive with the routing work)."""
+"""The Admin service: node status and failover drills for operators; fault injection for tests."""
 
 from __future__ import annotations
 
@@ -8,45 +8,79 @@ from typing import Any
 import grpc
 
 from hsmlb.errors import HsmlbError
-from hsmlb.pool import NodePool
+from hsmlb.health.state import OperatorState
+from hsmlb.router import Member, Router
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hsmlb.admin")
-
-
-FAULTS = ("close_sessions", "logout", "finalize", "delay", "kill_worker")
+FAULTS = ("close_sessions", "logout", "finalize", "delay", "error_rate", "kill_worker")
+ACTIONS: dict[int, OperatorState] = {pb.FAIL: "failed", pb.DRAIN: "draining", pb.RESTORE: "active"}
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, nodes: list[NodePool], fault_injection: bool = False) -> None:
-        self.nodes = nodes
+    def __init__(self, router: Router, fault_injection: bool = False, balancer_name: str = "") -> None:
+        self.router = router
         self.fault_injection = fault_injection
+        self.balancer_name = balancer_name
+
+    async def _member(self, name: str, context: Any) -> Member:
+        member = self.router.cluster.by_name.get(name)
+        if member is None:
+            known = ", ".join(self.router.cluster.by_name)
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node named {name!r} (nodes: {known})")
+        assert member is not None
+        return member
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Any) -> pb.ListNodesResponse:
-        return pb.ListNodesResponse(nodes=[node_status(n) for n in self.nodes])
+        now = self.router.clock()
+        return pb.ListNodesResponse(nodes=[node_status(m, now) for m in self.router.cluster.members])
+
+    async def SetNodeState(self, request: pb.SetNodeStateRequest, context: Any) -> pb.SetNodeStateResponse:
+        member = await self._member(request.node, context)
+        if request.action not in ACTIONS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action: must be FAIL, DRAIN or RESTORE")
+        who = request.requested_by.strip()[:128] or "unknown"
+        state = ACTIONS[request.action]
+        before = member.health.operator
+        member.health.set_operator(state, who, self.router.clock())
+        log.warning("drill: node %s %s -> %s, requested by %s (peer %s)", member.name, before, state, who,
+                    context.peer())
+        return pb.SetNodeStateResponse(node=node_status(member, self.router.clock()))
+
+    async def GetRouterStatus(self, request: pb.GetRouterStatusRequest, context: Any) -> pb.RouterStatus:
+        budget = self.router.budget
+        return pb.RouterStatus(balancer=self.balancer_name, retries_in_window=budget.retries_in_window,
+                               retries_refused=budget.refused)
 
     async def InjectFault(self, request: pb.InjectFaultRequest, context: Any) -> pb.InjectFaultResponse:
         if not self.fault_injection:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "fault injection is disabled in this daemon's config")
-        node = next((n for n in self.nodes if n.name == request.node), None)
-        if node is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node named {request.node!r}")
+        member = await self._member(request.node, context)
         if request.fault not in FAULTS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"fault: must be one of {', '.join(FAULTS)}")
-        log.warning("fault injection: %s on node %s (peer %s)", request.fault, request.node, context.peer())
+        log.warning("fault injection: %s=%s on node %s (peer %s)", request.fault, request.value, request.node,
+                    context.peer())
         try:
-            await node.backend.inject_fault(request.fault, request.value)
+            await member.pool.backend.inject_fault(request.fault, request.value)
         except HsmlbError as exc:
             await context.abort(exc.status, exc.message)
         return pb.InjectFaultResponse()
 
 
-def node_status(node: NodePool) -> pb.NodeStatus:
-    backend = node.backend
+def node_status(member: Member, now: float) -> pb.NodeStatus:
+    node, backend, health = member.pool, member.pool.backend, member.health
     keys = [pb.KeyInfo(alias=k.alias, label=k.label, key_type=k.key_type, key_check_value=k.kcv,
                        usages=sorted(k.usages)) for k in sorted(backend.keys.values(), key=lambda k: k.alias)]
-    return pb.NodeStatus(name=node.name, kind=backend.kind, state=backend.state, pool_size=node.size,
-                         sessions_in_use=node.in_use, queued=node.queued, ops_ok=node.stats.ops_ok,
-                         ops_failed=node.stats.ops_failed, keys=keys, detail=node.stats.last_fault)
+    state = health.describe(now) if backend.state == "up" else backend.state
+    if backend.state != "up" and health.operator != "active":
+        state = f"{backend.state}, {health.describe(now)}"
+    ejected_for = max(0.0, (health.ejected_until or now) - now)
+    return pb.NodeStatus(
+        name=node.name, kind=backend.kind, state=state, pool_size=node.size, sessions_in_use=node.in_use,
+        queued=node.queued, ops_ok=node.stats.ops_ok, ops_failed=node.stats.ops_failed, keys=keys,
+        detail=health.last_reason or node.stats.last_fault, backend_state=backend.state, operator=health.operator,
+        outstanding=node.load, breaker=member.breaker.state, ejections=health.ejections, ejected_for_s=ejected_for,
+        panic_routes=member.panic_routes, retries_from=member.retries_from, kcv_conflicts=member.kcv_conflicts,
+        weight=health.weight(now))

@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hsmlb.ops import KeyInfo, Operation
+from hsmlb.ops import KeyInfo, Operation, OpKind
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class NodeStats:
 class Backend(Protocol):
     name: str
     kind: str
+    capabilities: frozenset[OpKind]  # operations this node can serve; the router sends it no others
 
     @property
     def state(self) -> str:
@@ -36,6 +37,9 @@ class Backend(Protocol):
 
     def perform(self, op: Operation, slot: int) -> Awaitable[Any]:
         """Run one operation on session slot `slot`; raises hsmlb.errors types."""
+
+    async def probe(self) -> None:
+        """A harmless canary for active health checks; raises on failure."""
 
     async def inject_fault(self, fault: str, value: float = 0.0) -> None:
         """Test-only hooks, refused unless the config enables fault injection."""

@@ -55,6 +55,7 @@ class _WorkerLink(asyncio.Protocol):
 
 class Pkcs11Backend:
     kind = "pkcs11"
+    capabilities = frozenset(OpKind)  # every op in ops.OpKind runs on the token
 
     def __init__(self, config: Pkcs11NodeConfig, fault_injection: bool = False) -> None:
         self.config = config
@@ -100,6 +101,10 @@ class Pkcs11Backend:
     async def control(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
         """Non-data requests to the worker: _ping, _inventory, _stats, _fault (test-only)."""
         return await asyncio.wait_for(self._send(name, "", args, 0.0, 0), timeout)
+
+    async def probe(self) -> None:
+        """Health canary: GenerateRandom on a pooled session, through the worker's fast lane."""
+        await self._send("_ping", "", (), 0.0, 0)
 
     async def inject_fault(self, fault: str, value: float = 0.0) -> None:
         """Test-only (config fault_injection): break the token or the worker under the pool."""

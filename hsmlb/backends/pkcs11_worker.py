@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import select
 import socket
 import sys
@@ -28,6 +29,10 @@ from hsmlb.backends import wire
 from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover
 
 
+class InjectedDeviceError(Exception):
+    """Test-only (fault error_rate): fails an op as a broken device would, without recovery."""
+
+
 class TokenHost:
     """Owns one token's library, sessions and key-handle cache; recovers them when they decay."""
 
@@ -39,6 +44,9 @@ class TokenHost:
         self.pool_size = init["pool_size"]
         self.fault_injection = bool(init.get("fault_injection"))
         self.delay_s = 0.0
+        self.error_rate = 0.0
+        self._rng = random.Random()
+        self._last_reopen = 0.0
         self.lib = pkcs11.lib(self.module)
         self.token: Any = None
         self.sessions: list[Any] = []
@@ -106,7 +114,16 @@ class TokenHost:
         request_id, slot, op, label, args, deadline = request
         if deadline and time.monotonic() > deadline:
             return (request_id, "deadline", "the deadline passed while the request was queued")
-        slot %= max(1, len(self.sessions))
+        if not self.sessions:  # a failed recovery left nothing open: try again, at most every 50 ms
+            if time.monotonic() - self._last_reopen < 0.05:
+                return (request_id, "node", "token unavailable (recovery pending)")
+            self._last_reopen = time.monotonic()
+            try:
+                self.recover("library", 0)
+            except Exception as exc:
+                self.sessions = []
+                return (request_id, "node", f"token unavailable: {classify(exc)[1]}")
+        slot %= len(self.sessions)
         for attempt in range(2):
             try:
                 return (request_id, None, self._dispatch(slot, op, label, args))
@@ -123,6 +140,8 @@ class TokenHost:
                 try:
                     self.recover(kind, slot)
                 except Exception as again:
+                    if kind == "library":
+                        self.close_all()
                     return (request_id, "node", f"recovery ({kind}) failed: {classify(again)[1]}")
                 slot %= max(1, len(self.sessions))
         raise AssertionError("unreachable")
@@ -130,6 +149,8 @@ class TokenHost:
     def _dispatch(self, slot: int, op: str, label: str, args: tuple) -> Any:
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.error_rate and self._rng.random() < self.error_rate:
+            raise InjectedDeviceError()
         if op == "random":
             return self.sessions[slot].generate_random(8 * args[0])
         if op == "sign_rsa" or op == "sign":
@@ -159,6 +180,8 @@ class TokenHost:
             self.lib.finalize()
         elif what == "delay":
             self.delay_s = float(value)
+        elif what == "error_rate":
+            self.error_rate = float(value)
         else:
             raise CallerFault(f"unknown fault {what}")
         return what

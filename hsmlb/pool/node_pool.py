@@ -21,8 +21,11 @@ from hsmlb.ops import CostClass, Operation
 
 
 class NodePool:
-    def __init__(self, backend: Backend, size: int, queue_limit: int) -> None:
+    def __init__(self, backend: Backend, size: int, queue_limit: int,
+                 cost_weights: dict[CostClass, float] | None = None) -> None:
         self.backend = backend
+        self.cost_weights = cost_weights or {c: 1.0 for c in CostClass}
+        self.load = 0.0  # cost-weighted in-flight + queued work, for the balancer
         self.name = backend.name
         self.size = size
         self.queue_limit = queue_limit
@@ -45,13 +48,23 @@ class NodePool:
     def outstanding(self) -> int:
         return self.in_use + self.queued
 
+    @property
+    def saturated(self) -> bool:
+        return not self._free and self.queued >= self.queue_limit
+
     async def perform(self, op: Operation) -> Any:
         slow = op.cost is CostClass.RSA
-        if self._free and (not slow or self._slow_in_use < self.slow_limit):
-            slot = self._free.pop()
-            self._slow_in_use += slow
-        else:
-            slot = await self._wait_for_slot(slow)  # granted with _slow_in_use already counted
+        weight = self.cost_weights[op.cost]
+        self.load += weight
+        try:
+            if self._free and (not slow or self._slow_in_use < self.slow_limit):
+                slot = self._free.pop()
+                self._slow_in_use += slow
+            else:
+                slot = await self._wait_for_slot(slow)  # granted with _slow_in_use already counted
+        except BaseException:
+            self.load -= weight
+            raise
         try:
             result = await self.backend.perform(op, slot)
         except HsmlbError as exc:
@@ -60,6 +73,7 @@ class NodePool:
                 self.stats.last_fault = exc.message
             raise
         finally:
+            self.load -= weight
             self._release(slot, slow)
         self.stats.ops_ok += 1
         return result

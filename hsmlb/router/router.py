@@ -1,73 +1,121 @@
-"""Eligibility, then choice, then the attempt; a node fault on an idempotent op retries elsewhere."""
+"""The request path's decision point: eligibility, then choice, then the attempt, then maybe a retry.
+
+Per request: the holders of the key that can do the op -> those routable now (up, healthy, not
+ejected, not drained/failed by an operator, breaker closed or offering its probe) -> a balancer
+choice -> the attempt. The outcome is reported to the node's health and breaker. A node fault on
+an idempotent op is retried on a different node, within the deadline and the retry budget.
+If every holder of a key is ejected or unhealthy, the router keeps serving from them (panic)
+and counts it, rather than fail a key that only they hold.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 from typing import Any
 
-from hsmlb.errors import InvalidArgument, KeyNotFound, NodeFault, Unavailable
+from hsmlb.clock import Clock
+from hsmlb.errors import HsmlbError, NodeFault, Overloaded, Unavailable
 from hsmlb.ops import OP_TRAITS, KeyInfo, Operation
-from hsmlb.pool import NodePool
-from hsmlb.router.balancer import LeastOutstanding
+from hsmlb.router.balancer import Balancer
+from hsmlb.router.cluster import Cluster, Member
+from hsmlb.router.retry import RetryBudget, backoff_s
 
 log = logging.getLogger("hsmlb.router")
 
 
+def _name(member: Member) -> str:
+    return member.name
+
+
 class Router:
-    def __init__(self, nodes: list[NodePool], balancer: LeastOutstanding, node_fault_retries: int = 1) -> None:
-        self.nodes = nodes
+    def __init__(self, cluster: Cluster, balancer: Balancer, clock: Clock = time.monotonic, *,
+                 max_attempts: int = 2, budget: RetryBudget | None = None, max_ejected_nodes: int = 1,
+                 backoff_base_s: float = 0.001, backoff_max_s: float = 0.02,
+                 rng: random.Random | None = None) -> None:
+        self.cluster = cluster
         self.balancer = balancer
-        self.node_fault_retries = node_fault_retries
-        self._holders: dict[str, list[NodePool]] = {}
-        self._any_node: list[NodePool] = []
-        self.rebuild()
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.budget = budget or RetryBudget()
+        self.max_ejected_nodes = max_ejected_nodes
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = rng or random.Random()
 
-    def rebuild(self, *_: Any) -> None:
-        """Recompute the alias -> up holders table; called when a node's state or inventory changes."""
-        holders: dict[str, list[NodePool]] = {}
-        for node in self.nodes:
-            if node.backend.state != "up":
-                continue
-            for alias in node.backend.keys:
-                holders.setdefault(alias, []).append(node)
-        self._holders = holders
-        self._any_node = [n for n in self.nodes if n.backend.state == "up"]
+    def _load(self, member: Member) -> float:
+        return member.pool.load / member.health.weight(self.clock())
 
-    def eligible(self, op: Operation) -> list[NodePool]:
-        if op.key_alias is None:
-            if not self._any_node:
-                raise Unavailable("no node is up")
-            return self._any_node
-        holders = self._holders.get(op.key_alias)
-        if not holders:
-            if any(op.key_alias in n.backend.keys for n in self.nodes):
-                raise Unavailable(f"every node holding {op.key_alias} is down")
-            raise KeyNotFound(f"no node holds a key with alias {op.key_alias}")
-        usage = OP_TRAITS[op.kind].usage
-        key = holders[0].backend.keys[op.key_alias]
-        if usage and usage not in key.usages:
-            allowed = ", ".join(sorted(key.usages)) or "none"
-            raise InvalidArgument(f"key {op.key_alias} does not allow {op.kind.value} (its usages: {allowed})")
-        return holders
+    def candidates(self, holders: list[Member], tried: list[Member], now: float) -> tuple[list[Member], bool]:
+        """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain."""
+        live = [m for m in holders if m.up and m not in tried]
+        ready = [m for m in live if m.health.routable(now) and m.breaker.would_allow()]
+        if ready:
+            return ready, False
+        panic = [m for m in live if m.health.operator == "active" and m.breaker.would_allow()]
+        return panic, bool(panic)
 
     async def execute(self, op: Operation) -> tuple[Any, KeyInfo | None]:
-        candidates = self.eligible(op)
-        retries = self.node_fault_retries if OP_TRAITS[op.kind].idempotent else 0
-        tried: list[NodePool] = []
+        holders = self.cluster.holders(op)
+        now = self.clock()
+        self.budget.record_request(now)
+        idempotent = OP_TRAITS[op.kind].idempotent
+        tried: list[Member] = []
+        last_fault: HsmlbError | None = None
         while True:
-            node = self.balancer.choose(candidates, _outstanding)
-            try:
-                result = await node.perform(op)
-            except NodeFault as fault:
-                tried.append(node)
-                candidates = [n for n in candidates if n not in tried and n.backend.state == "up"]
-                if len(tried) > retries or not candidates:
-                    raise
-                log.info("retrying %s elsewhere after node fault on %s: %s", op.kind.value, node.name, fault)
+            candidates, panic = self.candidates(holders, tried, now)
+            if not candidates:
+                if last_fault is not None:
+                    raise last_fault
+                raise Unavailable(f"no node can serve {op.key_alias or op.kind.value} now")
+            open_queue = [m for m in candidates if not m.pool.saturated]
+            if not open_queue:
+                raise Overloaded("every eligible node is saturated")
+            member = self.balancer.choose(open_queue, self._load, _name, op.key_alias,
+                                          open_queue[0].pool.cost_weights[op.cost])
+            if not member.breaker.allows():
+                tried.append(member)  # lost the half-open probe to another request
                 continue
-            key = node.backend.keys.get(op.key_alias) if op.key_alias else None
-            return result, key
+            if panic:
+                member.panic_routes += 1
+                if member.panic_routes == 1 or member.panic_routes % 1000 == 0:
+                    log.warning("panic routing: %s is served by %s although it is %s", op.key_alias, member.name,
+                                member.health.describe(now))
+            try:
+                result = await member.pool.perform(op)
+            except NodeFault as fault:
+                now = self.clock()
+                self._report(member, node_fault=True, now=now)
+                tried.append(member)
+                last_fault = fault
+                if not (idempotent and len(tried) < self.max_attempts and self._may_retry(op, now)):
+                    raise
+                member.retries_from += 1
+                await asyncio.sleep(backoff_s(len(tried), self.backoff_base_s, self.backoff_max_s, self._rng))
+                now = self.clock()
+                continue
+            except Overloaded:
+                member.breaker.release_probe()
+                raise
+            except HsmlbError:
+                self._report(member, node_fault=False, now=self.clock())  # the node answered: caller fault
+                raise
+            except BaseException:
+                member.breaker.release_probe()
+                raise
+            self._report(member, node_fault=False, now=self.clock())
+            return result, self.cluster.key(op.key_alias)
 
+    def _may_retry(self, op: Operation, now: float) -> bool:
+        if op.deadline is not None and now + self.backoff_max_s >= op.deadline:
+            return False
+        return self.budget.try_withdraw(now)
 
-def _outstanding(node: NodePool) -> float:
-    return node.outstanding
+    def _report(self, member: Member, node_fault: bool, now: float) -> None:
+        member.breaker.record(node_fault)
+        may_eject = self.cluster.ejected_count(now) < self.max_ejected_nodes
+        if member.health.record_result(node_fault, now, may_eject=may_eject):
+            log.warning("node %s ejected until +%.1fs: %s", member.name,
+                        (member.health.ejected_until or now) - now, member.health.last_reason)
