@@ -1,0 +1,184 @@
+"""Load client for bench_daemon.py: one phase (unary or stream) of AES-128 ECB EncryptData against one server.
+
+Protocol on stdio, so the parent can read the server's CPU counters exactly around the measured part:
+connect and warm up, print READY, wait for a line on stdin, run the phase for --seconds (then
+drain what is outstanding), print one JSON line with the figures, exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import grpc
+import uvloop
+
+from hsmlb.v1 import hsmlb_pb2 as pb
+from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+
+KEY = "alias/zek-aes128"
+PLAIN = "6BC1BEE22E409F96E93D7E117393172A"  # NIST SP 800-38A F.1.1 block 1
+CIPHER = "3AD77BB40D7A3660A89ECAF32466EF97"  # ... and its AES-128 ECB encryption
+RPC_TIMEOUT_S = 10.0
+DRAIN_S = 30.0  # how long a stream may take to answer what is outstanding when the phase ends
+GO_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    errors: int = 0
+    wrong: int = 0  # answered, but not with the expected cipher text
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, cipher_text: str | None, expect: str | None, seconds: float) -> None:
+        if cipher_text is None:
+            self.errors += 1
+        elif expect is not None and cipher_text.upper() != expect:
+            self.wrong += 1
+        else:
+            self.ok += 1
+            self.latencies.append(seconds)
+
+
+@dataclass
+class PhaseResult:
+    mode: str
+    ops: int
+    errors: int
+    wrong: int
+    elapsed_s: float
+    ops_per_s: float
+    p50_us: float
+    p99_us: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def request() -> pb.EncryptDataRequest:
+    attributes = pb.EncryptionDecryptionAttributes(symmetric=pb.SymmetricEncryptionAttributes(mode=pb.ECB))
+    return pb.EncryptDataRequest(key_identifier=KEY, plain_text=PLAIN, encryption_attributes=attributes)
+
+
+async def unary_phase(stub: pb_grpc.OperationsStub, seconds: float, concurrency: int, expect: str | None) -> Tally:
+    tally = Tally()
+    req = request()
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                reply = await stub.EncryptData(req, timeout=RPC_TIMEOUT_S)
+                cipher_text: str | None = reply.cipher_text
+            except grpc.aio.AioRpcError:
+                cipher_text = None
+            tally.record(cipher_text, expect, time.perf_counter() - started)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return tally
+
+
+async def _one_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int, expect: str | None,
+                      tally: Tally) -> None:
+    body = request()
+    call = stub.Stream(timeout=seconds + DRAIN_S + RPC_TIMEOUT_S)
+    slots = asyncio.Semaphore(window)
+    sent: dict[int, float] = {}
+    ids = itertools.count(1)
+    stop_at = time.perf_counter() + seconds
+
+    async def sender() -> None:
+        while time.perf_counter() < stop_at:
+            await slots.acquire()
+            request_id = next(ids)
+            sent[request_id] = time.perf_counter()
+            await call.write(pb.StreamRequest(request_id=request_id, encrypt_data=body))
+        await call.done_writing()
+
+    sending = asyncio.ensure_future(sender())
+    try:
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                break
+            started = sent.pop(reply.request_id, None)
+            if started is None:
+                tally.errors += 1
+                continue
+            cipher_text = reply.encrypt_data.cipher_text if reply.WhichOneof("result") == "encrypt_data" else None
+            tally.record(cipher_text, expect, time.perf_counter() - started)
+            slots.release()
+    except grpc.aio.AioRpcError:
+        pass
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        tally.errors += len(sent)  # sent but never answered
+        call.cancel()
+
+
+async def stream_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, window: int,
+                       expect: str | None) -> Tally:
+    tally = Tally()
+    per_stream = max(1, window // streams)
+    await asyncio.gather(*(_one_stream(stub, seconds, per_stream, expect, tally) for _ in range(streams)))
+    return tally
+
+
+async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seconds: float) -> Tally:
+    expect = CIPHER if args.check else None
+    if args.mode == "unary":
+        coro = unary_phase(stub, seconds, args.concurrency, expect)
+    else:
+        coro = stream_phase(stub, seconds, args.streams, args.window, expect)
+    return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        stub = pb_grpc.OperationsStub(channel)
+        warm = await run_phase(stub, args, args.warmup)
+        if warm.ok == 0:
+            raise SystemExit(f"load: warm-up got no good answer from {args.address} "
+                             f"({warm.errors} errors, {warm.wrong} wrong)")
+        print("READY", flush=True)
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), GO_TIMEOUT_S)
+        started = time.perf_counter()
+        tally = await run_phase(stub, args, args.seconds)
+        elapsed = time.perf_counter() - started
+    result = PhaseResult(mode=args.mode, ops=tally.ok, errors=tally.errors, wrong=tally.wrong, elapsed_s=elapsed,
+                         ops_per_s=tally.ok / elapsed, p50_us=percentile(tally.latencies, 0.50) * 1e6,
+                         p99_us=percentile(tally.latencies, 0.99) * 1e6)
+    return asdict(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--mode", choices=("unary", "stream"), required=True)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=32, help="unary: calls in flight")
+    parser.add_argument("--streams", type=int, default=2, help="stream: concurrent streams")
+    parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
+    parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
+    args = parser.parse_args()
+    print(json.dumps(uvloop.run(main_async(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""A bare grpc.aio + uvloop server implementing hsmlb.v1.Operations as an echo: the benchmark's baseline.
+
+EncryptData returns plain_text as cipher_text; Stream answers each request with its own payload.
+Nothing else runs here, so its CPU per op is the floor the gRPC stack alone costs.
+
+    python bench/echo_server.py --listen 127.0.0.1:0    # prints "echo listening on HOST:PORT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import uvloop
+
+from hsmlb.v1 import hsmlb_pb2 as pb
+from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+
+
+class EchoOperations(pb_grpc.OperationsServicer):
+    async def EncryptData(self, request: Any, context: Any) -> Any:
+        return pb.EncryptDataResponse(key_arn=request.key_identifier, cipher_text=request.plain_text)
+
+    async def Stream(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in request_iterator:
+            if request.WhichOneof("operation") == "encrypt_data":
+                body = request.encrypt_data
+                yield pb.StreamResponse(request_id=request.request_id, encrypt_data=pb.EncryptDataResponse(
+                    key_arn=body.key_identifier, cipher_text=body.plain_text))
+            else:
+                yield pb.StreamResponse(request_id=request.request_id, status=pb.Status(
+                    code=grpc.StatusCode.UNIMPLEMENTED.value[0], message="echo: encrypt_data only"))
+
+
+async def serve(listen: str) -> None:
+    # Same server options as the daemon (hsmlb/server.py), so only the handlers differ.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)])
+    pb_grpc.add_OperationsServicer_to_server(EchoOperations(), server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"echo listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    uvloop.run(serve(parser.parse_args().listen))
+
+
+if __name__ == "__main__":
+    main()

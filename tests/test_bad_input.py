@@ -1,0 +1,294 @@
+"""Acceptance: bad input gets the right status and a message naming the field, and the daemon keeps serving.
+
+Every case runs as a unary call and as one message of a bidi Stream between valid messages. The
+module runs its own daemon, so the closing check (no node counted a failure) sees only this traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from hsmlb.v1 import hsmlb_pb2 as pb
+from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests.conftest import DaemonProcess, start_daemon, sym
+
+AES = "alias/zek-aes128"
+BLOCK = "6BC1BEE22E409F96E93D7E117393172A"  # NIST SP 800-38A F.1.1 block 1 ...
+BLOCK_CIPHER = "3AD77BB40D7A3660A89ECAF32466EF97"  # ... and its AES-128 ECB cipher text (same source)
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+FIELDS = {"EncryptData": "encrypt_data", "DecryptData": "decrypt_data", "GenerateMac": "generate_mac",
+          "VerifyMac": "verify_mac", "Sign": "sign", "Verify": "verify", "GenerateRandom": "generate_random"}
+
+
+@pytest.fixture(scope="module")
+def daemon(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """This module's own daemon (overrides the shared one for `ops` and `admin` here)."""
+    proc = start_daemon(cluster.config, tmp_path_factory.mktemp("bad-input") / "daemon.log")
+    yield proc
+    proc.stop()
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    request: Any
+    code: grpc.StatusCode
+    words: tuple[str, ...]  # each must appear in the error message
+
+
+def enc(alias: str = AES, data: str = BLOCK, attrs: pb.EncryptionDecryptionAttributes | None = None,
+        mode: int = pb.ECB, iv: str = "") -> pb.EncryptDataRequest:
+    return pb.EncryptDataRequest(key_identifier=alias, plain_text=data,
+                                 encryption_attributes=attrs if attrs is not None else sym(mode, iv))
+
+
+def dec(alias: str = AES, data: str = BLOCK_CIPHER, mode: int = pb.ECB, iv: str = "",
+        attrs: pb.EncryptionDecryptionAttributes | None = None) -> pb.DecryptDataRequest:
+    return pb.DecryptDataRequest(key_identifier=alias, cipher_text=data,
+                                 decryption_attributes=attrs if attrs is not None else sym(mode, iv))
+
+
+def gmac(alias: str = "alias/cmac-aes128", data: str = BLOCK, algorithm: int | None = pb.CMAC,
+         length: int = 0) -> pb.GenerateMacRequest:
+    attrs = pb.MacAttributes() if algorithm is None else pb.MacAttributes(algorithm=algorithm)
+    return pb.GenerateMacRequest(key_identifier=alias, message_data=data, generation_attributes=attrs,
+                                 mac_length=length)
+
+
+def vmac(alias: str = "alias/cmac-aes128", data: str = BLOCK, mac: str = "00" * 16, algorithm: int | None = pb.CMAC,
+         length: int = 0) -> pb.VerifyMacRequest:
+    attrs = pb.MacAttributes() if algorithm is None else pb.MacAttributes(algorithm=algorithm)
+    return pb.VerifyMacRequest(key_identifier=alias, message_data=data, mac=mac, verification_attributes=attrs,
+                               mac_length=length)
+
+
+def sign(alias: str = "alias/sign-rsa", message: str = BLOCK, algorithm: int = pb.RSASSA_PSS_SHA_256) -> pb.SignRequest:
+    return pb.SignRequest(key_identifier=alias, message=message, signing_algorithm=algorithm)
+
+
+def verify(alias: str = "alias/sign-rsa", signature: str = "00" * 256,
+           algorithm: int = pb.RSASSA_PKCS1_V1_5_SHA_256) -> pb.VerifyRequest:
+    return pb.VerifyRequest(key_identifier=alias, message=BLOCK, signature=signature, signing_algorithm=algorithm)
+
+
+def rnd(n: int) -> pb.GenerateRandomRequest:
+    return pb.GenerateRandomRequest(number_of_bytes=n)
+
+
+CASES: dict[str, Case] = {
+    # unknown alias
+    "unknown-alias-encrypt": Case("EncryptData", enc(alias="alias/no-such-key"), NOT_FOUND, ("alias/no-such-key",)),
+    "unknown-alias-mac": Case("GenerateMac", gmac(alias="alias/no-such-key"), NOT_FOUND, ("alias/no-such-key",)),
+    "unknown-alias-sign": Case("Sign", sign(alias="alias/no-such-key"), NOT_FOUND, ("alias/no-such-key",)),
+    # bad hex
+    "hex-non-hex": Case("EncryptData", enc(data=BLOCK[:-1] + "G"), INVALID, ("plain_text", "hex")),
+    "hex-odd-length": Case("EncryptData", enc(data=BLOCK[:-1]), INVALID, ("plain_text", "hex")),
+    "hex-spaces": Case("EncryptData", enc(data=" ".join([BLOCK[:16], BLOCK[16:]])), INVALID, ("plain_text", "hex")),
+    "hex-0x-prefix": Case("EncryptData", enc(data="0x" + BLOCK), INVALID, ("plain_text",)),
+    "hex-non-ascii": Case("EncryptData", enc(data=BLOCK[:-2] + "é0"), INVALID, ("plain_text",)),
+    "hex-cipher-text": Case("DecryptData", dec(data="ZZ" * 16), INVALID, ("cipher_text", "hex")),
+    "hex-iv": Case("EncryptData", enc(mode=pb.CBC, iv="00" * 15 + "GG"), INVALID, ("initialization_vector", "hex")),
+    "hex-message-data": Case("GenerateMac", gmac(data="HELLO"), INVALID, ("message_data", "hex")),
+    "hex-mac": Case("VerifyMac", vmac(mac="XY" * 16), INVALID, ("mac", "hex")),
+    "hex-sign-message": Case("Sign", sign(message="hello world"), INVALID, ("message", "hex")),
+    "hex-signature": Case("Verify", verify(signature="QQ" * 256), INVALID, ("signature", "hex")),
+    # wrong lengths
+    "aes-data-not-16-multiple": Case("EncryptData", enc(data=BLOCK + BLOCK[:16]), INVALID, ("length",)),
+    "aes-cbc-cipher-not-16-multiple": Case("DecryptData", dec(data=BLOCK * 2 + BLOCK[:16], mode=pb.CBC, iv="00" * 16),
+                                           INVALID, ("length",)),
+    "data-not-8-multiple": Case("EncryptData", enc(data=BLOCK[:24]), INVALID, ("plain_text", "multiple")),
+    "data-empty": Case("EncryptData", enc(data=""), INVALID, ("plain_text",)),
+    "data-too-long": Case("EncryptData", enc(data="00" * 4112), INVALID, ("plain_text", "longer")),
+    "mac-data-empty": Case("GenerateMac", gmac(data=""), INVALID, ("message_data",)),
+    "iv-12-bytes": Case("EncryptData", enc(mode=pb.CBC, iv="00" * 12), INVALID, ("initialization_vector",)),
+    "iv-17-bytes": Case("EncryptData", enc(mode=pb.CBC, iv="00" * 17), INVALID, ("initialization_vector",)),
+    "iv-8-bytes-for-aes": Case("EncryptData", enc(mode=pb.CBC, iv="00" * 8), INVALID, ()),
+    "iv-16-bytes-for-tdes": Case("EncryptData", enc(alias="alias/dek-tdes2", mode=pb.CBC, iv="00" * 16), INVALID, ()),
+    "cbc-without-iv": Case("EncryptData", enc(mode=pb.CBC), INVALID, ("initialization_vector",)),
+    "cbc-decrypt-without-iv": Case("DecryptData", dec(mode=pb.CBC), INVALID, ("initialization_vector",)),
+    "iv-with-ecb": Case("EncryptData", enc(iv="00" * 16), INVALID, ("initialization_vector", "ECB")),
+    "mac-length-3": Case("GenerateMac", gmac(length=3), INVALID, ("mac_length",)),
+    "mac-length-17-cmac": Case("GenerateMac", gmac(length=17), INVALID, ("mac_length", "CMAC")),
+    "mac-length-33-hmac": Case("GenerateMac", gmac(alias="alias/hmac-1", algorithm=pb.HMAC_SHA256, length=33),
+                               INVALID, ("mac_length", "HMAC_SHA256")),
+    "mac-length-negative": Case("GenerateMac", gmac(length=-1), INVALID, ("mac_length",)),
+    "verify-mac-length-mismatch": Case("VerifyMac", vmac(mac="00" * 8, length=16), INVALID, ("mac",)),
+    "verify-mac-too-short": Case("VerifyMac", vmac(mac="0000"), INVALID, ("mac",)),
+    "signature-too-short": Case("Verify", verify(signature="00" * 4), INVALID, ("signature",)),
+    "random-0": Case("GenerateRandom", rnd(0), INVALID, ("number_of_bytes",)),
+    "random-5000": Case("GenerateRandom", rnd(5000), INVALID, ("number_of_bytes",)),
+    "random-negative": Case("GenerateRandom", rnd(-1), INVALID, ("number_of_bytes",)),
+    # key usage
+    "usage-encrypt-with-cmac-key": Case("EncryptData", enc(alias="alias/cmac-aes128"), INVALID, ("usages", "encrypt")),
+    "usage-decrypt-with-cmac-key": Case("DecryptData", dec(alias="alias/cmac-aes128"), INVALID, ("usages", "decrypt")),
+    "usage-mac-with-data-key": Case("GenerateMac", gmac(alias=AES), INVALID, ("usages", AES)),
+    "usage-verify-mac-with-data-key": Case("VerifyMac", vmac(alias=AES), INVALID, ("usages", AES)),
+    "usage-sign-with-aes-key": Case("Sign", sign(alias=AES), INVALID, ("usages", "sign")),
+    "usage-verify-with-aes-key": Case("Verify", verify(alias=AES), INVALID, ("usages", "verify")),
+    "usage-sign-with-tdes-key": Case("Sign", sign(alias="alias/dek-tdes2"), INVALID, ("usages", "sign")),
+    # unsupported modes and algorithms
+    **{f"mode-{name}": Case("EncryptData", enc(mode=pb.EncryptionMode.Value(name)), INVALID, ("mode", name))
+       for name in ("OFB", "CFB", "CFB1", "CFB8", "CFB64", "CFB128", "ENCRYPTION_MODE_UNSPECIFIED")},
+    "mode-unknown-99": Case("EncryptData", enc(mode=99), INVALID, ("mode", "99")),
+    "decrypt-mode-OFB": Case("DecryptData", dec(mode=pb.OFB), INVALID, ("mode", "OFB")),
+    "mac-iso9797-alg3": Case("GenerateMac", gmac(algorithm=pb.ISO9797_ALGORITHM3), INVALID,
+                             ("algorithm", "ISO9797_ALGORITHM3", "not supported")),
+    "mac-iso9797-alg1": Case("VerifyMac", vmac(algorithm=pb.ISO9797_ALGORITHM1), INVALID,
+                             ("algorithm", "ISO9797_ALGORITHM1")),
+    "mac-unspecified": Case("GenerateMac", gmac(algorithm=pb.MAC_ALGORITHM_UNSPECIFIED), INVALID, ("algorithm",)),
+    "mac-unknown-77": Case("GenerateMac", gmac(algorithm=77), INVALID, ("algorithm", "77")),
+    "signing-unspecified": Case("Sign", sign(algorithm=pb.SIGNING_ALGORITHM_UNSPECIFIED), INVALID,
+                                ("signing_algorithm",)),
+    "verify-signing-unspecified": Case("Verify", verify(algorithm=0), INVALID, ("signing_algorithm",)),
+    "signing-unknown-42": Case("Sign", sign(algorithm=42), INVALID, ("signing_algorithm",)),
+    # key type does not fit the algorithm
+    "ecdsa-with-rsa-key": Case("Sign", sign(algorithm=pb.ECDSA_SHA_256), INVALID, ("ECDSA_SHA_256", "RSA")),
+    "verify-ecdsa-with-rsa-key": Case("Verify", verify(algorithm=pb.ECDSA_SHA_256), INVALID, ("ECDSA_SHA_256",)),
+    "pss-with-ec-key": Case("Sign", sign(alias="alias/sign-ec"), INVALID, ("RSASSA_PSS_SHA_256", "EC")),
+    "hmac-with-aes-key": Case("GenerateMac", gmac(algorithm=pb.HMAC_SHA256), INVALID, ("HMAC_SHA256",)),
+    "cmac-with-hmac-key": Case("GenerateMac", gmac(alias="alias/hmac-1"), INVALID, ("CMAC",)),
+    # missing oneof / identifiers
+    "encrypt-no-attributes": Case("EncryptData", pb.EncryptDataRequest(key_identifier=AES, plain_text=BLOCK),
+                                  INVALID, ("encryption_attributes",)),
+    "encrypt-empty-attributes": Case("EncryptData", enc(attrs=pb.EncryptionDecryptionAttributes()), INVALID,
+                                     ("encryption_attributes",)),
+    "decrypt-no-attributes": Case("DecryptData", pb.DecryptDataRequest(key_identifier=AES, cipher_text=BLOCK),
+                                  INVALID, ("decryption_attributes",)),
+    "mac-no-attributes": Case("GenerateMac", gmac(algorithm=None), INVALID, ("generation_attributes",)),
+    "verify-mac-no-attributes": Case("VerifyMac", vmac(algorithm=None), INVALID, ("verification_attributes",)),
+    "empty-key-identifier": Case("EncryptData", enc(alias=""), INVALID, ("key_identifier",)),
+    "empty-key-identifier-mac": Case("GenerateMac", gmac(alias=""), INVALID, ("key_identifier",)),
+    "empty-key-identifier-sign": Case("Sign", sign(alias=""), INVALID, ("key_identifier",)),
+    "key-identifier-newline": Case("EncryptData", enc(alias="alias/zek\naes128"), INVALID, ("key_identifier",)),
+    "key-identifier-too-long": Case("EncryptData", enc(alias="alias/" + "a" * 400), INVALID, ("key_identifier",)),
+}
+CASE_PARAMS = [pytest.param(case, id=name) for name, case in CASES.items()]
+
+
+def _valid(request_id: int) -> pb.StreamRequest:
+    return pb.StreamRequest(request_id=request_id, encrypt_data=enc())
+
+
+def _bad(request_id: int, case: Case) -> pb.StreamRequest:
+    return pb.StreamRequest(request_id=request_id, **{FIELDS[case.method]: case.request})
+
+
+def _assert_valid_reply(reply: pb.StreamResponse) -> None:
+    assert reply.WhichOneof("result") == "encrypt_data", reply
+    assert reply.encrypt_data.cipher_text == BLOCK_CIPHER
+
+
+def _assert_status(reply: pb.StreamResponse, case: Case) -> None:
+    assert reply.WhichOneof("result") == "status", reply
+    assert reply.status.code == case.code.value[0], reply.status
+    for word in case.words:
+        assert word in reply.status.message
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_unary(ops: pb_grpc.OperationsStub, case: Case) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(ops, case.method)(case.request, timeout=30)
+    assert err.value.code() == case.code, err.value.details()
+    details = err.value.details()
+    assert details
+    for word in case.words:
+        assert word in details
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_stream(ops: pb_grpc.OperationsStub, case: Case) -> None:
+    replies = {r.request_id: r for r in ops.Stream(iter([_valid(1), _bad(2, case), _valid(3)]), timeout=30)}
+    assert set(replies) == {1, 2, 3}
+    _assert_status(replies[2], case)
+    _assert_valid_reply(replies[1])
+    _assert_valid_reply(replies[3])
+
+
+def test_stream_all_cases_in_one_stream(ops: pb_grpc.OperationsStub) -> None:
+    cases = list(CASES.values())
+    requests = []
+    for i, case in enumerate(cases):
+        requests += [_bad(2 * i + 1, case), _valid(2 * i + 2)]
+    requests.append(pb.StreamRequest(request_id=10_000))  # no operation at all
+    replies = {r.request_id: r for r in ops.Stream(iter(requests), timeout=60)}
+    assert len(replies) == len(requests)
+    for i, case in enumerate(cases):
+        _assert_status(replies[2 * i + 1], case)
+        _assert_valid_reply(replies[2 * i + 2])
+    assert replies[10_000].status.code == INVALID.value[0]
+    assert "operation" in replies[10_000].status.message
+
+
+def test_undecodable_request_is_refused(daemon: DaemonProcess, ops: pb_grpc.OperationsStub) -> None:
+    """Bytes that are not a valid EncryptDataRequest (bad UTF-8 in a string field) fail that call only."""
+    raw = enc().SerializeToString() + b"\x12\x02\xff\xfe"  # plain_text again, now invalid UTF-8
+    with daemon.channel() as channel:
+        call = channel.unary_unary("/hsmlb.v1.Operations/EncryptData")
+        with pytest.raises(grpc.RpcError) as err:
+            call(raw, timeout=10)
+    assert err.value.code() != grpc.StatusCode.OK
+    assert ops.EncryptData(enc(), timeout=10).cipher_text == BLOCK_CIPHER
+
+
+# ------------------------------------------------------------------------- known bugs (xfail)
+@pytest.mark.xfail(strict=True, reason="BUG: CMAC mac_length is checked against 16 bytes for every key; a TDES "
+                   "CMAC has 8, and asking for 12 silently returns 8 (hsmlb/api/codec.py MAC_FULL_LENGTH)")
+def test_tdes_cmac_mac_length_beyond_block_is_rejected(ops: pb_grpc.OperationsStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        ops.GenerateMac(gmac(alias="alias/cmac-tdes2", length=12), timeout=10)
+    assert err.value.code() == INVALID
+    assert "mac_length" in err.value.details()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an IV of the other cipher's block size passes the codec and the token "
+                   "answers MechanismInvalid: 'the token does not support this algorithm', not naming the IV")
+@pytest.mark.parametrize("case", [CASES["iv-8-bytes-for-aes"], CASES["iv-16-bytes-for-tdes"]], ids=["aes", "tdes"])
+def test_iv_of_wrong_block_size_names_the_iv(ops: pb_grpc.OperationsStub, case: Case) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        ops.EncryptData(case.request, timeout=10)
+    assert err.value.code() == INVALID
+    assert "initialization_vector" in err.value.details()
+
+
+WRONG_CLASS = [pytest.param("Sign", sign(alias="alias/cmac-aes128"), id="sign-with-secret-key"),
+               pytest.param("Verify", verify(alias="alias/hmac-1"), id="verify-with-secret-key"),
+               pytest.param("GenerateMac", gmac(alias="alias/sign-rsa"), id="cmac-with-rsa-key")]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a key of the wrong object class (secret key for Sign, RSA key for a "
+                   "MAC) is taken for login decay (pkcs11_worker.TokenHost.key): UNAVAILABLE and a node fault")
+@pytest.mark.parametrize(("method", "request_"), WRONG_CLASS)
+def test_key_of_wrong_class_is_a_caller_error(fresh_daemon: DaemonProcess, method: str, request_: Any) -> None:
+    """Run on a daemon of its own: today this request counts against two nodes."""
+    with fresh_daemon.channel() as channel:
+        ops, admin = pb_grpc.OperationsStub(channel), pb_grpc.AdminStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            getattr(ops, method)(request_, timeout=30)
+        failed = [n.name for n in admin.ListNodes(pb.ListNodesRequest(), timeout=10).nodes if n.ops_failed]
+    assert err.value.code() == INVALID, err.value.details()
+    assert failed == []
+
+
+# ------------------------------------------------------------------ after all of the above
+def test_zz_daemon_still_serves_and_no_node_was_blamed(daemon: DaemonProcess, ops: pb_grpc.OperationsStub,
+                                                       admin: pb_grpc.AdminStub) -> None:
+    """Runs last in this module (file order): nothing above may have cost a node anything."""
+    assert ops.EncryptData(enc(), timeout=10).cipher_text == BLOCK_CIPHER
+    assert ops.GenerateRandom(rnd(8), timeout=10).random
+    assert daemon.proc.poll() is None
+    nodes = admin.ListNodes(pb.ListNodesRequest(), timeout=10).nodes
+    assert len(nodes) == 4
+    for node in nodes:
+        assert node.ops_failed == 0, (node.name, node.detail)
+        assert node.backend_state == "up", node.name
+        assert node.state.startswith("healthy"), (node.name, node.state)
+        assert node.breaker == "closed", node.name
+        assert node.ejections == 0, node.name
+    assert sum(n.ops_ok for n in nodes) > 0
