@@ -199,10 +199,6 @@ async def test_traffic_avoids_an_out_of_rotation_node_whose_only_key_is_panic_ro
     assert run.guarded_node_a == 0, f"{DEK} traffic reached node-a while it was out of rotation"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: an open breaker takes the last holder out of panic routing (router.py Router.candidates "
-    "requires breaker.would_allow() for panic candidates); with the defaults every consecutive-fault ejection "
-    "also opens the breaker, so the key is refused outright for reset_timeout_s at a time"))
 async def test_last_holder_keeps_serving_most_requests_at_30pct_errors(fresh_daemon: DaemonProcess) -> None:
     """Only node-a holds the key, so a failed attempt cannot be retried elsewhere: ~30% UNAVAILABLE is
     expected, more is not. (Measured: 2-14% served with the bug; 70% with the breaker configured off.)"""
@@ -289,7 +285,7 @@ async def test_retry_budget_bounds_retries_and_failures_show(budget_daemon: Daem
             router = await admin.GetRouterStatus(pb.GetRouterStatusRequest(), timeout=5)
             after = await nodes(admin)
         finally:
-            # Cannot succeed at error_rate 1.0 (the reset is failed by the fault itself, see the xfail below);
+            # Reset the injected fault;
             # the daemon is the test's own and is stopped next.
             await _clear_fault(admin, "node-b", "error_rate")
 
@@ -311,10 +307,6 @@ async def test_retry_budget_bounds_retries_and_failures_show(budget_daemon: Daem
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: pkcs11_worker.TokenHost._dispatch applies the injected error_rate (and delay) before it "
-    "dispatches the _fault control op, so InjectFault error_rate=0 is itself failed by the fault: at 1.0 it can "
-    "never be cleared, at 0.3 a reset fails 30% of the time"))
 async def test_error_rate_fault_can_be_cleared(fresh_daemon: DaemonProcess) -> None:
     async with grpc.aio.insecure_channel(fresh_daemon.address) as channel:
         admin = pb_grpc.AdminStub(channel)

@@ -147,6 +147,8 @@ class TokenHost:
         raise AssertionError("unreachable")
 
     def _dispatch(self, slot: int, op: str, label: str, args: tuple) -> Any:
+        if op == "_fault" and self.fault_injection:  # control ops are not subject to the injected faults
+            return self._fault(*args)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.error_rate and self._rng.random() < self.error_rate:

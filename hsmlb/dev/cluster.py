@@ -85,8 +85,9 @@ def _init_tokens(nodes: tuple[str, ...], so_pin: str, user_pin: str) -> None:
     if util is None:
         raise ConfigError("softhsm2-util not found: apt-get install -y softhsm2")
     existing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, check=True).stdout
+    labels = {line.split(":", 1)[1].strip() for line in existing.splitlines() if line.strip().startswith("Label:")}
     for node in nodes:
-        if f"Label:            {node}\n" in existing or f"Label: {node}\n" in existing:
+        if node in labels:  # softhsm2-util pads labels to 32 characters
             continue
         subprocess.run([util, "--init-token", "--free", "--label", node, "--so-pin", so_pin, "--pin", user_pin],
                        check=True, capture_output=True)

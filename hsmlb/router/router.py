@@ -54,7 +54,7 @@ class Router:
         ready = [m for m in live if m.health.routable(now) and m.breaker.would_allow()]
         if ready:
             return ready, False
-        panic = [m for m in live if m.health.operator == "active" and m.breaker.would_allow()]
+        panic = [m for m in live if m.health.operator == "active"]  # last holders: the breaker does not gate
         return panic, bool(panic)
 
     async def execute(self, op: Operation) -> tuple[Any, KeyInfo | None]:
@@ -75,7 +75,7 @@ class Router:
                 raise Overloaded("every eligible node is saturated")
             member = self.balancer.choose(open_queue, self._load, _name, op.key_alias,
                                           open_queue[0].pool.cost_weights[op.cost])
-            if not member.breaker.allows():
+            if not panic and not member.breaker.allows():
                 tried.append(member)  # lost the half-open probe to another request
                 continue
             if panic:
