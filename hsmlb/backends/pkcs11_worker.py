@@ -155,8 +155,6 @@ class TokenHost:
             raise InjectedDeviceError()
         if op == "random":
             return self.sessions[slot].generate_random(8 * args[0])
-        if op == "sign_rsa" or op == "sign":
-            return OPS["sign"](lambda lab, cls: self.key(slot, lab, cls), label, args)
         if op in OPS:
             return OPS[op](lambda lab, cls: self.key(slot, lab, cls), label, args)
         if op == "_ping":
@@ -165,8 +163,6 @@ class TokenHost:
             return self.inventory()
         if op == "_stats":
             return dict(self.recoveries)
-        if op == "_fault" and self.fault_injection:
-            return self._fault(*args)
         raise CallerFault(f"unknown operation {op}")
 
     def _fault(self, what: str, value: float = 0.0) -> str:
