@@ -1,0 +1,119 @@
+"""`hsmlb apc-emulator` command line: flags, start-up line, graceful SIGTERM.
+
+Why the exact start-up line: tests and `hsmlb dev up` start the emulator with `--port 0` and read
+`apc-emulator listening on http://HOST:PORT region REGION` from stdout to learn the bound port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+log = logging.getLogger("hsmlb.emulator")
+SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one")
+    parser.add_argument("--keys", required=True, help="keys file (same format as config/dev-keys.yaml)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--access-key-id", default=None, help="default: $AWS_ACCESS_KEY_ID")
+    parser.add_argument("--secret-access-key", default=None, help="default: $AWS_SECRET_ACCESS_KEY")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every APC request")
+    parser.add_argument("--error-rate", type=_rate, default=0.0, help="fraction answered InternalServerException")
+    parser.add_argument("--throttle-rate", type=_rate, default=0.0, help="fraction answered ThrottlingException")
+    parser.add_argument("--fault-injection", action="store_true",
+                        help="enable POST /_emulator/faults and GET /_emulator/stats (tests only)")
+    parser.set_defaults(func=cmd_apc_emulator)
+    return parser
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `apc-emulator` on the `hsmlb` command's subparsers."""
+    return configure(subparsers.add_parser("apc-emulator", help="AWS Payment Cryptography emulator (tests, dev)"))
+
+
+def cmd_apc_emulator(args: argparse.Namespace) -> int:
+    from hsmlb.config import ConfigError
+    from hsmlb.emulator.faults import FaultConfig
+    from hsmlb.emulator.server import EmulatorConfig
+
+    access = args.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = args.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not access or not secret:
+        print("hsmlb apc-emulator: credentials required: --access-key-id/--secret-access-key or "
+              "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", file=sys.stderr)
+        return 2
+    try:
+        faults = FaultConfig(args.latency_ms, args.error_rate, args.throttle_rate).validated()
+    except ValueError as exc:
+        print(f"hsmlb apc-emulator: {exc}", file=sys.stderr)
+        return 2
+    config = EmulatorConfig(args.keys, args.region, access, secret, faults, args.fault_injection)
+    try:
+        _run(_serve(config, args.host, args.port))
+    except ConfigError as exc:
+        print(f"hsmlb apc-emulator: config error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+async def _serve(config: Any, host: str, port: int) -> None:
+    from aiohttp import web
+
+    from hsmlb.emulator.server import Emulator
+
+    emulator = Emulator(config)
+    if host not in LOOPBACK:
+        log.warning("serving clear test keys on non-loopback address %s", host)
+    # access_log=None: no per-request lines (paths can carry aliases; bodies are never logged)
+    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if emulator.keys.skipped:
+        log.info("skipped asymmetric keys (no APC data-plane use): %s", ", ".join(emulator.keys.skipped))
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"apc-emulator listening on http://{shown}:{bound_port} region {config.region}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("apc-emulator stopping")
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = configure(argparse.ArgumentParser(prog="hsmlb apc-emulator", description=__doc__))
+    parser.add_argument("--log-level", default=os.environ.get("HSMLB_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    return int(args.func(args))
