@@ -1,0 +1,403 @@
+"""An AWS Payment Cryptography region as a node, the way a PKCS#11 token is one.
+
+Why this shape: a region is remote, metered and shared. Requests are SigV4-signed rest-json over a
+pool of warm keep-alive connections (hsmlb/apc/wire.py: botocore's model and signer, none of the
+boto3 client's per-call CPU); a local token bucket per key class keeps us under the account's
+quota so the router moves excess traffic to another node instead of collecting
+ThrottlingExceptions; and every HTTP outcome becomes an hsmlb.errors type here, once, with no
+request data in any message. Start-up (credentials, endpoints, key inventory) runs in a thread
+and, when it fails, is retried in the background with back-off, like a token worker's respawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from botocore.credentials import ReadOnlyCredentials
+from yarl import URL
+
+from hsmlb.apc.discovery import Discovery, discover
+from hsmlb.apc.throttle import RegionQuotas, TokenBucket
+from hsmlb.apc.wire import (
+    AUTH_FAILURES,
+    JSON,
+    ApiFailure,
+    FastSigner,
+    Json10Template,
+    Signer,
+    compile_data_plane,
+    parse_failure,
+    scrub,
+)
+from hsmlb.clock import Clock, monotonic
+from hsmlb.config import ApcRegionConfig
+from hsmlb.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    KeyNotFound,
+    NodeFault,
+    PermissionDenied,
+    Throttled,
+)
+from hsmlb.ops import Capability, KeyInfo, Operation, OpKind
+
+log = logging.getLogger("hsmlb.backends.apc")
+
+KEY_MEMBERS = ("KeyIdentifier", "IncomingKeyIdentifier", "OutgoingKeyIdentifier")
+VERIFICATION_FAILED = "VerificationFailedReason"  # the result key the payment codec reads
+THROTTLE_PAUSE_S = 0.1  # after a ThrottlingException, grant nothing locally for this long
+CREDENTIAL_REFRESH_S = 60.0
+KEEPALIVE_S = 30.0  # idle keep-alive connections live this long: under typical front-door idle timeouts
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
+WARM_ROUNDS = 3
+URL_CACHE_MAX = 4096
+_JSON_HEADERS = {"Content-Type": JSON}
+# A harmless request per canary kind: 16 zero bytes (two TDES blocks, one AES block), one byte to MAC.
+_ZERO_BLOCKS = "00" * 16
+
+
+def _native_request(op: Operation, arn: str) -> tuple[str, dict[str, Any], str]:
+    """(APC operation, input, output member holding the hex result) for a native op's tuple args."""
+    if op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
+        mode, iv, data = op.args
+        symmetric: dict[str, Any] = {"Mode": mode}
+        if iv:
+            symmetric["InitializationVector"] = iv.hex().upper()
+        if op.kind is OpKind.ENCRYPT:
+            return "EncryptData", {"KeyIdentifier": arn, "PlainText": data.hex().upper(),
+                                   "EncryptionAttributes": {"Symmetric": symmetric}}, "CipherText"
+        return "DecryptData", {"KeyIdentifier": arn, "CipherText": data.hex().upper(),
+                               "DecryptionAttributes": {"Symmetric": symmetric}}, "PlainText"
+    if op.kind in (OpKind.GENERATE_MAC, OpKind.VERIFY_MAC):
+        algorithm, data, length = op.args  # VERIFY_MAC: (.., mac); the codec compares the whole MAC itself
+        params: dict[str, Any] = {"KeyIdentifier": arn, "MessageData": data.hex().upper(),
+                                  "GenerationAttributes": {"Algorithm": algorithm}}
+        if op.kind is OpKind.GENERATE_MAC and length:
+            params["MacLength"] = length
+        return "GenerateMac", params, "Mac"
+    raise InvalidArgument(f"{op.kind.value} is not offered by APC regions")
+
+
+class ApcRegionBackend:
+    kind = "apc"
+    capabilities = frozenset(Capability) - {Capability.SIGN, Capability.VERIFY, Capability.RANDOM}
+
+    def __init__(self, config: ApcRegionConfig, fault_injection: bool = False, clock: Clock = monotonic) -> None:
+        self.config = config
+        self.name = config.name
+        self.fault_injection = fault_injection
+        self.clock = clock
+        q = config.quotas
+        self.quotas = RegionQuotas(q.symmetric_per_s, q.asymmetric_per_s, q.burst_s, clock)
+        self.templates = compile_data_plane()
+        self.control_template = Json10Template.for_control_plane()
+        self.on_change: list[Any] = []  # callbacks(node) when state or inventory changes
+        self._state = "starting"
+        self._keys: dict[str, KeyInfo] = {}
+        self._discovery: Discovery | None = None
+        self._signer: Signer | None = None  # botocore's SigV4Auth: control-plane requests
+        self._fast: FastSigner | None = None  # the same signature, precomputed: data-plane requests
+        self._urls: dict[str, URL] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._canary: tuple[str, dict[str, Any]] | None = None
+        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_s, connect=config.connect_timeout_s)
+        self.counts: Counter[str] = Counter()
+        self.warm_connections = 0
+        self.restarts = 0
+        self.credential_refreshes = 0
+
+    # -- contract ---------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def keys(self) -> dict[str, KeyInfo]:
+        return self._keys
+
+    async def start(self) -> None:
+        """Discover and pre-connect; if that fails the node is down and the supervisor retries."""
+        try:
+            await self._connect()
+        except BaseException:
+            self._set_state("down")
+            raise
+        finally:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    def perform(self, op: Operation, slot: int) -> Any:
+        return self._perform(op)
+
+    async def probe(self) -> None:
+        """A real signed request: the canary data-plane op, else a control-plane GetKey. Throttling
+        or a caller-side answer still proves the region up; only node faults fail the probe."""
+        if self._state != "up" or self._session is None:
+            raise NodeFault(f"node {self.name} is {self._state}")
+        await self._canary_call()
+
+    async def inject_fault(self, fault: str, value: float = 0.0) -> None:
+        raise InvalidArgument("fault injection for apc nodes is done at the emulator")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._set_state("down")
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": self.config.connections, "warm_connections": self.warm_connections,
+                "idle_connections": self.idle_connections(), "requests": dict(self.counts),
+                "quotas": self.quotas.stats(), "restarts": self.restarts,
+                "credential_refreshes": self.credential_refreshes}
+
+    def idle_connections(self) -> int:
+        """Keep-alive connections the pool holds now (aiohttp keeps no public count; -1 if unknown)."""
+        connector = self._session.connector if self._session is not None else None
+        conns = getattr(connector, "_conns", None)
+        if not isinstance(conns, dict):
+            return -1
+        return sum(len(c) for c in conns.values())
+
+    # -- request path -----------------------------------------------------------------------
+    async def _perform(self, op: Operation) -> Any:
+        if self._state != "up":
+            raise NodeFault(f"node {self.name} is {self._state}")
+        key = self._keys.get(op.key_alias) if op.key_alias else None
+        if op.apc:
+            operation, params = op.args
+            params = self._resolve(params)
+            extract = None
+        else:  # an alias this region does not list goes through as is: the region answers NotFound
+            operation, params, extract = _native_request(op, key.label if key else op.key_alias or "")
+        bucket = self.quotas.bucket(key.key_type if key else "AES")
+        timeout = await self._admit(op, bucket)
+        result = await self._call(operation, params, bucket, timeout, op)
+        if extract is None or VERIFICATION_FAILED in result:
+            return result
+        try:
+            return bytes.fromhex(result[extract])
+        except (KeyError, TypeError, ValueError):
+            raise NodeFault(f"node {self.name}: {operation} answer has no valid {extract}") from None
+
+    def _resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Aliases in the key members -> this region's key ARNs (copying only when one changes)."""
+        out = params
+        for member in KEY_MEMBERS:
+            key = self._keys.get(params.get(member))  # type: ignore[arg-type]
+            if key is not None:
+                if out is params:
+                    out = dict(params)
+                out[member] = key.label
+        return out
+
+    async def _admit(self, op: Operation, bucket: TokenBucket) -> float:
+        """Take a quota token (waiting at most max_wait_s, within the deadline); the request timeout left."""
+        timeout = self.config.request_timeout_s
+        max_wait = self.config.quotas.max_wait_s
+        if op.deadline is not None:
+            remaining = op.deadline - self.clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"node {self.name}: the deadline passed before the request was sent")
+            max_wait = min(max_wait, remaining)
+        wait = bucket.acquire(max_wait)
+        if wait is None:
+            self.counts["throttled_locally"] += 1
+            raise Throttled(f"node {self.name}: {self.config.region} request quota ({bucket.rate:g}/s) in use")
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if op.deadline is not None:
+            timeout = min(timeout, op.deadline - self.clock())
+            if timeout <= 0:
+                raise DeadlineExceeded(f"node {self.name}: the deadline passed while waiting for quota")
+        return timeout
+
+    async def _call(self, operation: str, params: dict[str, Any], bucket: TokenBucket | None, timeout: float,
+                    op: Operation | None = None) -> dict[str, Any]:
+        template = self.templates.get(operation)
+        if template is None:
+            raise InvalidArgument(f"{operation} is not an APC data-plane operation")
+        path, body = template.render(params)
+        status, error_type, raw = await self._send(template.method, path, _JSON_HEADERS, body, timeout, data=True)
+        if status < 300:
+            self.counts["ok"] += 1
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise NodeFault(f"node {self.name}: {operation} answer is not JSON") from None
+        return self._failure(parse_failure(status, error_type, raw), operation, bucket, op)
+
+    async def _send(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float,
+                    data: bool) -> tuple[int, str | None, bytes]:
+        session, found, fast, signer = self._session, self._discovery, self._fast, self._signer
+        if session is None or found is None or fast is None or signer is None:
+            raise NodeFault(f"node {self.name} is {self._state}")
+        if data:
+            url = self._urls.get(path)
+            if url is None:
+                if len(self._urls) >= URL_CACHE_MAX:
+                    self._urls.clear()
+                url = self._urls[path] = URL(found.data_url + path, encoded=True)
+            signed = fast.sign(method, path, headers, body)
+        else:
+            url = URL(found.control_url + path, encoded=True)
+            signed = signer.sign(method, found.control_url + path, headers, body)
+        clipped = timeout < self.config.request_timeout_s
+        try:
+            async with session.request(method, url, data=body, headers=signed,
+                                       timeout=aiohttp.ClientTimeout(total=timeout) if clipped else self._timeout
+                                       ) as response:
+                raw = await response.read()
+                return response.status, response.headers.get("x-amzn-ErrorType"), raw
+        except TimeoutError:
+            self.counts["timeout"] += 1
+            if clipped:  # the caller's deadline, not the region, ran out
+                raise DeadlineExceeded(f"node {self.name}: no answer before the deadline") from None
+            raise NodeFault(f"node {self.name}: no answer within {timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            self.counts["connection_error"] += 1
+            raise NodeFault(f"node {self.name}: connection failed ({type(exc).__name__})") from None
+
+    def _failure(self, failure: ApiFailure, operation: str, bucket: TokenBucket | None,
+                 op: Operation | None) -> dict[str, Any]:
+        """One place that turns an AWS error answer into a result or an hsmlb error."""
+        code = failure.code
+        self.counts[code] += 1
+        message = scrub(failure.message)
+        if code == "VerificationFailedException":
+            return {VERIFICATION_FAILED: str(failure.members.get("Reason") or "VERIFICATION_FAILED")}
+        if code == "ValidationException":
+            paths = failure.field_paths
+            fields = f"; fields: {', '.join(paths)}" if paths else ""
+            raise InvalidArgument(f"{message or 'invalid request'}{fields}")
+        if code == "ResourceNotFoundException":
+            what = f"key {op.key_alias}" if op is not None and op.key_alias else "the key"
+            raise KeyNotFound(f"node {self.name}: region {self.config.region} has no {what}")
+        if code == "AccessDeniedException":
+            raise PermissionDenied(f"node {self.name}: {operation} denied by the region: {message}")
+        if code == "ThrottlingException" or failure.status == 429:
+            if bucket is not None:
+                bucket.drain(THROTTLE_PAUSE_S)
+            raise Throttled(f"node {self.name}: region {self.config.region} throttled {operation}")
+        if code in AUTH_FAILURES or failure.status in (401, 403):
+            raise NodeFault(f"node {self.name}: region rejected our credentials ({code})")
+        if failure.status >= 500:
+            raise NodeFault(f"node {self.name}: {code} (HTTP {failure.status}) on {operation}")
+        raise NodeFault(f"node {self.name}: unexpected {code} (HTTP {failure.status}) on {operation}")
+
+    async def _control_call(self) -> dict[str, Any]:
+        """A signed awsJson1_0 control-plane request through the same pool: GetKey, or one alias."""
+        first = next(iter(self._keys.values()), None)
+        operation, params = ("GetKey", {"KeyIdentifier": first.label}) if first else ("ListAliases", {"MaxResults": 1})
+        headers, body = self.control_template.render(operation, params)
+        status, error_type, raw = await self._send("POST", "/", headers, body, self.config.request_timeout_s,
+                                                   data=False)
+        if status < 300:
+            return json.loads(raw or b"{}")
+        return self._failure(parse_failure(status, error_type, raw), operation, None, None)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        found = await asyncio.to_thread(discover, self.config)
+        self._discovery = found
+        self._signer = Signer(found.frozen, self.config.region)
+        self._fast = FastSigner(found.frozen, self.config.region, found.data_url)
+        self._urls = {}
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.config.connections, keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
+                                                  auto_decompress=False)
+        self._canary = self._pick_canary(found)
+        self._keys = found.keys
+        await self._warm()
+        self._set_state("up")
+        log.info("node %s up: region %s, %d keys, %d/%d warm connections", self.name, self.config.region,
+                 len(self._keys), self.warm_connections, self.config.connections)
+
+    @staticmethod
+    def _pick_canary(found: Discovery) -> tuple[str, dict[str, Any]] | None:
+        for alias, key in found.keys.items():
+            if key.key_usage == "TR31_D0_SYMMETRIC_DATA_ENCRYPTION_KEY" and "encrypt" in key.usages:
+                return "EncryptData", {"KeyIdentifier": key.label, "PlainText": _ZERO_BLOCKS,
+                                       "EncryptionAttributes": {"Symmetric": {"Mode": "ECB"}}}
+            if key.key_usage in ("TR31_M6_ISO_9797_5_CMAC_KEY", "TR31_M7_HMAC_KEY") and "sign" in key.usages:
+                algorithm = "CMAC" if key.key_usage.startswith("TR31_M6") else found.algorithms.get(alias, "")
+                if algorithm:
+                    return "GenerateMac", {"KeyIdentifier": key.label, "MessageData": "00",
+                                           "GenerationAttributes": {"Algorithm": algorithm}}
+        return None
+
+    async def _warm(self) -> None:
+        """Open `connections` keep-alive connections now (that many concurrent signed canaries), so the
+        first burst of traffic pays no TCP/TLS handshakes; a node fault here fails the start."""
+        want = self.config.connections
+        for _ in range(WARM_ROUNDS):
+            missing = want - max(self.idle_connections(), 0)
+            if missing <= 0:
+                break
+            results = await asyncio.gather(*(self._canary_call() for _ in range(missing)), return_exceptions=True)
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None:
+                raise failure
+        self.warm_connections = self.idle_connections()
+
+    async def _canary_call(self) -> None:
+        """Outside the quota buckets (a few a second); any answer but a node fault means "up"."""
+        with contextlib.suppress(Throttled, InvalidArgument, KeyNotFound, PermissionDenied):
+            if self._canary is not None:
+                await self._call(*self._canary, None, self.config.request_timeout_s)
+            else:
+                await self._control_call()
+
+    async def _supervise(self) -> None:
+        """Down: reconnect with back-off. Up: refresh the frozen credentials now and then."""
+        delay = RETRY_FIRST_S
+        while not self._closing:
+            if self._state == "up":
+                await asyncio.sleep(CREDENTIAL_REFRESH_S)
+                await self._refresh_credentials()
+                continue
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+                self.restarts += 1
+                delay = RETRY_FIRST_S
+            except Exception as exc:  # anything: stay down, try again later
+                delay = min(delay * 2, RETRY_MAX_S)
+                log.warning("node %s: reconnect failed (%s); next try in %.1fs", self.name,
+                            getattr(exc, "message", type(exc).__name__), delay)
+
+    async def _refresh_credentials(self) -> None:
+        found = self._discovery
+        if found is None:
+            return
+        try:
+            frozen = await asyncio.to_thread(found.credentials.get_frozen_credentials)
+        except Exception as exc:  # keep signing with the old ones; the region will say when they expire
+            log.warning("node %s: credential refresh failed (%s)", self.name, type(exc).__name__)
+            return
+        self._apply_credentials(frozen)
+        self.credential_refreshes += 1
+
+    def _apply_credentials(self, frozen: ReadOnlyCredentials) -> None:
+        for signer in (self._signer, self._fast):
+            if signer is not None:
+                signer.update(frozen)
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            for callback in self.on_change:
+                callback(self)
