@@ -23,7 +23,8 @@ COPY hsmlb/ hsmlb/
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install /wheels/hsmlb-*.whl \
- && cd / && /opt/venv/bin/python -c "import hsmlb.server, hsmlb.v1.hsmlb_pb2, hsmlb.v1.hsmlb_pb2_grpc"
+ && cd / && /opt/venv/bin/python -c "import hsmlb.server, hsmlb.v1.hsmlb_pb2, hsmlb.v1.hsmlb_pb2_grpc; \
+from hsmlb.dev.cluster import default_keys_file; from hsmlb.keys import load_keys; load_keys(default_keys_file())"
 
 # ------------------------------------------------------------------------------------------ runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -33,8 +34,7 @@ RUN apt-get update \
  && groupadd --gid 10001 hsmlb \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/hsmlb --shell /usr/sbin/nologin hsmlb
 COPY --from=builder /opt/venv /opt/venv
-# `hsmlb dev up` finds its default keys file at ./config/dev-keys.yaml when installed from a wheel.
-COPY config/dev-keys.yaml /opt/hsmlb/config/dev-keys.yaml
+# `hsmlb dev up` reads its default keys file from the installed package (hsmlb/dev/dev-keys.yaml).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/hsmlb
 USER hsmlb:hsmlb

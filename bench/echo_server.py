@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import uvloop
 
+from hsmlb.server import GRPC_SERVER_OPTIONS
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
@@ -37,8 +38,7 @@ class EchoOperations(pb_grpc.OperationsServicer):
 
 
 async def serve(listen: str) -> None:
-    # Same server options as the daemon (hsmlb/server.py), so only the handlers differ.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)])
+    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)  # the daemon's own: only the handlers differ
     pb_grpc.add_OperationsServicer_to_server(EchoOperations(), server)
     port = server.add_insecure_port(listen)
     if port == 0:

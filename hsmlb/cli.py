@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from hsmlb.config import ConfigError, load_config
+from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
 
@@ -40,14 +41,29 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
-    from hsmlb.dev.cluster import default_keys_file, dev_up
+    """Tokens (and, with --serve, two emulated APC regions), then optionally the daemon on them.
 
-    path = dev_up(args.state_dir, args.keys or default_keys_file(), listen=args.listen,
-                  fault_injection=args.fault_injection)
-    print(path, flush=True)
-    if args.serve:
-        os.execvp(sys.executable, [sys.executable, "-m", "hsmlb", "serve", "--config", str(path)])
-    return 0
+    Regions are processes that must outlive this command's config writing, so they come up only
+    with --serve, which stops them again when the daemon exits.
+    """
+    from hsmlb.dev.cluster import default_keys_file, dev_up
+    from hsmlb.dev.regions import region_node_config, start_dev_regions
+
+    keys = args.keys or default_keys_file()
+    regions = start_dev_regions(keys, args.state_dir.resolve(), args.fault_injection) \
+        if args.serve and args.regions else []
+    try:
+        path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
+                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions])
+        print(path, flush=True)
+        for region in regions:
+            print(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}", flush=True)
+        if args.serve:
+            return cmd_serve(argparse.Namespace(config=path))
+        return 0
+    finally:
+        for region in regions:
+            region.stop()
 
 
 def _address(args: argparse.Namespace) -> str:
@@ -160,8 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keys", type=Path)
     up.add_argument("--listen", default="127.0.0.1:50051")
     up.add_argument("--fault-injection", action="store_true", help="enable test-only fault hooks")
-    up.add_argument("--serve", action="store_true", help="then run the daemon on it")
+    up.add_argument("--serve", action="store_true", help="then run the daemon on it (with emulated regions)")
+    up.add_argument("--no-regions", dest="regions", action="store_false",
+                    help="with --serve: tokens only, no emulated APC regions")
     up.set_defaults(func=cmd_dev_up)
+
+    add_apc_emulator_parser(sub)
     return parser
 
 

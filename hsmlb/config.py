@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 
 class _Frozen(BaseModel):
@@ -59,6 +59,9 @@ class Pkcs11NodeConfig(PinSource):
         default_factory=dict, description="alias -> PKCS#11 label, where they differ (default: label = alias)"
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the token worker")
+    allow_host_side_derivation: bool = Field(
+        False, description="serve payment ops (CVV, PIN translation, DUKPT, EMV, ISO 9797 MACs) by computing with "
+        "key material read from the token in the worker's memory. NOT PCI PIN compliant: test clusters only")
 
     @model_validator(mode="after")
     def _token_named(self) -> Pkcs11NodeConfig:
@@ -67,8 +70,50 @@ class Pkcs11NodeConfig(PinSource):
         return self
 
 
-# One kind today; a second backend kind turns this into a union discriminated on `kind`.
-NodeConfig = Pkcs11NodeConfig
+class ApcQuotas(_Frozen):
+    """Client-side token buckets per region x key class. Defaults are APC's default account quotas
+    (data plane: 500 requests/s with symmetric keys, 20/s with asymmetric keys, per region)."""
+
+    symmetric_per_s: float = Field(500.0, gt=0)
+    asymmetric_per_s: float = Field(20.0, gt=0)
+    burst_s: float = Field(0.2, gt=0, description="bucket depth, in seconds of quota")
+    max_wait_s: float = Field(0.05, ge=0, description="wait for a token at most this long, then try another node")
+
+
+class ApcRegionConfig(_Frozen):
+    """An AWS Payment Cryptography region as a node: SigV4-signed rest-json over warm HTTPS connections."""
+
+    kind: Literal["apc"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    endpoint_url: str | None = Field(None, description="data-plane endpoint; default: the region's APC endpoint")
+    control_endpoint_url: str | None = Field(None, description="control plane (GetKey); default: endpoint_url "
+                                             "when set, else the region's APC control-plane endpoint")
+    profile: str | None = Field(None, description="boto3 profile; credentials come from the default chain")
+    credentials_file: Path | None = Field(None, description="shared credentials file (dev clusters)")
+    connections: int = Field(16, ge=1, le=1024, description="keep-alive connections, pre-connected at start")
+    queue_limit: int = Field(1024, ge=0)
+    request_timeout_s: float = Field(2.0, gt=0, le=60)
+    connect_timeout_s: float = Field(1.0, gt=0, le=30)
+    keys: dict[str, str] = Field(default_factory=dict, description="alias -> key ARN; default: every alias "
+                                 "the region lists (ListAliases)")
+    quotas: ApcQuotas = ApcQuotas()
+
+    @property
+    def pool_size(self) -> int:
+        return self.connections
+
+
+NODE_KINDS = ("pkcs11", "apc")
+
+
+def _node_kind(value: Any) -> str:
+    return (value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)) or "pkcs11"
+
+
+# Discriminated on `kind`; a node without one is a PKCS#11 token, as before regions existed.
+NodeConfig = Annotated[Annotated[Pkcs11NodeConfig, Tag("pkcs11")] | Annotated[ApcRegionConfig, Tag("apc")],
+                       Discriminator(_node_kind)]
 
 
 class CostWeights(_Frozen):
@@ -148,7 +193,9 @@ class ConfigError(Exception):
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = err["loc"]  # drop the union tag pydantic inserts after a node's index: nodes.0.pkcs11.x -> nodes.0.x
+        parts = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in NODE_KINDS)]
+        where = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"{where}: {err['msg']}")
     return "\n".join(lines)
 
@@ -170,6 +217,7 @@ def load_config(path: str | Path) -> Config:
     base = Path(path).resolve().parent
     if isinstance(data, dict):
         for node in data.get("nodes") or []:
-            if isinstance(node, dict) and node.get("pin_file") and not Path(node["pin_file"]).is_absolute():
-                node["pin_file"] = str(base / node["pin_file"])
+            for field in ("pin_file", "credentials_file"):
+                if isinstance(node, dict) and node.get(field) and not Path(node[field]).is_absolute():
+                    node[field] = str(base / node[field])
     return parse_config(data)

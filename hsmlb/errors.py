@@ -3,8 +3,11 @@
     HsmlbError
     ├── CallerError            the request is wrong; never counts against a node, never retried
     │   ├── InvalidArgument    bad hex, wrong length, unsupported mode, usage the key forbids
-    │   └── KeyNotFound        no node knows the alias
+    │   ├── KeyNotFound        no node knows the alias
+    │   └── PermissionDenied   the backend refused the caller's use of the key (APC AccessDeniedException)
     ├── Overloaded             every eligible node's queue is full (RESOURCE_EXHAUSTED); not a node fault
+    │   └── Throttled          a node asked us to slow down (APC ThrottlingException, or our own quota
+    │                          bucket for it is empty); tried on another node, never ejects this one
     ├── Unavailable            no eligible node is up (UNAVAILABLE)
     ├── DeadlineExceeded       the caller's deadline passed before the op ran
     └── NodeFault              the node is at fault (device error, lost session, dead worker, timeout);
@@ -42,8 +45,16 @@ class KeyNotFound(CallerError):
     status = grpc.StatusCode.NOT_FOUND
 
 
+class PermissionDenied(CallerError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Overloaded(HsmlbError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Throttled(Overloaded):
+    """Back-pressure from one node: another node may take the request; this one is not at fault."""
 
 
 class Unavailable(HsmlbError):

@@ -17,6 +17,10 @@ from hsmlb.config import ConfigError
 Algorithm = Literal["AES_128", "AES_192", "AES_256", "TDES_2KEY", "TDES_3KEY", "HMAC_SHA256",
                     "RSA_2048", "ECC_NIST_P256"]
 SYMMETRIC_BYTES = {"AES_128": 16, "AES_192": 24, "AES_256": 32, "TDES_2KEY": 16, "TDES_3KEY": 24}
+# HMAC keys go onto dev tokens zero-padded to this length: SoftHSM2 wants at least the digest length
+# (64 bytes for SHA-512), and HMAC pads a short key with zeros to the hash's block size (RFC 2104
+# s.2; 64 bytes for SHA-224/256, 128 for SHA-384/512), so a padded key gives the same MACs.
+HMAC_MIN_KEY = 64
 
 # APC key usage -> the token attributes it grants (the token enforces them; the router reads them back).
 USAGE_ATTRIBUTES: dict[str, frozenset[str]] = {
@@ -69,6 +73,16 @@ class KeyEntry(BaseModel):
     @property
     def asymmetric(self) -> bool:
         return self.algorithm in ("RSA_2048", "ECC_NIST_P256")
+
+
+def token_material(entry: KeyEntry) -> bytes:
+    """The bytes a dev token is given for `entry`, over which its KCV is computed.
+
+    The keys-file material, with HMAC keys zero-padded to HMAC_MIN_KEY (same MACs, see above).
+    A 2-key TDES key stays K1K2 here: the token stores K1K2K1, which has the same KCV.
+    """
+    material = entry.material() or b""
+    return material.ljust(HMAC_MIN_KEY, b"\0") if entry.algorithm.startswith("HMAC") else material
 
 
 _ENTRIES = TypeAdapter(list[KeyEntry])

@@ -19,6 +19,41 @@ class OpKind(enum.StrEnum):
     SIGN = "sign"
     VERIFY = "verify"
     RANDOM = "random"
+    REENCRYPT = "reencrypt"
+    GENERATE_CARD_VALIDATION = "generate_card_validation"
+    VERIFY_CARD_VALIDATION = "verify_card_validation"
+    TRANSLATE_PIN = "translate_pin"
+    VERIFY_ARQC = "verify_arqc"
+
+
+class Capability(enum.StrEnum):
+    """What a node must be able to do for an op; the router sends a node only what it advertises.
+
+    The native ones are PKCS#11 primitives on a key handle. The payment ones need derived keys or
+    clear PIN blocks in the computing host's memory, which a PKCS#11 node offers only with
+    `allow_host_side_derivation` (test clusters only: not PCI PIN compliant), and APC offers natively.
+    """
+
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    GENERATE_MAC = "generate_mac"
+    VERIFY_MAC = "verify_mac"
+    SIGN = "sign"
+    VERIFY = "verify"
+    RANDOM = "random"
+    REENCRYPT = "reencrypt"
+    CARD_VALIDATION = "card_validation"
+    PIN_TRANSLATION = "pin_translation"
+    EMV_CRYPTOGRAM = "emv_cryptogram"
+    ISO9797_MAC = "iso9797_mac"
+    DUKPT = "dukpt"
+
+
+NATIVE_CAPABILITIES = frozenset({Capability.ENCRYPT, Capability.DECRYPT, Capability.GENERATE_MAC,
+                                 Capability.VERIFY_MAC, Capability.SIGN, Capability.VERIFY, Capability.RANDOM,
+                                 Capability.REENCRYPT})
+HOST_SIDE_CAPABILITIES = frozenset({Capability.CARD_VALIDATION, Capability.PIN_TRANSLATION,
+                                    Capability.EMV_CRYPTOGRAM, Capability.ISO9797_MAC, Capability.DUKPT})
 
 
 class CostClass(enum.StrEnum):
@@ -41,18 +76,50 @@ OP_TRAITS: dict[OpKind, OpTraits] = {
     OpKind.SIGN: OpTraits("sign", idempotent=True),
     OpKind.VERIFY: OpTraits("verify", idempotent=True),
     OpKind.RANDOM: OpTraits(None, idempotent=True),
+    # Payment ops: the engine (or APC) checks the key's TR-31 usage, which token attributes cannot express.
+    OpKind.REENCRYPT: OpTraits(None, idempotent=True),
+    OpKind.GENERATE_CARD_VALIDATION: OpTraits(None, idempotent=True),
+    OpKind.VERIFY_CARD_VALIDATION: OpTraits(None, idempotent=True),
+    OpKind.TRANSLATE_PIN: OpTraits(None, idempotent=True),  # random fill differs, the PIN does not
+    OpKind.VERIFY_ARQC: OpTraits(None, idempotent=True),
+}
+
+# Key types (KeyInfo.key_type) each operation can use. A kind absent here is not checked.
+_MAC_TYPES = frozenset({"AES", "DES3", "GENERIC_SECRET", "SHA256_HMAC"})  # CMAC; HMAC on generic secrets
+OP_KEY_TYPES: dict[OpKind, frozenset[str]] = {
+    OpKind.ENCRYPT: frozenset({"AES", "DES3"}),
+    OpKind.DECRYPT: frozenset({"AES", "DES3"}),
+    OpKind.GENERATE_MAC: _MAC_TYPES,
+    OpKind.VERIFY_MAC: _MAC_TYPES,
+    OpKind.SIGN: frozenset({"RSA", "EC"}),
+    OpKind.VERIFY: frozenset({"RSA", "EC"}),
 }
 
 
 @dataclass(slots=True)
 class Operation:
-    """One decoded, validated request. `args` is kind-specific and holds bytes, never hex."""
+    """One decoded, validated request.
+
+    Native ops carry kind-specific `args` of bytes. Payment ops carry `args = (apc_operation, params)`:
+    the botocore payment-cryptography-data input dict, which every backend kind understands.
+    """
 
     kind: OpKind
-    key_alias: str | None
+    key_alias: str | None  # the key whose ARN and KCV the response reports (outgoing, for translations)
     args: tuple[Any, ...]
     deadline: float | None = None  # time.monotonic() seconds
     cost: CostClass = CostClass.SYMMETRIC
+    capability: str = ""  # empty: the kind's own native capability
+    other_keys: tuple[str, ...] = ()  # further keys the serving node must hold (incoming, for translations)
+
+    @property
+    def needs(self) -> str:
+        return self.capability or self.kind.value
+
+    @property
+    def apc(self) -> bool:
+        """True when args are (apc_operation, params)."""
+        return bool(self.capability) or self.kind in PAYMENT_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +132,8 @@ class KeyInfo:
     kcv: str  # hex, symmetric keys only
     usages: frozenset[str]
     bits: int = 0
+    key_usage: str = ""  # APC/TR-31 usage (TR31_C0_...), where the node records it
+
+
+PAYMENT_KINDS = frozenset({OpKind.REENCRYPT, OpKind.GENERATE_CARD_VALIDATION, OpKind.VERIFY_CARD_VALIDATION,
+                           OpKind.TRANSLATE_PIN, OpKind.VERIFY_ARQC})

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hsmlb.api.admin import AdminServicer
 from hsmlb.api.operations import OperationsServicer
-from hsmlb.backends.pkcs11 import Pkcs11Backend
+from hsmlb.backends import Backend, create_backend
 from hsmlb.clock import Clock, monotonic
 from hsmlb.config import Config
 from hsmlb.health import HealthPolicy, NodeHealth
@@ -29,6 +29,12 @@ from hsmlb.v1 import hsmlb_pb2, hsmlb_pb2_grpc
 
 log = logging.getLogger("hsmlb.server")
 _background: set[asyncio.Future[None]] = set()
+# The gRPC server's options; bench/echo_server.py runs its baseline with the same ones.
+# so_reuseport 0: a second daemon on the same port fails to bind instead of silently sharing it.
+GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_concurrent_streams", 1024),
+)
 SERVICE_NAMES = (
     hsmlb_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
     hsmlb_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -56,7 +62,7 @@ class Daemon:
         log.info("stopped")
 
 
-def build_router(config: Config, backends: list[Pkcs11Backend], clock: Clock = monotonic) -> Router:
+def build_router(config: Config, backends: list[Backend], clock: Clock = monotonic) -> Router:
     """Pools, health, breakers and the balancer for each node, as the config says."""
     rc = config.router
     weights = {CostClass.SYMMETRIC: rc.cost_weights.symmetric, CostClass.ECDSA: rc.cost_weights.ecdsa,
@@ -79,7 +85,7 @@ def build_router(config: Config, backends: list[Pkcs11Backend], clock: Clock = m
 
 
 async def start_daemon(config: Config) -> Daemon:
-    backends = [Pkcs11Backend(node, fault_injection=config.fault_injection) for node in config.nodes]
+    backends = [create_backend(node, fault_injection=config.fault_injection) for node in config.nodes]
     router = build_router(config, backends)
     results = await asyncio.wait_for(asyncio.gather(*(b.start() for b in backends), return_exceptions=True),
                                      config.start_timeout_s)
@@ -103,7 +109,7 @@ async def start_daemon(config: Config) -> Daemon:
     for member in router.cluster.members:
         checker.watch(member.health, member.pool.backend.probe, on_change)
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)])
+    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
     hsmlb_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(router), server)
     hsmlb_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(router, fault_injection=config.fault_injection, balancer_name=config.router.balancer), server)

@@ -9,14 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from hsmlb.dev.cluster import default_keys_file, dev_up
+from hsmlb.dev.regions import Emulator, region_node_config, start_dev_regions
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
@@ -122,6 +125,57 @@ def admin(daemon: DaemonProcess) -> Iterator[pb_grpc.AdminStub]:
         yield pb_grpc.AdminStub(channel)
 
 
+@dataclass
+class PaymentCluster(Cluster):
+    """Tokens plus two emulated APC regions (apc-east, apc-west) with fault switches."""
+
+    emulators: list[Emulator]
+
+    def emulator(self, name: str) -> Emulator:
+        return next(e for e in self.emulators if e.name == name)
+
+    def variant(self, nodes: list[str], name: str, **overrides: object) -> Path:
+        """The same cluster config restricted to some nodes: to run an op on one backend kind."""
+        data = yaml.safe_load(self.config.read_text())
+        data["nodes"] = [n for n in data["nodes"] if n["name"] in nodes]
+        data.update(overrides)
+        path = self.state_dir / f"hsmlb-{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+
+def set_faults(emulator: Emulator, **faults: float) -> None:
+    """Flip an emulated region's fault switches (latency_ms, error_rate, throttle_rate) at runtime."""
+    body = json.dumps({"latency_ms": 0.0, "error_rate": 0.0, "throttle_rate": 0.0, **faults}).encode()
+    request = urllib.request.Request(emulator.endpoint_url + "/_emulator/faults", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+@pytest.fixture(scope="session")
+def payment_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaymentCluster]:
+    state_dir = tmp_path_factory.mktemp("payment-cluster")
+    keys = default_keys_file()
+    emulators = start_dev_regions(keys, state_dir, fault_injection=True)
+    try:
+        config = dev_up(state_dir, keys, listen="127.0.0.1:0", fault_injection=True,
+                        regions=[region_node_config(e, state_dir) for e in emulators])
+        yield PaymentCluster(state_dir=state_dir, config=config, keys_file=keys, emulators=emulators)
+    finally:
+        for emulator in emulators:
+            emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def payment_daemon(payment_cluster: PaymentCluster,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """Tokens node-a..d and regions apc-east/apc-west behind one daemon."""
+    proc = start_daemon(payment_cluster.config, tmp_path_factory.mktemp("logs") / "payment-daemon.log")
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, dict]:
     data = json.loads(VECTORS.read_text())
@@ -149,3 +203,54 @@ def token_session(cluster: Cluster) -> Iterator[object]:
 def sym(mode: int, iv: str = "") -> pb.EncryptionDecryptionAttributes:
     return pb.EncryptionDecryptionAttributes(
         symmetric=pb.SymmetricEncryptionAttributes(mode=mode, initialization_vector=iv))
+
+
+# ------------------------------------------------------------------ payment clusters, provisioned out of process
+# Aliases that the strict token node-d also holds in `strict_payment_cluster`: a holder that cannot serve them
+# (no host-side derivation), so UNAVAILABLE and NodeStatus.skipped_ops can be shown.
+STRICT_HELD_ALIASES = ("alias/cvk-1", "alias/mac-retail")
+
+
+def provision_payment_cluster(state_dir: Path, keys_file: Path) -> PaymentCluster:
+    """Tokens node-a..d via `hsmlb dev up` in a child process, then regions apc-east/apc-west.
+
+    Out of process because dev_up in this process can provision only one state dir per session:
+    python-pkcs11 keeps the SoftHSM2 library initialised against the first SOFTHSM2_CONF it saw
+    (the `cluster` fixture's), so a second in-process dev_up logs in to the wrong tokens.
+    """
+    state_dir = state_dir.resolve()
+    done = subprocess.run([sys.executable, "-m", "hsmlb", "dev", "up", "--state-dir", str(state_dir), "--keys",
+                           str(keys_file), "--listen", "127.0.0.1:0", "--fault-injection"],
+                          capture_output=True, text=True, timeout=180, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"hsmlb dev up failed:\n{done.stderr[-2000:]}")
+    config = Path(done.stdout.strip().splitlines()[-1])
+    emulators = start_dev_regions(keys_file, state_dir, fault_injection=True)
+    data = yaml.safe_load(config.read_text())
+    data["nodes"] += [region_node_config(e, state_dir) for e in emulators]
+    config.write_text(yaml.safe_dump(data))
+    return PaymentCluster(state_dir=state_dir, config=config, keys_file=keys_file, emulators=emulators)
+
+
+@pytest.fixture(scope="session")
+def strict_payment_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaymentCluster]:
+    """Like payment_cluster, with node-d (strict token) also holding STRICT_HELD_ALIASES; usable in any order
+    with the `cluster` fixture (provisioned out of process)."""
+    state_dir = tmp_path_factory.mktemp("strict-payment-cluster")
+    entries = yaml.safe_load(default_keys_file().read_text())
+    for entry in entries:
+        if entry["alias"] in STRICT_HELD_ALIASES:
+            entry["nodes"] = ["node-a", "node-b", "node-c", "node-d"]
+    keys_file = state_dir / "dev-keys-strict.yaml"
+    keys_file.write_text(yaml.safe_dump(entries))
+    payment = provision_payment_cluster(state_dir, keys_file)
+    try:
+        yield payment
+    finally:
+        for emulator in payment.emulators:
+            emulator.stop()
+
+
+def node_table(daemon: DaemonProcess) -> dict[str, pb.NodeStatus]:
+    with daemon.channel() as channel:
+        return {n.name: n for n in pb_grpc.AdminStub(channel).ListNodes(pb.ListNodesRequest(), timeout=10).nodes}

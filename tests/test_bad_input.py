@@ -137,10 +137,11 @@ CASES: dict[str, Case] = {
        for name in ("OFB", "CFB", "CFB1", "CFB8", "CFB64", "CFB128", "ENCRYPTION_MODE_UNSPECIFIED")},
     "mode-unknown-99": Case("EncryptData", enc(mode=99), INVALID, ("mode", "99")),
     "decrypt-mode-OFB": Case("DecryptData", dec(mode=pb.OFB), INVALID, ("mode", "OFB")),
-    "mac-iso9797-alg3": Case("GenerateMac", gmac(algorithm=pb.ISO9797_ALGORITHM3), INVALID,
-                             ("algorithm", "ISO9797_ALGORITHM3", "not supported")),
-    "mac-iso9797-alg1": Case("VerifyMac", vmac(algorithm=pb.ISO9797_ALGORITHM1), INVALID,
-                             ("algorithm", "ISO9797_ALGORITHM1")),
+    # ISO 9797-1 MACs are served (payment path), but not with a CMAC key: its TR-31 usage is M6.
+    "mac-iso9797-alg3-on-cmac-key": Case("GenerateMac", gmac(algorithm=pb.ISO9797_ALGORITHM3), INVALID,
+                                         ("KeyIdentifier", "TR31_M6", "TR31_M3")),
+    "mac-iso9797-alg1-on-cmac-key": Case("VerifyMac", vmac(algorithm=pb.ISO9797_ALGORITHM1), INVALID,
+                                         ("KeyIdentifier", "TR31_M1")),
     "mac-unspecified": Case("GenerateMac", gmac(algorithm=pb.MAC_ALGORITHM_UNSPECIFIED), INVALID, ("algorithm",)),
     "mac-unknown-77": Case("GenerateMac", gmac(algorithm=77), INVALID, ("algorithm", "77")),
     "signing-unspecified": Case("Sign", sign(algorithm=pb.SIGNING_ALGORITHM_UNSPECIFIED), INVALID,
@@ -237,42 +238,55 @@ def test_undecodable_request_is_refused(daemon: DaemonProcess, ops: pb_grpc.Oper
     assert ops.EncryptData(enc(), timeout=10).cipher_text == BLOCK_CIPHER
 
 
-# ------------------------------------------------------------------------- known bugs (xfail)
-@pytest.mark.xfail(strict=True, reason="BUG: CMAC mac_length is checked against 16 bytes for every key; a TDES "
-                   "CMAC has 8, and asking for 12 silently returns 8 (hsmlb/api/codec.py MAC_FULL_LENGTH)")
-def test_tdes_cmac_mac_length_beyond_block_is_rejected(ops: pb_grpc.OperationsStub) -> None:
+# ------------------------------------------------------- checks that need the key's type (router)
+@pytest.mark.parametrize("length", [9, 12, 16])
+def test_tdes_cmac_mac_length_beyond_block_is_rejected(ops: pb_grpc.OperationsStub, length: int) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        ops.GenerateMac(gmac(alias="alias/cmac-tdes2", length=12), timeout=10)
+        ops.GenerateMac(gmac(alias="alias/cmac-tdes2", length=length), timeout=10)
     assert err.value.code() == INVALID
-    assert "mac_length" in err.value.details()
+    assert "mac_length: must be 4-8 bytes for CMAC with a DES3 key" in err.value.details()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an IV of the other cipher's block size passes the codec and the token "
-                   "answers MechanismInvalid: 'the token does not support this algorithm', not naming the IV")
-@pytest.mark.parametrize("case", [CASES["iv-8-bytes-for-aes"], CASES["iv-16-bytes-for-tdes"]], ids=["aes", "tdes"])
-def test_iv_of_wrong_block_size_names_the_iv(ops: pb_grpc.OperationsStub, case: Case) -> None:
+def test_tdes_cmac_default_and_block_length_and_verify_of_a_longer_mac(ops: pb_grpc.OperationsStub) -> None:
+    full = ops.GenerateMac(gmac(alias="alias/cmac-tdes2"), timeout=10).mac
+    assert len(full) == 16  # 8 bytes: the whole TDES CMAC when no mac_length is given
+    assert ops.GenerateMac(gmac(alias="alias/cmac-tdes2", length=8), timeout=10).mac == full
+    assert ops.VerifyMac(vmac(alias="alias/cmac-tdes2", mac=full), timeout=10).verified
+    with pytest.raises(grpc.RpcError) as err:
+        ops.VerifyMac(vmac(alias="alias/cmac-tdes2", mac=full + "00" * 8), timeout=10)
+    assert err.value.code() == INVALID
+    assert "mac: must be 4-8 bytes for CMAC with a DES3 key" in err.value.details()
+
+
+@pytest.mark.parametrize(("case", "size"), [(CASES["iv-8-bytes-for-aes"], 16), (CASES["iv-16-bytes-for-tdes"], 8)],
+                         ids=["aes", "tdes"])
+def test_iv_of_wrong_block_size_names_the_iv(ops: pb_grpc.OperationsStub, case: Case, size: int) -> None:
     with pytest.raises(grpc.RpcError) as err:
         ops.EncryptData(case.request, timeout=10)
     assert err.value.code() == INVALID
-    assert "initialization_vector" in err.value.details()
+    assert f"initialization_vector: must be {size} bytes for a" in err.value.details()
 
 
-WRONG_CLASS = [pytest.param("Sign", sign(alias="alias/cmac-aes128"), id="sign-with-secret-key"),
-               pytest.param("Verify", verify(alias="alias/hmac-1"), id="verify-with-secret-key"),
-               pytest.param("GenerateMac", gmac(alias="alias/sign-rsa"), id="cmac-with-rsa-key")]
+WRONG_CLASS = [
+    pytest.param("Sign", sign(alias="alias/cmac-aes128"), "is an AES key; sign needs an EC or RSA key",
+                 id="sign-with-secret-key"),
+    pytest.param("Verify", verify(alias="alias/hmac-1"), "is a GENERIC_SECRET key; verify needs an EC or RSA key",
+                 id="verify-with-secret-key"),
+    pytest.param("GenerateMac", gmac(alias="alias/sign-rsa"), "is an RSA key; generate_mac needs an AES, DES3",
+                 id="cmac-with-rsa-key")]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a key of the wrong object class (secret key for Sign, RSA key for a "
-                   "MAC) is taken for login decay (pkcs11_worker.TokenHost.key): UNAVAILABLE and a node fault")
-@pytest.mark.parametrize(("method", "request_"), WRONG_CLASS)
-def test_key_of_wrong_class_is_a_caller_error(fresh_daemon: DaemonProcess, method: str, request_: Any) -> None:
-    """Run on a daemon of its own: today this request counts against two nodes."""
+@pytest.mark.parametrize(("method", "request_", "words"), WRONG_CLASS)
+def test_key_of_wrong_class_is_a_caller_error(fresh_daemon: DaemonProcess, method: str, request_: Any,
+                                              words: str) -> None:
+    """Run on a daemon of its own, so that the check of ops_failed sees only this request."""
     with fresh_daemon.channel() as channel:
         ops, admin = pb_grpc.OperationsStub(channel), pb_grpc.AdminStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             getattr(ops, method)(request_, timeout=30)
         failed = [n.name for n in admin.ListNodes(pb.ListNodesRequest(), timeout=10).nodes if n.ops_failed]
     assert err.value.code() == INVALID, err.value.details()
+    assert words in err.value.details()
     assert failed == []
 
 

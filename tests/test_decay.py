@@ -5,8 +5,13 @@ client request fails."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,7 @@ import grpc
 import pytest
 import yaml
 
+from hsmlb.backends import wire
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 from tests.conftest import Cluster, DaemonProcess, start_daemon, sym
@@ -227,9 +233,6 @@ async def test_node_decay_under_load_fails_no_client_request(fresh_daemon: Daemo
 
 SOLE_KEY_PLAIN = "00112233445566778899AABBCCDDEEFF"  # FIPS-197 C.1, AES-128 key 000102..0F
 SOLE_KEY_CIPHER = "69C4E0D86A7B0430D8CDB78070B4C55A"
-SESSION_DECAY_BUG = ("BUG: after close_sessions/logout the worker's one retry reopens the slot's session without "
-                     "logging in (TokenHost.recover 'session'), so the retry fails UserNotLoggedIn as a node fault; "
-                     "a key only this node holds cannot be retried elsewhere and the client gets UNAVAILABLE")
 
 
 def _config_copy(cluster: Cluster, tmp_path: Path, **changes: Any) -> Path:
@@ -240,11 +243,7 @@ def _config_copy(cluster: Cluster, tmp_path: Path, **changes: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fault", [
-    pytest.param("close_sessions", marks=pytest.mark.xfail(strict=True, reason=SESSION_DECAY_BUG)),
-    pytest.param("logout", marks=pytest.mark.xfail(strict=True, reason=SESSION_DECAY_BUG)),
-    "finalize",
-])
+@pytest.mark.parametrize("fault", ["close_sessions", "logout", "finalize"])
 def test_decay_on_the_only_holder_of_a_key_fails_no_request(cluster: Cluster, tmp_path: Path, fault: str) -> None:
     """alias/only-node-a lives on node-a alone: the worker itself must recover, the router cannot help.
     Health probes are off (interval 60 s) so that no canary repairs the sessions before the client does."""
@@ -287,3 +286,73 @@ def test_inject_fault_refused_without_fault_injection(cluster: Cluster, tmp_path
             assert reply.cipher_text == NIST_ECB  # nothing was broken or slowed
     finally:
         assert daemon.stop() == 0
+
+
+# ------------------------------------------------------- the token worker alone, over its own socket
+class Worker:
+    """A real token worker process (hsmlb.backends.pkcs11_worker) on one dev token, spoken to directly."""
+
+    def __init__(self, cluster: Cluster, node: str, pool_size: int = 3) -> None:
+        config = next(n for n in yaml.safe_load(cluster.config.read_text())["nodes"] if n["name"] == node)
+        self.sock, child = socket.socketpair()
+        self.proc = subprocess.Popen([sys.executable, "-m", "hsmlb.backends.pkcs11_worker", str(child.fileno())],
+                                     pass_fds=(child.fileno(),), env={**os.environ, **config["env"]})
+        child.close()
+        self.decoder = wire.FrameDecoder()
+        self.ids = itertools.count(1)
+        self.sock.sendall(wire.encode({"module": config["module"], "token_label": node, "pool_size": pool_size,
+                                       "pin": Path(config["pin_file"]).read_text().strip(),
+                                       "fault_injection": True}))
+        assert "ready" in self._frame(), "the worker did not open the token"
+
+    def _frame(self) -> Any:
+        self.sock.settimeout(30)
+        frames: list[Any] = []
+        while not frames:
+            data = self.sock.recv(1 << 20)
+            assert data, "the worker closed the link"
+            frames = self.decoder.feed(data)
+        return frames[0]
+
+    def call(self, op: str, label: str = "", args: tuple = (), slot: int = 0) -> tuple[str | None, Any]:
+        self.sock.sendall(wire.encode([(next(self.ids), slot, op, label, args, 0.0)]))
+        (_, code, payload), = self._frame()
+        return code, payload
+
+    def close(self) -> None:
+        self.sock.close()
+        assert self.proc.wait(30) == 0
+
+
+@pytest.fixture
+def worker(cluster: Cluster) -> Iterator[Worker]:
+    proc = Worker(cluster, "node-a")
+    yield proc
+    proc.close()
+
+
+def test_worker_key_of_the_wrong_class_is_a_caller_error_not_login_decay(worker: Worker) -> None:
+    """The key exists on the token, but not as the object class the op needs: invalid, with no recovery."""
+    assert worker.call("sign", "alias/cmac-aes128", ("ECDSA_SHA_256", b"m")) == (
+        "invalid", "key alias/cmac-aes128 has no private key on this token: wrong key type for this operation")
+    assert worker.call("verify", "alias/hmac-1", ("ECDSA_SHA_256", b"m", bytes(64)))[0] == "invalid"
+    code, message = worker.call("generate_mac", "alias/sign-rsa", ("CMAC", b"m", None))
+    assert (code, "secret key" in message) == ("invalid", True)
+    assert worker.call("sign", "alias/no-such-key", ("ECDSA_SHA_256", b"m"))[0] == "not_found"
+    assert worker.call("_stats") == (None, {"session": 0, "login": 0, "library": 0})
+    assert worker.call("encrypt", "alias/only-node-a", ("ECB", b"", bytes.fromhex(SOLE_KEY_PLAIN))) == (
+        None, bytes.fromhex(SOLE_KEY_CIPHER))
+
+
+@pytest.mark.parametrize("fault", ["close_sessions", "logout"])
+def test_worker_climbs_from_session_to_login_recovery_once(worker: Worker, fault: str) -> None:
+    """Every session closed (the login with them): the first request on a pooled slot reopens its
+    session, finds the private key gone, logs in, and succeeds; later slots only need a new session."""
+    request = ("ECB", b"", bytes.fromhex(SOLE_KEY_PLAIN))
+    assert worker.call("_fault", "", (fault,)) == (None, fault)
+    assert worker.call("encrypt", "alias/only-node-a", request, slot=1) == (None, bytes.fromhex(SOLE_KEY_CIPHER))
+    assert worker.call("_stats") == (None, {"session": 1, "login": 1, "library": 0})
+    for slot in (0, 2, 1):
+        assert worker.call("encrypt", "alias/only-node-a", request, slot=slot) == (
+            None, bytes.fromhex(SOLE_KEY_CIPHER))
+    assert worker.call("_stats") == (None, {"session": 3, "login": 1, "library": 0})

@@ -168,9 +168,6 @@ def test_stream_message_deadline_while_queued(fresh_daemon: DaemonProcess) -> No
     assert fresh_daemon.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Stream message's timeout_ms is only checked when the token worker "
-                   "dequeues the op; an op already running is answered with its result after the deadline "
-                   "(hsmlb/api/operations.py run_one / hsmlb/pool/node_pool.py perform never time out)")
 def test_stream_message_deadline_while_running(cluster: Cluster, tmp_path: Path) -> None:
     """Health probes off (interval 60 s), so the worker is idle and starts the op at once."""
     config = yaml.safe_load(cluster.config.read_text())

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import random
+import tomllib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import hsmlb.dev
 from hsmlb.backends import wire
 from hsmlb.backends.base import NodeStats
+from hsmlb.clock import FakeClock
 from hsmlb.config import ConfigError, parse_config
+from hsmlb.dev.cluster import default_keys_file
 from hsmlb.errors import NodeFault, Overloaded
+from hsmlb.health import HealthPolicy, NodeHealth
+from hsmlb.keys import KeyEntry, load_keys, token_material
 from hsmlb.ops import CostClass, KeyInfo, Operation, OpKind
 from hsmlb.pool import NodePool
-from hsmlb.router import LeastOutstanding
+from hsmlb.router import KeyAffinity, LeastOutstanding
 
 
 def test_p2c_never_picks_the_busier_of_two():
@@ -30,6 +39,69 @@ def test_p2c_spreads_equal_load():
     balancer = LeastOutstanding(random.Random(1))
     picks = Counter(balancer.choose(["a", "b", "c"], lambda _: 0) for _ in range(3000))
     assert all(800 < picks[n] < 1200 for n in "abc"), picks
+
+
+def _restored_cluster(clock: FakeClock) -> dict[str, NodeHealth]:
+    """Three nodes; c was failed and restored just now, so it slow-starts over 10 s."""
+    health = {n: NodeHealth(n, HealthPolicy(slow_start_s=10.0), clock()) for n in "abc"}
+    health["c"].set_operator("failed", "test", clock())
+    health["c"].set_operator("active", "test", clock())
+    return health
+
+
+def test_slow_start_gives_an_idle_restored_node_a_smaller_share():
+    """Idle cluster (each request done before the next): load is 0 everywhere, so load / weight
+    cannot tell a warming node from a warm one; (load + cost) / weight can."""
+    clock = FakeClock()
+    health = _restored_cluster(clock)
+    balancer = LeastOutstanding(random.Random(11))
+
+    def shares() -> Counter[str]:
+        return Counter(balancer.choose(list("abc"), lambda _: 0.0, str, None, 1.0,
+                                       weight=lambda n: health[n].weight(clock())) for _ in range(3000))
+
+    warming = shares()
+    assert warming["c"] < min(warming["a"], warming["b"]) / 5, warming
+    clock.advance(4.0)  # weight 0.46: still warming
+    assert shares()["c"] < 300
+    clock.advance(6.0)  # slow start over: an equal share again
+    warm = shares()
+    assert all(800 < warm[n] < 1200 for n in "abc"), warm
+
+
+def test_slow_start_under_load_gives_a_share_that_grows_with_weight():
+    """Requests pile up (none completes): a warming node takes fewer of them, more as it warms."""
+    clock = FakeClock()
+    health = _restored_cluster(clock)
+    balancer = LeastOutstanding(random.Random(3))
+
+    def share_of_c() -> int:
+        load = dict.fromkeys("abc", 0.0)
+        for _ in range(600):
+            load[balancer.choose(list("abc"), load.__getitem__, str, None, 1.0,
+                                 weight=lambda n: health[n].weight(clock()))] += 1.0
+        return int(load["c"])
+
+    early = share_of_c()
+    clock.advance(5.0)
+    later = share_of_c()
+    assert early < 100 < later < 200, (early, later)  # 200 would be an equal third
+
+
+def test_key_affinity_spills_a_warming_home_node_and_returns_when_warm():
+    clock = FakeClock()
+    health = _restored_cluster(clock)
+    balancer = KeyAffinity(balance_factor=1.5)
+    nodes = list("abc")
+    balancer.choose(nodes, lambda _: 0.0, str, "alias/k0", 1.0)  # builds the ring
+    key = next(f"alias/k{i}" for i in range(1000) if balancer.ring_order(f"alias/k{i}")[0] == "c")
+
+    def pick() -> str:
+        return balancer.choose(nodes, lambda _: 0.0, str, key, 1.0, weight=lambda n: health[n].weight(clock()))
+
+    assert pick() == balancer.ring_order(key)[1]  # c is the key's home, but it is warming
+    clock.advance(10.0)
+    assert pick() == "c"
 
 
 class FakeBackend:
@@ -178,3 +250,28 @@ async def test_rsa_never_takes_the_last_slot_and_fast_waiters_go_first():
     backend.results[-1].set_result(b"sig2")
     assert [await f for f in (first_rsa, fast, blocked, second_rsa)] == [b"sig", b"ok", b"ok", b"sig2"]
     assert pool.in_use == 0 and pool._slow_in_use == 0
+
+
+def test_token_material_pads_hmac_keys_to_64_bytes_with_the_same_macs():
+    """SoftHSM2 wants HMAC keys of at least the digest length (64 bytes for SHA-512); zero padding
+    up to the hash's block size is what HMAC does to a short key anyway (RFC 2104 s.2)."""
+    raw = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
+    entry = KeyEntry(alias="alias/h", algorithm="HMAC_SHA256", usage="TR31_M7_HMAC_KEY", material_hex=raw.hex())
+    padded = token_material(entry)
+    assert padded == raw + bytes(64 - len(raw))
+    message = random.Random(9).randbytes(200)
+    for digest in (hashlib.sha224, hashlib.sha256, hashlib.sha384, hashlib.sha512):
+        assert hmac.new(padded, message, digest).digest() == hmac.new(raw, message, digest).digest()
+    aes = KeyEntry(alias="alias/a", algorithm="AES_128", usage="TR31_D0_SYMMETRIC_DATA_ENCRYPTION_KEY",
+                   material_hex=raw.hex())
+    assert token_material(aes) == raw
+
+
+def test_dev_keys_file_is_package_data_and_the_documented_path_is_the_same_file():
+    path = default_keys_file()
+    assert path.parent == Path(hsmlb.dev.__file__).resolve().parent  # so a wheel install finds it
+    assert load_keys(path)
+    root = Path(__file__).resolve().parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert path.name in package_data["hsmlb.dev"]
+    assert (root / "config" / "dev-keys.yaml").resolve() == path

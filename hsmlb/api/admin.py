@@ -83,4 +83,5 @@ def node_status(member: Member, now: float) -> pb.NodeStatus:
         detail=health.last_reason or node.stats.last_fault, backend_state=backend.state, operator=health.operator,
         outstanding=node.load, breaker=member.breaker.state, ejections=health.ejections, ejected_for_s=ejected_for,
         panic_routes=member.panic_routes, retries_from=member.retries_from, kcv_conflicts=member.kcv_conflicts,
-        weight=health.weight(now))
+        weight=health.weight(now), skipped_ops=member.skipped, capabilities=sorted(backend.capabilities),
+        throttled=member.throttled)

@@ -80,12 +80,18 @@ def _mac_algorithm(attrs: Any, field: str) -> str:
     return algorithm
 
 
-def _mac_length(value: int, algorithm: str) -> int:
+def _mac_length(value: int, algorithm: str) -> int | None:
+    """The requested truncation; None (value 0) means the whole MAC, whose length may depend on the key.
+
+    The bound here is the algorithm's longest MAC (CMAC: 16, AES); the router checks the key's own
+    (CMAC with a TDES key: 8), as only it knows the key.
+    """
     full = MAC_FULL_LENGTH[algorithm]
     if value == 0:
-        return full
+        return None
     if not 4 <= value <= full:
-        raise InvalidArgument(f"mac_length: must be 4-{full} bytes for {algorithm}")
+        raise InvalidArgument(f"mac_length: must be 4-{full} bytes for {algorithm}"
+                              + (" (4-8 with a TDES key)" if algorithm == "CMAC" else ""))
     return value
 
 
@@ -186,14 +192,3 @@ def encode_random(op: Operation, result: bytes, key: KeyInfo | None) -> pb.Gener
 
 Decoder = Callable[[Any], Operation]
 Encoder = Callable[[Operation, Any, KeyInfo | None], Any]
-
-# stream oneof field / unary method -> (decoder, encoder)
-CODECS: dict[str, tuple[Decoder, Encoder]] = {
-    "encrypt_data": (decode_encrypt, encode_encrypt),
-    "decrypt_data": (decode_decrypt, encode_decrypt),
-    "generate_mac": (decode_generate_mac, encode_generate_mac),
-    "verify_mac": (decode_verify_mac, encode_verify_mac),
-    "sign": (decode_sign, encode_sign),
-    "verify": (decode_verify, encode_verify),
-    "generate_random": (decode_random, encode_random),
-}

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
 
-from hsmlb.api.codec import CODECS, Decoder, Encoder
+from hsmlb.api.codecs import CODECS, Decoder, Encoder
 from hsmlb.errors import DeadlineExceeded, HsmlbError, InvalidArgument
+from hsmlb.ops import KeyInfo, Operation
 from hsmlb.router import Router
+from hsmlb.router.router import Attempt
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hsmlb.api")
 MAX_STREAM_IN_FLIGHT = 4096  # per stream; beyond this the stream stops reading (back-pressure)
+EXPIRY_TICK_S = 0.002  # timeout_ms is enforced to this precision, with one timer per stream
 
 
 class OperationsServicer(pb_grpc.OperationsServicer):
@@ -57,72 +63,213 @@ class OperationsServicer(pb_grpc.OperationsServicer):
     async def GenerateRandom(self, request: Any, context: Any) -> Any:
         return await self._unary("generate_random", request, context)
 
+    async def ReEncryptData(self, request: Any, context: Any) -> Any:
+        return await self._unary("re_encrypt_data", request, context)
+
+    async def GenerateCardValidationData(self, request: Any, context: Any) -> Any:
+        return await self._unary("generate_card_validation_data", request, context)
+
+    async def VerifyCardValidationData(self, request: Any, context: Any) -> Any:
+        return await self._unary("verify_card_validation_data", request, context)
+
+    async def TranslatePinData(self, request: Any, context: Any) -> Any:
+        return await self._unary("translate_pin_data", request, context)
+
+    async def VerifyAuthRequestCryptogram(self, request: Any, context: Any) -> Any:
+        return await self._unary("verify_auth_request_cryptogram", request, context)
+
     async def Stream(self, request_iterator: AsyncIterator[pb.StreamRequest],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
         """Read and dispatch without waiting for results; write each response as its op completes."""
-        out: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
-        tasks: set[asyncio.Task[None]] = set()
-        stream_remaining = context.time_remaining()
-        stream_deadline = time.monotonic() + stream_remaining if stream_remaining is not None else None
+        remaining = context.time_remaining()
+        call = _StreamCall(self.router, asyncio.get_running_loop(),
+                           time.monotonic() + remaining if remaining is not None else None)
+        reading = asyncio.ensure_future(call.read(request_iterator))
+        out = call.out
+        try:
+            while True:
+                while out:
+                    yield out.popleft()
+                    call.unanswered -= 1
+                if not call.reading and call.unanswered <= 0:
+                    return
+                await call.wait()
+        finally:
+            call.close()
+            reading.cancel()
 
-        async def run_one(request_id: int, op: Any, encode: Encoder, field: str) -> None:
+
+class _StreamCall:
+    """One Stream RPC: each message is started by Router.start and answered from its done-callback.
+
+    No task per message: the hot path is decode, start, one callback that encodes and queues the
+    response, and the handler's generator writing what is queued. An op that fails goes through
+    Router.execute (classification, retry) in a task: the rare path. `unanswered` counts messages
+    read and not yet written back; at MAX_STREAM_IN_FLIGHT the stream stops reading.
+    A message's timeout_ms holds until its answer: if the op outlives it, the message is answered
+    DEADLINE_EXCEEDED at once and the late result is dropped (the node's health still hears of it).
+    """
+
+    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop, stream_deadline: float | None) -> None:
+        self.router = router
+        self.loop = loop
+        self.stream_deadline = stream_deadline
+        self.out: deque[pb.StreamResponse] = deque()
+        self.unanswered = 0
+        self.reading = True
+        self.closed = False
+        self._wake: asyncio.Future[None] | None = None  # the writer waits on it for responses
+        self._room: asyncio.Future[None] | None = None  # the reader waits on it at the in-flight cap
+        self._timed: dict[int, int] = {}  # seq -> request_id of messages with a timeout_ms, unanswered
+        self._expiry: list[tuple[float, int]] = []  # heap of (deadline, seq)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._seq = 0
+        self._retries: set[asyncio.Task[Any]] = set()
+
+    async def read(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
+        try:
+            async for request in requests:
+                self.unanswered += 1
+                self._dispatch(request)
+                if self.unanswered >= MAX_STREAM_IN_FLIGHT:
+                    self._room = self.loop.create_future()
+                    await self._room
+        finally:
+            self.reading = False
+            self._wakeup()
+
+    async def wait(self) -> None:
+        """The writer's wait for responses; first lets the reader go on if it waits for room."""
+        room = self._room
+        if room is not None and self.unanswered < MAX_STREAM_IN_FLIGHT:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        self._wake = self.loop.create_future()
+        await self._wake
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._retries:
+            task.cancel()
+
+    def _dispatch(self, request: pb.StreamRequest) -> None:
+        request_id = request.request_id
+        field = request.WhichOneof("operation")
+        if field is None:
+            self._answer(_status(request_id, InvalidArgument("operation: one operation is required")))
+            return
+        decode: Decoder
+        decode, encode = CODECS[field]
+        timeout_ms = request.timeout_ms
+        try:
+            op = decode(getattr(request, field))
+            if timeout_ms:
+                op.deadline = time.monotonic() + timeout_ms / 1000
+            elif self.stream_deadline is not None:
+                op.deadline = self.stream_deadline
+            if op.deadline is not None and op.deadline <= time.monotonic():
+                raise DeadlineExceeded("deadline already passed")
+            attempt = self.router.start(op)
+        except HsmlbError as exc:
+            self._answer(_status(request_id, exc))
+            return
+        except Exception:
+            log.exception("stream op %s failed unexpectedly", field)
+            self._answer(_internal(request_id))
+            return
+        seq = self._track(request_id, op.deadline) if timeout_ms else 0
+        attempt.future.add_done_callback(partial(self._settled, request_id, op, field, encode, attempt, seq))
+
+    def _settled(self, request_id: int, op: Operation, field: str, encode: Encoder, attempt: Attempt, seq: int,
+                 future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:  # classified (maybe retried) by execute
+            if self.closed:
+                return
+            retry = self.loop.create_task(self.router.execute(op, attempt))
+            self._retries.add(retry)
+            retry.add_done_callback(partial(self._executed, request_id, op, field, encode, seq))
+            return
+        key = self.router.succeeded(op, attempt)
+        if self._claim(seq):
             try:
-                result, key = await self.router.execute(op)
-                response = pb.StreamResponse(request_id=request_id, **{field: encode(op, result, key)})
-            except HsmlbError as exc:
-                response = _status(request_id, exc)
+                self._answer(pb.StreamResponse(request_id=request_id, **{field: encode(op, future.result(), key)}))
             except Exception:
                 log.exception("stream op %s failed unexpectedly", field)
-                response = pb.StreamResponse(request_id=request_id, status=pb.Status(
-                    code=grpc.StatusCode.INTERNAL.value[0], message="internal error"))
-            finally:
-                slots.release()
-            out.put_nowait(response)
+                self._answer(_internal(request_id))
 
-        async def reader() -> None:
+    def _executed(self, request_id: int, op: Operation, field: str, encode: Encoder, seq: int,
+                  retry: asyncio.Task[tuple[Any, KeyInfo | None]]) -> None:
+        self._retries.discard(retry)
+        if retry.cancelled() or not self._claim(seq):
+            return
+        exc = retry.exception()
+        if isinstance(exc, HsmlbError):
+            self._answer(_status(request_id, exc))
+            return
+        if exc is None:
             try:
-                async for request in request_iterator:
-                    await slots.acquire()
-                    field = request.WhichOneof("operation")
-                    if field is None:
-                        slots.release()
-                        missing = InvalidArgument("operation: one operation is required")
-                        out.put_nowait(_status(request.request_id, missing))
-                        continue
-                    decode: Decoder
-                    decode, encode = CODECS[field]
-                    try:
-                        op = decode(getattr(request, field))
-                    except HsmlbError as exc:
-                        slots.release()
-                        out.put_nowait(_status(request.request_id, exc))
-                        continue
-                    if request.timeout_ms:
-                        op.deadline = time.monotonic() + request.timeout_ms / 1000
-                    elif stream_deadline is not None:
-                        op.deadline = stream_deadline
-                    if op.deadline is not None and op.deadline <= time.monotonic():
-                        slots.release()
-                        out.put_nowait(_status(request.request_id, DeadlineExceeded("deadline already passed")))
-                        continue
-                    task = asyncio.ensure_future(run_one(request.request_id, op, encode, field))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            finally:
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                out.put_nowait(None)
+                self._answer(pb.StreamResponse(request_id=request_id, **{field: encode(op, *retry.result())}))
+                return
+            except Exception as failed:
+                exc = failed
+        log.error("stream op %s failed unexpectedly", field, exc_info=exc)
+        self._answer(_internal(request_id))
 
-        reading = asyncio.ensure_future(reader())
-        try:
-            while (response := await out.get()) is not None:
-                yield response
-        finally:
-            reading.cancel()
-            for task in list(tasks):
-                task.cancel()
+    def _answer(self, response: pb.StreamResponse) -> None:
+        if self.closed:
+            return
+        self.out.append(response)
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    # -- timeout_ms -----------------------------------------------------------------------------
+    def _track(self, request_id: int, deadline: float) -> int:
+        """Remember a message with a timeout_ms until its answer; one timer per stream, not per message."""
+        self._seq += 1
+        self._timed[self._seq] = request_id
+        heapq.heappush(self._expiry, (deadline, self._seq))
+        if self._timer is None or deadline < self._timer_at - EXPIRY_TICK_S:
+            self._arm(deadline, 0.0)
+        return self._seq
+
+    def _arm(self, at: float, at_least: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_later(max(at_least, at - time.monotonic()), self._expire)
+
+    def _claim(self, seq: int) -> bool:
+        """May this message be answered now? False once its timeout_ms has answered it."""
+        return not seq or self._timed.pop(seq, None) is not None
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            request_id = self._timed.pop(heapq.heappop(expiry)[1], None)
+            if request_id is not None:
+                self._answer(_status(request_id, DeadlineExceeded("timeout_ms passed before the operation completed")))
+        if not self._timed:
+            expiry.clear()  # what is left was answered in time
+        elif expiry and not self.closed:  # at most one wake-up per EXPIRY_TICK_S, however many messages
+            self._arm(expiry[0][0], EXPIRY_TICK_S)
 
 
 def _status(request_id: int, exc: HsmlbError) -> pb.StreamResponse:
     return pb.StreamResponse(request_id=request_id, status=pb.Status(code=exc.status.value[0], message=exc.message))
+
+
+def _internal(request_id: int) -> pb.StreamResponse:
+    return pb.StreamResponse(request_id=request_id, status=pb.Status(code=grpc.StatusCode.INTERNAL.value[0],
+                                                                     message="internal error"))

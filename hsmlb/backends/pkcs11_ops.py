@@ -179,6 +179,32 @@ def _attr(obj: Any, attribute: Attribute, default: Any = None) -> Any:
         return default
 
 
+def key_objects(session: pkcs11.Session) -> set[tuple[str, ObjectClass]]:
+    """(label, object class) of every labelled key object: which lookups must succeed when logged in."""
+    return {(label, object_class)
+            for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+            for obj in session.get_objects({Attribute.CLASS: object_class})
+            if (label := _attr(obj, Attribute.LABEL))}
+
+
+ID_PREFIX = "hsmlb:"
+
+
+def key_record(obj: Any) -> tuple[str, str]:
+    """(TR-31 usage, APC algorithm) that hsmlb recorded in CKA_ID as `hsmlb:<usage>:<algorithm>`.
+
+    PKCS#11 has no attribute for a key's TR-31 usage; ("", "") when none was recorded.
+    """
+    try:
+        raw = bytes(_attr(obj, Attribute.ID, b"") or b"").decode("ascii")
+    except UnicodeDecodeError:
+        return "", ""
+    if not raw.startswith(ID_PREFIX) or raw.count(":") != 2:
+        return "", ""
+    _, usage, algorithm = raw.split(":")
+    return usage, algorithm
+
+
 def discover(session: pkcs11.Session) -> list[dict[str, Any]]:
     """Every key object on the token: label, type, KCV and permitted usages."""
     found: dict[str, dict[str, Any]] = {}
@@ -200,6 +226,7 @@ def discover(session: pkcs11.Session) -> list[dict[str, Any]]:
                 kcv = _attr(obj, Attribute.CHECK_VALUE, b"") or b""
                 entry["kcv"] = bytes(kcv).hex().upper()
                 entry["bits"] = 8 * int(_attr(obj, Attribute.VALUE_LEN, 0) or 0)
+                entry["key_usage"] = key_record(obj)[0]
             elif key_type == KeyType.RSA:
                 entry["bits"] = int(_attr(obj, Attribute.MODULUS_BITS, 0) or entry["bits"])
             elif key_type == KeyType.EC:

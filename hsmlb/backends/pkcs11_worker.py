@@ -26,7 +26,11 @@ import pkcs11
 from pkcs11 import ObjectClass
 
 from hsmlb.backends import wire
-from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover
+from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover, key_objects
+from hsmlb.backends.pkcs11_payments import PAYMENT_OPS
+
+# Recovery steps in escalating order; one request may climb them, each step at most once.
+ESCALATION = ("session", "login", "library")
 
 
 class InjectedDeviceError(Exception):
@@ -51,6 +55,7 @@ class TokenHost:
         self.token: Any = None
         self.sessions: list[Any] = []
         self.handles: list[dict[tuple[str, ObjectClass], Any]] = []
+        self.known_keys: set[tuple[str, ObjectClass]] = set()  # (label, object class) the token holds
         self.known_labels: set[str] = set()
         self.recoveries = {"session": 0, "login": 0, "library": 0}
 
@@ -62,7 +67,8 @@ class TokenHost:
             self.token = self.lib.get_token(token_label=self.token_label)
         self.sessions = [self._open(login=(i == 0)) for i in range(self.pool_size)]
         self.handles = [{} for _ in self.sessions]
-        self.known_labels = {entry["label"] for entry in self.inventory()}
+        self.known_keys = key_objects(self.sessions[0])
+        self.known_labels = {label for label, _ in self.known_keys}
 
     def _open(self, login: bool) -> Any:
         if not login:
@@ -83,13 +89,18 @@ class TokenHost:
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self, kind: str, slot: int) -> None:
+        """Replace the slot's session ("session": without login, "login": logging in) or reopen everything.
+
+        The old session is closed first so that it does not leak. Login state is per process, not
+        per session: closing a session opened with the PIN logs every session out (python-pkcs11
+        calls C_Logout first); the retry then escalates to "login", which logs in again.
+        """
         self.recoveries[kind] += 1
-        if kind == "session":
-            self.sessions[slot] = self._open(login=False)
+        if kind in ("session", "login"):
+            with contextlib.suppress(Exception):  # usually already gone (closed, or its handle invalid)
+                self.sessions[slot].close()
             self.handles[slot] = {}
-        elif kind == "login":
-            self.sessions[slot] = self._open(login=True)
-            self.handles[slot] = {}
+            self.sessions[slot] = self._open(login=kind == "login")
         else:
             self.close_all()
             self.lib.reinitialize()
@@ -103,9 +114,13 @@ class TokenHost:
             try:
                 handle = self.sessions[slot].get_key(label=label, object_class=object_class)
             except pkcs11.exceptions.NoSuchKey:
-                if label in self.known_labels:
+                if (label, object_class) in self.known_keys:
                     # Private objects vanish from a session that lost its login: treat as login decay.
                     raise pkcs11.exceptions.UserNotLoggedIn() from None
+                if label in self.known_labels:  # the key exists, but not as this class: the wrong key type
+                    wanted = object_class.name.lower().replace("_", " ")
+                    raise CallerFault(f"key {label} has no {wanted} on this token: wrong key type for this "
+                                      "operation") from None
                 raise LookupError(f"key {label} ({object_class.name.lower()}) is not on this token") from None
             cache[(label, object_class)] = handle
         return handle
@@ -124,7 +139,8 @@ class TokenHost:
                 self.sessions = []
                 return (request_id, "node", f"token unavailable: {classify(exc)[1]}")
         slot %= len(self.sessions)
-        for attempt in range(2):
+        climbed = -1  # index in ESCALATION of the last recovery step this request took
+        while True:
             try:
                 return (request_id, None, self._dispatch(slot, op, label, args))
             except CallerFault as exc:
@@ -135,16 +151,20 @@ class TokenHost:
                 kind, message = classify(exc)
                 if kind == "invalid":
                     return (request_id, "invalid", message)
-                if attempt == 1 or kind == "node":
+                # Retry only after a higher step than the last: a reopened session may show that the
+                # login is gone too (session -> login), never the same step twice (bounded: 3 steps).
+                if kind not in ESCALATION or ESCALATION.index(kind) <= climbed:
                     return (request_id, "node", message)
+                climbed = ESCALATION.index(kind)
                 try:
                     self.recover(kind, slot)
                 except Exception as again:
                     if kind == "library":
                         self.close_all()
                     return (request_id, "node", f"recovery ({kind}) failed: {classify(again)[1]}")
-                slot %= max(1, len(self.sessions))
-        raise AssertionError("unreachable")
+                if not self.sessions:
+                    return (request_id, "node", "token unavailable (recovery left no session)")
+                slot %= len(self.sessions)
 
     def _dispatch(self, slot: int, op: str, label: str, args: tuple) -> Any:
         if op == "_fault" and self.fault_injection:  # control ops are not subject to the injected faults
@@ -155,8 +175,9 @@ class TokenHost:
             raise InjectedDeviceError()
         if op == "random":
             return self.sessions[slot].generate_random(8 * args[0])
-        if op in OPS:
-            return OPS[op](lambda lab, cls: self.key(slot, lab, cls), label, args)
+        handler = OPS.get(op) or PAYMENT_OPS.get(op)
+        if handler is not None:
+            return handler(lambda lab, cls: self.key(slot, lab, cls), label, args)
         if op == "_ping":
             return self.sessions[0].generate_random(64)
         if op == "_inventory":
@@ -186,10 +207,15 @@ class TokenHost:
 
 
 def serve(sock: socket.socket) -> int:
+    """Open the token, then loop: read what is waiting, run the fast ops, one write of replies, one slow op."""
     decoder = wire.FrameDecoder()
-    init = _read_frames(sock, decoder, block=True)[0]
+    readable = select.poll()
+    readable.register(sock, select.POLLIN)
+    frames = _read_frames(sock, decoder, readable, block=True)
+    if not frames:
+        return 0
     try:
-        host = TokenHost(init)
+        host = TokenHost(frames[0])
         host.open_all()
         sock.sendall(wire.encode({"ready": host.inventory(), "pid": os.getpid()}))
     except Exception as exc:
@@ -197,8 +223,9 @@ def serve(sock: socket.socket) -> int:
         return 2
     fast: deque[tuple] = deque()
     slow: deque[tuple] = deque()
+    run = host.run
     while True:
-        frames = _read_frames(sock, decoder, block=not (fast or slow))
+        frames = _read_frames(sock, decoder, readable, block=not (fast or slow))
         if frames is None:  # the daemon closed the link: shut down cleanly
             host.close_all()
             with contextlib.suppress(Exception):
@@ -208,26 +235,42 @@ def serve(sock: socket.socket) -> int:
             for request in batch:
                 (slow if request[2] in SLOW_OPS else fast).append(request)
         if fast:
-            replies = [host.run(fast.popleft()) for _ in range(len(fast))]
+            replies = [run(request) for request in fast]
+            fast.clear()
             sock.sendall(wire.encode(replies))
         if slow:
-            sock.sendall(wire.encode([host.run(slow.popleft())]))
+            sock.sendall(wire.encode([run(slow.popleft())]))
 
 
-def _read_frames(sock: socket.socket, decoder: wire.FrameDecoder, block: bool) -> list[Any] | None:
-    frames: list[Any] = []
+def _read_frames(sock: socket.socket, decoder: wire.FrameDecoder, readable: select.poll,
+                 block: bool) -> list[Any] | None:
+    """Whole frames waiting on the socket; with block, wait for one. None once the daemon has closed.
+
+    The wait is poll(POLLIN), not a blocking recv: a task asleep in recv on a unix socket is also
+    woken each time the daemon reads one of our replies (write-space wake-up), and goes back to
+    sleep: two context switches per batch instead of one. poll only wakes for input. The reads go
+    into one buffer for the process's life: recv(1 MiB) would mmap and munmap a bytes object each time.
+    """
     while True:
-        ready, _, _ = select.select([sock], [], [], None if (block and not frames) else 0)
-        if not ready:
-            return frames
-        data = sock.recv(1 << 20)
-        if not data:
+        if block:
+            readable.poll()
+        try:
+            size = sock.recv_into(_RECV_BUFFER, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if not block:
+                return []
+            continue
+        if not size:
             return None
-        frames.extend(decoder.feed(data))
-        if frames and not block:
-            return frames
+        frames = decoder.feed(_RECV_VIEW[:size])
         if frames:
-            block = False
+            return frames  # what arrives meanwhile is read on the next pass, before any wait
+        if not block:
+            return []
+
+
+_RECV_BUFFER = bytearray(1 << 20)
+_RECV_VIEW = memoryview(_RECV_BUFFER)
 
 
 def main() -> int:

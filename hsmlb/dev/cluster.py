@@ -18,11 +18,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hsmlb.config import ConfigError
-from hsmlb.keys import USAGE_ATTRIBUTES, KeyEntry, load_keys
+from hsmlb.keys import USAGE_ATTRIBUTES, KeyEntry, load_keys, token_material
 
 PRIMARY_NODES = ("node-a", "node-b", "node-c")
 PARTIAL_NODE = "node-d"  # holds only the keys that name it: proves routing respects inventory
-DEFAULT_KEYS = Path(__file__).resolve().parents[2] / "config" / "dev-keys.yaml"
+# Test cluster only: these tokens serve payment ops from key material read into the worker's memory,
+# which is not PCI PIN compliant; node-d stays a strict token (native ops only), as production would.
+HOST_SIDE_NODES = PRIMARY_NODES
+# Package data (pyproject.toml), so wheels ship it; config/dev-keys.yaml in a checkout links here.
+DEFAULT_KEYS = Path(__file__).resolve().with_name("dev-keys.yaml")
 MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -30,7 +34,6 @@ MODULE_CANDIDATES = (
     "/usr/local/lib/softhsm/libsofthsm2.so",
 )
 SO_PIN_FILE, USER_PIN_FILE = "so.pin", "user.pin"
-HMAC_MIN_KEY = 32  # SoftHSM2's floor for SHA-256 HMAC keys
 
 
 def find_module() -> Path:
@@ -41,7 +44,7 @@ def find_module() -> Path:
 
 
 def default_keys_file() -> Path:
-    return DEFAULT_KEYS if DEFAULT_KEYS.exists() else Path("config/dev-keys.yaml")
+    return DEFAULT_KEYS
 
 
 def _secret_file(path: Path, digits: int) -> str:
@@ -52,7 +55,9 @@ def _secret_file(path: Path, digits: int) -> str:
 
 
 def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", pool_size: int = 4,
-           fault_injection: bool = False) -> Path:
+           fault_injection: bool = False, regions: list[dict[str, object]] | None = None) -> Path:
+    """Tokens and keys, then the daemon config: the tokens, then `regions` (region node dicts, see
+    dev/regions.py) after them."""
     state_dir = state_dir.resolve()
     (state_dir / "tokens").mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
@@ -73,7 +78,8 @@ def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", po
         "fault_injection": fault_injection,
         "nodes": [{"name": n, "kind": "pkcs11", "module": str(module), "token_label": n,
                    "pin_file": str(state_dir / USER_PIN_FILE), "pool_size": pool_size,
-                   "env": {"SOFTHSM2_CONF": str(conf)}} for n in nodes],
+                   "allow_host_side_derivation": n in HOST_SIDE_NODES,
+                   "env": {"SOFTHSM2_CONF": str(conf)}} for n in nodes] + list(regions or []),
     }
     path = state_dir / "hsmlb.yaml"
     path.write_text("# written by `hsmlb dev up`; PINs live in pin_file, never here\n" + yaml.safe_dump(config))
@@ -122,20 +128,20 @@ def _provision(module: Path, nodes: tuple[str, ...], entries: list[KeyEntry],
         with token.open(user_pin=user_pin, rw=True) as session:
             for entry in entries:
                 if node in _holders(entry):
-                    _ensure_key(session, entry, asymmetric.get(entry.alias))
+                    _ensure_key(session, entry, asymmetric.get(entry.alias), node in HOST_SIDE_NODES)
 
 
-def _ensure_key(session: Any, entry: KeyEntry, der: bytes | None) -> None:
+def _ensure_key(session: Any, entry: KeyEntry, der: bytes | None, host_side: bool) -> None:
     from pkcs11 import Attribute
 
     existing = list(session.get_objects({Attribute.LABEL: entry.alias}))
-    if existing and _matches(existing, entry, der):
+    if existing and _matches(existing, entry, der, host_side):
         return
     for obj in existing:
         obj.destroy()
     usages = USAGE_ATTRIBUTES[entry.usage]
     if der is None:
-        session.create_object(_secret_template(entry, usages))
+        session.create_object(_secret_template(entry, usages, host_side))
         return
     private, public = _asymmetric_templates(entry, der, usages)
     session.create_object(private)
@@ -143,11 +149,11 @@ def _ensure_key(session: Any, entry: KeyEntry, der: bytes | None) -> None:
 
 
 
-def _secret_template(entry: KeyEntry, usages: frozenset[str]) -> dict[Any, Any]:
+def _secret_template(entry: KeyEntry, usages: frozenset[str], host_side: bool) -> dict[Any, Any]:
+    """Host-side nodes (test clusters) get extractable, non-sensitive keys so their worker can read them."""
     from pkcs11 import Attribute, KeyType, ObjectClass
 
-    material = entry.material()
-    assert material is not None
+    material = token_material(entry)  # HMAC keys zero-padded to SoftHSM2's floor: the same MACs
     if entry.algorithm.startswith("AES"):
         key_type = KeyType.AES
     elif entry.algorithm.startswith("TDES"):
@@ -156,13 +162,11 @@ def _secret_template(entry: KeyEntry, usages: frozenset[str]) -> dict[Any, Any]:
             material += material[:8]
     else:
         key_type = KeyType.GENERIC_SECRET
-        # HMAC pads short keys with zeros to the block size (RFC 2104 s.2), so zero-padding to
-        # SoftHSM2's 32-byte floor yields identical MACs for every SHA-2 HMAC.
-        material = material.ljust(HMAC_MIN_KEY, b"\0")
     return {
         Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: key_type, Attribute.VALUE: material,
         Attribute.LABEL: entry.alias, Attribute.TOKEN: True, Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+        Attribute.SENSITIVE: not host_side, Attribute.EXTRACTABLE: host_side,
+        Attribute.ID: f"hsmlb:{entry.usage}:{entry.algorithm}".encode(),
         Attribute.ENCRYPT: "encrypt" in usages, Attribute.DECRYPT: "decrypt" in usages,
         Attribute.SIGN: "sign" in usages, Attribute.VERIFY: "verify" in usages,
         Attribute.WRAP: False, Attribute.UNWRAP: False, Attribute.DERIVE: False,
@@ -196,17 +200,19 @@ def _asymmetric_templates(entry: KeyEntry, der: bytes, usages: frozenset[str]) -
     return private, public
 
 
-def _matches(existing: list[Any], entry: KeyEntry, der: bytes | None) -> bool:
+def _matches(existing: list[Any], entry: KeyEntry, der: bytes | None, host_side: bool) -> bool:
     from pkcs11 import Attribute, ObjectClass
 
     if der is not None:
         return len(existing) == 2  # the pair from this state dir's material
     if len(existing) != 1 or existing[0][Attribute.CLASS] != ObjectClass.SECRET_KEY:
         return False
-    probe = _secret_template(entry, USAGE_ATTRIBUTES[entry.usage])
+    probe = _secret_template(entry, USAGE_ATTRIBUTES[entry.usage], host_side)
     kcv = bytes(existing[0][Attribute.CHECK_VALUE])
     return kcv == _expected_kcv(probe[Attribute.KEY_TYPE].name, probe[Attribute.VALUE]) and all(
-        bool(existing[0][a]) == probe[a] for a in (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN))
+        bool(existing[0][a]) == probe[a] for a in (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN,
+                                                    Attribute.SENSITIVE)) and \
+        bytes(existing[0][Attribute.ID] or b"") == probe[Attribute.ID]
 
 
 def _expected_kcv(key_type: str, material: bytes) -> bytes:

@@ -7,17 +7,36 @@ latency grow without bound.
 
 Slow operations (RSA) may hold at most size - 1 slots, and waiting fast operations are served
 first, so symmetric traffic never queues behind a backlog of signatures.
+
+`perform` is a plain function returning a future, not a coroutine: on the hot path it is a slot
+pop, one backend call and one done-callback that gives the slot back, with no task or await of
+its own. A slot is held until the backend answers, and a queued operation starts from that callback,
+in the same loop turn, so it rides in the same batch to the token worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from functools import partial
 from typing import Any
 
 from hsmlb.backends.base import Backend, NodeStats
 from hsmlb.errors import HsmlbError, Overloaded
 from hsmlb.ops import CostClass, Operation
+
+
+class _Queued:
+    """An operation waiting for a slot; `waiter` is the future its caller holds."""
+
+    __slots__ = ("op", "slow", "started", "waiter", "weight")
+
+    def __init__(self, op: Operation, slow: bool, weight: float, waiter: asyncio.Future[Any]) -> None:
+        self.op = op
+        self.slow = slow
+        self.weight = weight
+        self.waiter = waiter
+        self.started = False
 
 
 class NodePool:
@@ -33,8 +52,9 @@ class NodePool:
         self.stats = NodeStats()
         self._free = list(range(size - 1, -1, -1))
         self._slow_in_use = 0
-        self._fast_waiters: deque[asyncio.Future[int]] = deque()
-        self._slow_waiters: deque[asyncio.Future[int]] = deque()
+        self._fast_waiters: deque[_Queued] = deque()
+        self._slow_waiters: deque[_Queued] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # a pool serves one event loop
 
     @property
     def in_use(self) -> int:
@@ -50,56 +70,88 @@ class NodePool:
 
     @property
     def saturated(self) -> bool:
-        return not self._free and self.queued >= self.queue_limit
+        return not self._free and len(self._fast_waiters) + len(self._slow_waiters) >= self.queue_limit
 
-    async def perform(self, op: Operation) -> Any:
-        slow = op.cost is CostClass.RSA
-        weight = self.cost_weights[op.cost]
-        self.load += weight
-        try:
-            if self._free and (not slow or self._slow_in_use < self.slow_limit):
-                slot = self._free.pop()
-                self._slow_in_use += slow
-            else:
-                slot = await self._wait_for_slot(slow)  # granted with _slow_in_use already counted
-        except BaseException:
-            self.load -= weight
-            raise
-        try:
-            result = await self.backend.perform(op, slot)
-        except HsmlbError as exc:
-            if exc.counts_against_node:
-                self.stats.ops_failed += 1
-                self.stats.last_fault = exc.message
-            raise
-        finally:
-            self.load -= weight
-            self._release(slot, slow)
-        self.stats.ops_ok += 1
-        return result
+    def perform(self, op: Operation) -> asyncio.Future[Any]:
+        """Run `op` on a free session, or queue it; never raises: failures come out of the future.
 
-    async def _wait_for_slot(self, slow: bool) -> int:
-        if self.queued >= self.queue_limit:
-            raise Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued")
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        (self._slow_waiters if slow else self._fast_waiters).append(waiter)
+        The future resolves after the slot is back, so a caller that sees the result sees the pool
+        as it is after the operation."""
+        cost = op.cost
+        slow = cost is CostClass.RSA
+        weight = self.cost_weights[cost]
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if self._free and (not slow or self._slow_in_use < self.slow_limit):
+            self._slow_in_use += slow
+            self.load += weight
+            self._start(op, self._free.pop(), slow, weight, done)
+        elif self.queued >= self.queue_limit:
+            done.set_exception(
+                Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued"))
+        else:
+            entry = _Queued(op, slow, weight, done)
+            (self._slow_waiters if slow else self._fast_waiters).append(entry)
+            self.load += weight
+            done.add_done_callback(partial(self._leave_queue, entry))
+        return done
+
+    def _start(self, op: Operation, slot: int, slow: bool, weight: float, done: asyncio.Future[Any]) -> None:
         try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release(waiter.result(), slow)
-            raise
+            started = self.backend.perform(op, slot)
+            if not isinstance(started, asyncio.Future):  # a coroutine (HTTP backends): its own task,
+                started = asyncio.ensure_future(started)  # cancelled with the caller's future
+                done.add_done_callback(partial(_cancel_with, started))
+        except Exception as exc:  # a backend that fails at once fails through the same path
+            started = done.get_loop().create_future()
+            started.set_exception(exc)
+        started.add_done_callback(partial(self._finished, slot, slow, weight, done))
+
+    def _finished(self, slot: int, slow: bool, weight: float, done: asyncio.Future[Any],
+                  started: asyncio.Future[Any]) -> None:
+        """The backend answered: slot back (a queued op may start on it), stats, then the caller."""
+        self.load -= weight
+        self._release(slot, slow)
+        if started.cancelled():
+            if not done.done():
+                done.cancel()
+            return
+        exc = started.exception()
+        if exc is None:
+            self.stats.ops_ok += 1
+            if not done.done():
+                done.set_result(started.result())
+            return
+        if isinstance(exc, HsmlbError) and exc.counts_against_node:
+            self.stats.ops_failed += 1
+            self.stats.last_fault = exc.message
+        if not done.done():
+            done.set_exception(exc)
 
     def _release(self, slot: int, slow: bool) -> None:
         self._free.append(slot)
         self._slow_in_use -= slow
         while self._free:
             if self._fast_waiters:
-                waiter, grant_slow = self._fast_waiters.popleft(), False
+                entry = self._fast_waiters.popleft()
             elif self._slow_waiters and self._slow_in_use < self.slow_limit:
-                waiter, grant_slow = self._slow_waiters.popleft(), True
+                entry = self._slow_waiters.popleft()
             else:
                 return
-            if not waiter.done():
-                self._slow_in_use += grant_slow
-                waiter.set_result(self._free.pop())
+            self._slow_in_use += entry.slow
+            entry.started = True
+            self._start(entry.op, self._free.pop(), entry.slow, entry.weight, entry.waiter)
+
+    def _leave_queue(self, entry: _Queued, waiter: asyncio.Future[Any]) -> None:
+        """The caller gave up while its operation was still queued: take it out, with its load."""
+        if waiter.cancelled() and not entry.started:
+            entry.started = True
+            (self._slow_waiters if entry.slow else self._fast_waiters).remove(entry)
+            self.load -= entry.weight
+
+
+def _cancel_with(started: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
+    if done.cancelled():
+        started.cancel()

@@ -1,7 +1,10 @@
 """Balancers: a pure choice over a snapshot of eligible nodes. No awaits, no I/O.
 
-`load(node)` is the node's cost-weighted outstanding work divided by its slow-start weight;
-`cost` is the weight of the request being placed.
+`load(node)` is the node's cost-weighted outstanding work, `cost` the cost of the request being
+placed and `weight(node)` the node's slow-start weight (0.1 -> 1). A node is scored by the load it
+would carry with the request, per unit of weight: (load + cost) / weight. Counting the request
+keeps slow start effective on idle nodes, where load / weight is 0 whatever the weight.
+Without `weight`, `load` is taken as already weighted and compared as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ T = TypeVar("T")
 
 class Balancer(Protocol):
     def choose(self, candidates: Sequence[T], load: Callable[[T], float], name: Callable[[T], str],
-               key: str | None, cost: float) -> T: ...
+               key: str | None, cost: float, weight: Callable[[T], float] | None = None) -> T: ...
+
+
+def _scorer(load: Callable[[T], float], cost: float, weight: Callable[[T], float] | None) -> Callable[[T], float]:
+    if weight is None:
+        return load
+    return lambda node: (load(node) + cost) / max(weight(node), 1e-6)
 
 
 class LeastOutstanding:
@@ -28,11 +37,12 @@ class LeastOutstanding:
         self._rng = rng or random.Random()
 
     def choose(self, candidates: Sequence[T], load: Callable[[T], float], name: Callable[[T], str] = str,
-               key: str | None = None, cost: float = 1.0) -> T:
+               key: str | None = None, cost: float = 1.0, weight: Callable[[T], float] | None = None) -> T:
         if len(candidates) == 1:
             return candidates[0]
+        score = _scorer(load, cost, weight)
         a, b = self._rng.sample(candidates, 2)
-        return a if load(a) <= load(b) else b
+        return a if score(a) <= score(b) else b
 
 
 def _hash(value: str) -> int:
@@ -84,17 +94,19 @@ class KeyAffinity:
         return seen
 
     def choose(self, candidates: Sequence[T], load: Callable[[T], float], name: Callable[[T], str] = str,
-               key: str | None = None, cost: float = 1.0) -> T:
+               key: str | None = None, cost: float = 1.0, weight: Callable[[T], float] | None = None) -> T:
         if len(candidates) == 1:
             return candidates[0]
         by_name = {name(c): c for c in candidates}
         self._ring(self._members | frozenset(by_name))
         if key is None:
-            return min(candidates, key=load)
+            return min(candidates, key=_scorer(load, cost, weight))
         loads = {n: load(c) for n, c in by_name.items()}
-        capacity = math.ceil(self.balance_factor * (sum(loads.values()) + cost) / len(candidates))
+        weights = {n: max(weight(c), 1e-6) if weight else 1.0 for n, c in by_name.items()}
+        # Bounded load per unit of weight: a warming node's share of the capacity is its weight.
+        capacity = math.ceil(self.balance_factor * (sum(loads.values()) + cost) / sum(weights.values()))
         order = [n for n in self.ring_order(key) if n in by_name]
         for node_name in order:
-            if loads[node_name] + cost <= capacity:
+            if (loads[node_name] + cost) / weights[node_name] <= capacity:
                 return by_name[node_name]
-        return by_name[min(order, key=loads.__getitem__)]
+        return by_name[min(order, key=lambda n: (loads[n] + cost) / weights[n])]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hsmlb.errors import InvalidArgument, KeyNotFound
 from hsmlb.health import NodeHealth
-from hsmlb.ops import OP_TRAITS, KeyInfo, Operation
+from hsmlb.ops import OP_KEY_TYPES, OP_TRAITS, KeyInfo, Operation, OpKind
 from hsmlb.pool import NodePool
 from hsmlb.router.breaker import NodeBreaker
 
@@ -27,6 +27,8 @@ class Member:
     panic_routes: int = 0
     retries_from: int = 0
     kcv_conflicts: list[str] = field(default_factory=list)
+    throttled: int = 0  # requests this node pushed back (quota or APC ThrottlingException)
+    skipped: dict[str, int] = field(default_factory=dict)  # capability -> requests it could not serve
 
     @property
     def name(self) -> str:
@@ -76,20 +78,67 @@ class Cluster:
         return self._keys.get(alias) if alias else None
 
     def holders(self, op: Operation) -> list[Member]:
-        """Nodes that hold the key (with the agreed KCV) and can do the op; raises for caller errors."""
+        """Nodes that hold every key of the op (with the agreed KCV) and can do it; raises for caller errors.
+
+        Holders whose kind cannot serve the op are counted per capability ("skipped operations"),
+        which tells an operator what a migration to that kind would still miss.
+        """
+        needs = op.needs
         if op.key_alias is None:
-            return [m for m in self.members if op.kind in m.pool.backend.capabilities]
-        holders = self._holders.get(op.key_alias)
+            return [m for m in self.members if needs in m.pool.backend.capabilities]
+        holders = self._holders_of(op.key_alias)
+        for alias in op.other_keys:
+            others = self._holders_of(alias)
+            holders = [m for m in holders if m in others]
         if not holders:
-            if any(op.key_alias in m.pool.backend.keys for m in self.members):
-                return []  # known, but every holder is down: UNAVAILABLE, decided by the router
-            raise KeyNotFound(f"no node holds a key with alias {op.key_alias}")
-        key = self._keys[op.key_alias]
-        usage = OP_TRAITS[op.kind].usage
-        if usage and usage not in key.usages:
-            allowed = ", ".join(sorted(key.usages)) or "none"
-            raise InvalidArgument(f"key {op.key_alias} does not allow {op.kind.value} (its usages: {allowed})")
-        return [m for m in holders if op.kind in m.pool.backend.capabilities]
+            return []  # known, but no holder of every key is up: UNAVAILABLE, decided by the router
+        if not op.apc:  # payment ops: the engine or APC checks the key's TR-31 usage and algorithm
+            check_native_key(op, self._keys[op.key_alias])
+        capable = []
+        for member in holders:
+            if needs in member.pool.backend.capabilities:
+                capable.append(member)
+            else:
+                member.skipped[needs] = member.skipped.get(needs, 0) + 1
+        return capable
+
+    def _holders_of(self, alias: str) -> list[Member]:
+        holders = self._holders.get(alias)
+        if holders:
+            return holders
+        if any(alias in m.pool.backend.keys for m in self.members):
+            return []
+        raise KeyNotFound(f"no node holds a key with alias {alias}")
 
     def ejected_count(self, now: float) -> int:
         return sum(1 for m in self.members if m.health.ejected_until is not None)
+
+
+def _article(name: str) -> str:
+    return f"{'an' if name[:1] in 'AEIOR' else 'a'} {name}"
+
+
+def check_native_key(op: Operation, key: KeyInfo) -> None:
+    """Refuse, before routing, a native op that the key's type, usages or block size forbid."""
+    a = _article
+    usage = OP_TRAITS[op.kind].usage
+    if usage and usage not in key.usages:
+        allowed = ", ".join(sorted(key.usages)) or "none"
+        raise InvalidArgument(f"key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
+
+    key_types = sorted(OP_KEY_TYPES.get(op.kind, ()))
+    if key_types and key.key_type not in key_types:
+        names = key_types[0] if len(key_types) == 1 else f"{', '.join(key_types[:-1])} or {key_types[-1]}"
+        raise InvalidArgument(f"key {key.alias} is {a(key.key_type)} key; {op.kind.value} needs {a(names)} key")
+    block = {"AES": 16, "DES3": 8}.get(key.key_type, 0)
+    if block and op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
+        mode, iv, _ = op.args
+        prefix = "encryption" if op.kind is OpKind.ENCRYPT else "decryption"
+        if mode == "CBC" and len(iv) != block:
+            raise InvalidArgument(f"{prefix}_attributes.symmetric.initialization_vector: must be {block} bytes "
+                                  f"for {a(key.key_type)} key")
+    if block and op.kind in (OpKind.GENERATE_MAC, OpKind.VERIFY_MAC) and op.args[0] == "CMAC":
+        length = op.args[2] if op.kind is OpKind.GENERATE_MAC else len(op.args[2])
+        if length is not None and length > block:
+            mac_field = "mac_length" if op.kind is OpKind.GENERATE_MAC else "mac"
+            raise InvalidArgument(f"{mac_field}: must be 4-{block} bytes for CMAC with {a(key.key_type)} key")

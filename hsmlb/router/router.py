@@ -6,6 +6,11 @@ choice -> the attempt. The outcome is reported to the node's health and breaker.
 an idempotent op is retried on a different node, within the deadline and the retry budget.
 If every holder of a key is ejected or unhealthy, the router keeps serving from them (panic)
 and counts it, rather than fail a key that only they hold.
+
+Two entries, one path: `execute` is the coroutine (unary RPCs); `start` makes the first attempt
+without one and returns its future (the Stream, which must not pay a task per message). A
+successful start is finished with `succeeded`; any other outcome goes to `execute(op, attempt)`,
+so the outcome of `pool.perform` is classified in one place: the except clauses of `execute`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from typing import Any
 
 from hsmlb.clock import Clock
-from hsmlb.errors import HsmlbError, NodeFault, Overloaded, Unavailable
+from hsmlb.errors import HsmlbError, NodeFault, Overloaded, Throttled, Unavailable
 from hsmlb.ops import OP_TRAITS, KeyInfo, Operation
 from hsmlb.router.balancer import Balancer
 from hsmlb.router.cluster import Cluster, Member
@@ -28,6 +33,19 @@ log = logging.getLogger("hsmlb.router")
 
 def _name(member: Member) -> str:
     return member.name
+
+
+class Attempt:
+    """An attempt started by Router.start: the node, its future, and what a retry needs."""
+
+    __slots__ = ("future", "holders", "member", "tried")
+
+    def __init__(self, member: Member, future: asyncio.Future[Any], holders: list[Member],
+                 tried: list[Member]) -> None:
+        self.member = member
+        self.future = future
+        self.holders = holders
+        self.tried = tried
 
 
 class Router:
@@ -46,24 +64,23 @@ class Router:
         self._rng = rng or random.Random()
 
     def _load(self, member: Member) -> float:
-        return member.pool.load / member.health.weight(self.clock())
+        return member.pool.load
+
+    def _weight(self, member: Member) -> float:
+        return member.health.weight(self.clock())  # slow start: the balancer scores (load + cost) / weight
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain."""
-        live = [m for m in holders if m.up and m not in tried]
-        ready = [m for m in live if m.health.routable(now) and m.breaker.would_allow()]
+        ready = [m for m in holders if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
         if ready:
             return ready, False
-        panic = [m for m in live if m.health.operator == "active"]  # last holders: the breaker does not gate
+        # last holders: the breaker does not gate
+        panic = [m for m in holders if m not in tried and m.up and m.health.operator == "active"]
         return panic, bool(panic)
 
-    async def execute(self, op: Operation) -> tuple[Any, KeyInfo | None]:
-        holders = self.cluster.holders(op)
-        now = self.clock()
-        self.budget.record_request(now)
-        idempotent = OP_TRAITS[op.kind].idempotent
-        tried: list[Member] = []
-        last_fault: HsmlbError | None = None
+    def _pick(self, op: Operation, holders: list[Member], tried: list[Member], now: float,
+              last_fault: HsmlbError | None) -> Member:
+        """The node for the next attempt (its breaker's half-open probe reserved); raises when none may serve."""
         while True:
             candidates, panic = self.candidates(holders, tried, now)
             if not candidates:
@@ -74,7 +91,7 @@ class Router:
             if not open_queue:
                 raise Overloaded("every eligible node is saturated")
             member = self.balancer.choose(open_queue, self._load, _name, op.key_alias,
-                                          open_queue[0].pool.cost_weights[op.cost])
+                                          open_queue[0].pool.cost_weights[op.cost], weight=self._weight)
             if not panic and not member.breaker.allows():
                 tried.append(member)  # lost the half-open probe to another request
                 continue
@@ -83,8 +100,43 @@ class Router:
                 if member.panic_routes == 1 or member.panic_routes % 1000 == 0:
                     log.warning("panic routing: %s is served by %s although it is %s", op.key_alias, member.name,
                                 member.health.describe(now))
+            return member
+
+    def start(self, op: Operation) -> Attempt:
+        """Route `op` and start its first attempt, without a coroutine; raises what routing refuses.
+
+        Finish it with `succeeded(op, attempt)` if its future succeeds, else with `execute(op, attempt)`."""
+        holders = self.cluster.holders(op)
+        now = self.clock()
+        self.budget.record_request(now)
+        tried: list[Member] = []
+        member = self._pick(op, holders, tried, now, None)
+        return Attempt(member, member.pool.perform(op), holders, tried)
+
+    def succeeded(self, op: Operation, attempt: Attempt) -> KeyInfo | None:
+        """Report the success of an attempt from start(); returns the key for the response."""
+        self._report(attempt.member, node_fault=False, now=self.clock())
+        return self.cluster.key(op.key_alias)
+
+    async def execute(self, op: Operation, started: Attempt | None = None) -> tuple[Any, KeyInfo | None]:
+        """Route, attempt, classify the outcome, retry where allowed. `started`: an attempt from start()."""
+        if started is None:
+            holders = self.cluster.holders(op)
+            now = self.clock()
+            self.budget.record_request(now)
+            tried: list[Member] = []
+        else:
+            holders, tried, now = started.holders, started.tried, self.clock()
+        idempotent = OP_TRAITS[op.kind].idempotent
+        last_fault: HsmlbError | None = None
+        while True:
+            if started is None:
+                member = self._pick(op, holders, tried, now, last_fault)
+                attempt = member.pool.perform(op)
+            else:
+                member, attempt, started = started.member, started.future, None
             try:
-                result = await member.pool.perform(op)
+                result = await attempt
             except NodeFault as fault:
                 now = self.clock()
                 self._report(member, node_fault=True, now=now)
@@ -95,6 +147,12 @@ class Router:
                 member.retries_from += 1
                 await asyncio.sleep(backoff_s(len(tried), self.backoff_base_s, self.backoff_max_s, self._rng))
                 now = self.clock()
+                continue
+            except Throttled as throttled:  # back-pressure, not a fault: try another node, never eject
+                member.breaker.release_probe()
+                member.throttled += 1
+                tried.append(member)
+                last_fault = throttled
                 continue
             except Overloaded:
                 member.breaker.release_probe()
@@ -115,6 +173,9 @@ class Router:
 
     def _report(self, member: Member, node_fault: bool, now: float) -> None:
         member.breaker.record(node_fault)
+        if not node_fault:  # the common case: no ejection to decide, so no count of ejected nodes
+            member.health.record_result(False, now)
+            return
         may_eject = self.cluster.ejected_count(now) < self.max_ejected_nodes
         if member.health.record_result(node_fault, now, may_eject=may_eject):
             log.warning("node %s ejected until +%.1fs: %s", member.name,
