@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from hsmlb.config import ConfigError
 
-Algorithm = Literal["AES_128", "AES_192", "AES_256", "TDES_2KEY", "TDES_3KEY", "HMAC_SHA256",
+Algorithm = Literal["AES_128", "AES_192", "AES_256", "TDES_2KEY", "TDES_3KEY", "HMAC_SHA224", "HMAC_SHA256",
+                    "HMAC_SHA384", "HMAC_SHA512",
                     "RSA_2048", "ECC_NIST_P256"]
 SYMMETRIC_BYTES = {"AES_128": 16, "AES_192": 24, "AES_256": 32, "TDES_2KEY": 16, "TDES_3KEY": 24}
 # HMAC keys go onto dev tokens zero-padded to this length: SoftHSM2 wants at least the digest length
@@ -66,8 +67,8 @@ class KeyEntry(BaseModel):
         want = SYMMETRIC_BYTES.get(self.algorithm)
         if want is not None and (data is None or len(data) != want):
             raise ConfigError(f"{self.alias}: material_hex must be {want} bytes for {self.algorithm}")
-        if self.algorithm == "HMAC_SHA256" and not data:
-            raise ConfigError(f"{self.alias}: material_hex is required for HMAC_SHA256")
+        if self.algorithm.startswith("HMAC") and not data:
+            raise ConfigError(f"{self.alias}: material_hex is required for {self.algorithm}")
         return data
 
     @property

@@ -96,6 +96,21 @@ OP_KEY_TYPES: dict[OpKind, frozenset[str]] = {
 }
 
 
+# The TR-31 usage a native op needs, where a node records its keys' usage (as APC does and as
+# hsmlb's provisioning does in CKA_ID): a PIN key must never decrypt data, a CVK never encrypt.
+DATA_KEY = "TR31_D0_SYMMETRIC_DATA_ENCRYPTION_KEY"
+NATIVE_KEY_USAGE: dict[tuple[OpKind, str], frozenset[str]] = {
+    (OpKind.ENCRYPT, ""): frozenset({DATA_KEY}),
+    (OpKind.DECRYPT, ""): frozenset({DATA_KEY}),
+    (OpKind.GENERATE_MAC, "CMAC"): frozenset({"TR31_M6_ISO_9797_5_CMAC_KEY"}),
+    (OpKind.VERIFY_MAC, "CMAC"): frozenset({"TR31_M6_ISO_9797_5_CMAC_KEY"}),
+    (OpKind.GENERATE_MAC, "HMAC"): frozenset({"TR31_M7_HMAC_KEY"}),
+    (OpKind.VERIFY_MAC, "HMAC"): frozenset({"TR31_M7_HMAC_KEY"}),
+    (OpKind.SIGN, ""): frozenset({"TR31_S0_ASYMMETRIC_KEY_FOR_DIGITAL_SIGNATURE"}),
+    (OpKind.VERIFY, ""): frozenset({"TR31_S0_ASYMMETRIC_KEY_FOR_DIGITAL_SIGNATURE"}),
+}
+
+
 @dataclass(slots=True)
 class Operation:
     """One decoded, validated request.
@@ -133,6 +148,7 @@ class KeyInfo:
     usages: frozenset[str]
     bits: int = 0
     key_usage: str = ""  # APC/TR-31 usage (TR31_C0_...), where the node records it
+    algorithm: str = ""  # APC key algorithm (TDES_2KEY, AES_128, HMAC_SHA256, ...), where the node records it
 
 
 PAYMENT_KINDS = frozenset({OpKind.REENCRYPT, OpKind.GENERATE_CARD_VALIDATION, OpKind.VERIFY_CARD_VALIDATION,

@@ -193,6 +193,9 @@ def token_session(cluster: Cluster) -> Iterator[object]:
 
     from hsmlb.dev.cluster import find_module
 
+    # dev_up provisions in child processes, so this is the process's first load of SoftHSM2: point it
+    # at this cluster's tokens (another fixture's dev_up may have changed the variable since).
+    os.environ["SOFTHSM2_CONF"] = str(cluster.state_dir / "softhsm2.conf")
     lib = pkcs11.lib(str(find_module()))
     pin = (cluster.state_dir / "user.pin").read_text().strip()
     token = lib.get_token(token_label="node-b")

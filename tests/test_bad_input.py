@@ -125,13 +125,13 @@ CASES: dict[str, Case] = {
     "random-5000": Case("GenerateRandom", rnd(5000), INVALID, ("number_of_bytes",)),
     "random-negative": Case("GenerateRandom", rnd(-1), INVALID, ("number_of_bytes",)),
     # key usage
-    "usage-encrypt-with-cmac-key": Case("EncryptData", enc(alias="alias/cmac-aes128"), INVALID, ("usages", "encrypt")),
-    "usage-decrypt-with-cmac-key": Case("DecryptData", dec(alias="alias/cmac-aes128"), INVALID, ("usages", "decrypt")),
-    "usage-mac-with-data-key": Case("GenerateMac", gmac(alias=AES), INVALID, ("usages", AES)),
-    "usage-verify-mac-with-data-key": Case("VerifyMac", vmac(alias=AES), INVALID, ("usages", AES)),
-    "usage-sign-with-aes-key": Case("Sign", sign(alias=AES), INVALID, ("usages", "sign")),
-    "usage-verify-with-aes-key": Case("Verify", verify(alias=AES), INVALID, ("usages", "verify")),
-    "usage-sign-with-tdes-key": Case("Sign", sign(alias="alias/dek-tdes2"), INVALID, ("usages", "sign")),
+    "usage-encrypt-with-cmac-key": Case("EncryptData", enc(alias="alias/cmac-aes128"), INVALID, ("usage", "encrypt")),
+    "usage-decrypt-with-cmac-key": Case("DecryptData", dec(alias="alias/cmac-aes128"), INVALID, ("usage", "decrypt")),
+    "usage-mac-with-data-key": Case("GenerateMac", gmac(alias=AES), INVALID, ("usage", AES)),
+    "usage-verify-mac-with-data-key": Case("VerifyMac", vmac(alias=AES), INVALID, ("usage", AES)),
+    "usage-sign-with-aes-key": Case("Sign", sign(alias=AES), INVALID, ("needs", "sign")),
+    "usage-verify-with-aes-key": Case("Verify", verify(alias=AES), INVALID, ("needs", "verify")),
+    "usage-sign-with-tdes-key": Case("Sign", sign(alias="alias/dek-tdes2"), INVALID, ("needs", "sign")),
     # unsupported modes and algorithms
     **{f"mode-{name}": Case("EncryptData", enc(mode=pb.EncryptionMode.Value(name)), INVALID, ("mode", name))
        for name in ("OFB", "CFB", "CFB1", "CFB8", "CFB64", "CFB128", "ENCRYPTION_MODE_UNSPECIFIED")},

@@ -40,8 +40,11 @@ HMACS = {pb.HMAC_SHA224: (Mechanism.SHA224_HMAC, hashlib.sha224),
          pb.HMAC_SHA512: (Mechanism.SHA512_HMAC, hashlib.sha512)}
 # The dev cluster zero-pads HMAC keys to 64 bytes (hsmlb.keys.token_material): SoftHSM2 wants at least
 # the digest length, and the MACs must equal those of the 16-byte keys in the keys file (the oracle).
+# An HMAC key is bound to one hash (as in APC: its algorithm is HMAC_SHA256, HMAC_SHA512...).
+HMAC_KEYS = {pb.HMAC_SHA224: ("alias/hmac-sha224",), pb.HMAC_SHA256: ("alias/hmac-1", "alias/hmac-2"),
+             pb.HMAC_SHA384: ("alias/hmac-sha384",), pb.HMAC_SHA512: ("alias/hmac-sha512",)}
 HMAC_CASES = [pytest.param(alias, algorithm, id=f"{alias.split('/')[1]}-{pb.MacAlgorithm.Name(algorithm)}")
-              for alias in ("alias/hmac-1", "alias/hmac-2") for algorithm in HMACS]
+              for algorithm, aliases in HMAC_KEYS.items() for alias in aliases]
 PSS_SHA256 = (Mechanism.SHA256, MGF.SHA256, 32)
 UPPER_HEX = re.compile(r"[0-9A-F]*")
 

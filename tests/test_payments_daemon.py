@@ -505,6 +505,19 @@ def test_nist_data_encryption(backend: Backend) -> None:
             back = backend.call("DecryptData", pb.DecryptDataRequest(
                 key_identifier=alias, cipher_text=want, decryption_attributes=attrs))
             assert back.plain_text == plain, (size, mode)
+    # ReEncryptData: the AES-128 ECB vector re-enciphered into the AES-256 CBC one, and back
+    ecb, cbc = pb.ReEncryptionAttributes(symmetric=pb.SymmetricEncryptionAttributes(mode=pb.ECB)), \
+        pb.ReEncryptionAttributes(symmetric=pb.SymmetricEncryptionAttributes(mode=pb.CBC, initialization_vector=iv))
+    out = backend.call("ReEncryptData", pb.ReEncryptDataRequest(
+        incoming_key_identifier="alias/zek-aes128", outgoing_key_identifier="alias/dek-aes256",
+        cipher_text=v["expected"]["ECB"]["AES128"], incoming_encryption_attributes=ecb,
+        outgoing_encryption_attributes=cbc))
+    assert out.cipher_text == v["expected"]["CBC"]["AES256"] and out.key_arn == "alias/dek-aes256"
+    out = backend.call("ReEncryptData", pb.ReEncryptDataRequest(
+        incoming_key_identifier="alias/dek-aes256", outgoing_key_identifier="alias/zek-aes128",
+        cipher_text=v["expected"]["CBC"]["AES256"], incoming_encryption_attributes=cbc,
+        outgoing_encryption_attributes=ecb))
+    assert out.cipher_text == v["expected"]["ECB"]["AES128"]
     t = EXTRA["tdes-nist-sp800-67-ecb"]
     assert h(MATERIAL["alias/dek-tdes3"]) == t["inputs"]["key"]
     out = backend.call("EncryptData", pb.EncryptDataRequest(
@@ -550,6 +563,13 @@ def test_dukpt_tdes_mac_and_data(backend: Backend) -> None:
                 key_identifier="alias/bdk-tdes", cipher_text=enc.cipher_text,
                 decryption_attributes=pb.EncryptionDecryptionAttributes(dukpt=dukpt)))
             assert dec.plain_text == padded
+            out = backend.call("ReEncryptData", pb.ReEncryptDataRequest(  # DUKPT data in, zone data key out
+                incoming_key_identifier="alias/bdk-tdes", outgoing_key_identifier="alias/dek-tdes2",
+                cipher_text=step[f"data_{direction}"],
+                incoming_encryption_attributes=pb.ReEncryptionAttributes(dukpt=dukpt),
+                outgoing_encryption_attributes=pb.ReEncryptionAttributes(
+                    symmetric=pb.SymmetricEncryptionAttributes(mode=pb.ECB))))
+            assert out.cipher_text == h(tdes(MATERIAL["alias/dek-tdes2"], bytes.fromhex(padded)))
 
 
 @covers("dukpt-aes128-x9.24-3-B1")
@@ -726,9 +746,6 @@ def test_every_vector_is_accounted_for() -> None:
     assert COVERED | set(NOT_API) == set(ALL)
 
 
-@pytest.mark.xfail(strict=True, reason="hsmlb.dev.cluster.dev_up reuses python-pkcs11's library, initialised "
-                   "against the first SOFTHSM2_CONF of the process, so a second state dir is provisioned "
-                   "into (and logs in to) the first one's tokens: PinIncorrect")
 def test_dev_up_provisions_two_state_dirs_in_one_process(tmp_path: Path) -> None:
     """The `cluster` and `payment_cluster` fixtures both call dev_up in the pytest process."""
     script = textwrap.dedent(f"""

@@ -308,12 +308,3 @@ def test_emulator_output_carries_no_pan_pin_or_block(run: Run) -> None:
     assert "faults now" in text  # the fault switches were logged, so the log did run during the traffic
     assert run.secrets.leaks(text) == []
 
-
-def test_zz_debug(run: Run) -> None:
-    for name, t in run.traffic.items():
-        print(name, t.successes, t.codes)
-        for e in sorted(set(x.split(" {")[0] for x in t.errors))[:60]:
-            print("   ", e[:230])
-    print(len(run.emulator_lines), run.emulator_lines[:3], run.emulator_lines[-8:])
-    print(len(run.secrets.values), len(run.logs["tokens"].splitlines()), len(run.logs["region"].splitlines()))
-    print([l for l in run.logs["region"].splitlines() if "WARN" in l or "ERROR" in l][:10])

@@ -172,7 +172,7 @@ def test_traffic_reached_every_layer(traffic: Traffic) -> None:
     assert len(traffic.errors) >= len(PANS) * (2 * per_pan + 1) + len(PANS)
     assert traffic.successes == len(PANS)  # only the one good stream message per PAN
     joined = "\n".join(traffic.errors)
-    for evidence in ("hex", "usages", "not supported", "data length", "no node holds", "InjectedDeviceError"):
+    for evidence in ("hex", "usage", "not supported", "data length", "no node holds", "InjectedDeviceError"):
         assert evidence in joined
 
 

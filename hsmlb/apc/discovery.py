@@ -77,7 +77,7 @@ def key_info(alias: str, key: dict[str, Any]) -> KeyInfo:
     algorithm = attributes.get("KeyAlgorithm", "")
     return KeyInfo(alias=alias, label=key["KeyArn"], key_type=key_type(algorithm),
                    kcv=str(key.get("KeyCheckValue", "")).upper(), usages=usages(attributes.get("KeyModesOfUse", {})),
-                   bits=key_bits(algorithm), key_usage=attributes.get("KeyUsage", ""))
+                   bits=key_bits(algorithm), key_usage=attributes.get("KeyUsage", ""), algorithm=algorithm)
 
 
 def boto_session(config: ApcRegionConfig) -> boto3.Session:

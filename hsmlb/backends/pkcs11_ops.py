@@ -226,7 +226,7 @@ def discover(session: pkcs11.Session) -> list[dict[str, Any]]:
                 kcv = _attr(obj, Attribute.CHECK_VALUE, b"") or b""
                 entry["kcv"] = bytes(kcv).hex().upper()
                 entry["bits"] = 8 * int(_attr(obj, Attribute.VALUE_LEN, 0) or 0)
-                entry["key_usage"] = key_record(obj)[0]
+                entry["key_usage"], entry["algorithm"] = key_record(obj)
             elif key_type == KeyType.RSA:
                 entry["bits"] = int(_attr(obj, Attribute.MODULUS_BITS, 0) or entry["bits"])
             elif key_type == KeyType.EC:

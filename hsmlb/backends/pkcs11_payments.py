@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11
 
 from hsmlb.backends.pkcs11_ops import CIPHERS, CallerFault, KeyLookup, _mechanism, key_record
+from hsmlb.ops import DATA_KEY
 from hsmlb.payments.types import KeyMaterial, KeyNotFoundError, PaymentValidationError, VerificationFailed
 
 VERIFICATION_FAILED = "VerificationFailedReason"  # the result key the codec reads (api/payment_codec.py)
@@ -67,16 +68,20 @@ _materials = MaterialCache()
 
 def _token_reencrypt(keys: KeyLookup, params: dict[str, Any]) -> dict[str, Any]:
     """Symmetric ReEncryptData with both keys in the token: the data never meets a clear key."""
-    def cipher(label: str, attrs: dict[str, Any]) -> tuple[Any, Any, bytes | None]:
+    def cipher(label: str, attrs: dict[str, Any], member: str) -> tuple[Any, Any, bytes | None]:
         key = keys(label, ObjectClass.SECRET_KEY)
+        usage = key_record(key)[0]
+        if usage and usage != DATA_KEY:  # key separation, as the engine and APC enforce it
+            raise CallerFault(f"{member}: key usage {usage} is not valid here; expected {DATA_KEY}")
         mode = attrs.get("Mode", "ECB")
-        iv = bytes.fromhex(attrs["InitializationVector"]) if mode == "CBC" else None
+        block = 16 if key.key_type == KeyType.AES else 8
+        iv = bytes.fromhex(attrs.get("InitializationVector", "00" * block)) if mode == "CBC" else None  # APC: zero IV
         return key, _mechanism(CIPHERS, key, mode), iv
 
     key_in, mech_in, iv_in = cipher(params["IncomingKeyIdentifier"],
-                                    params["IncomingEncryptionAttributes"]["Symmetric"])
+                                    params["IncomingEncryptionAttributes"]["Symmetric"], "IncomingKeyIdentifier")
     key_out, mech_out, iv_out = cipher(params["OutgoingKeyIdentifier"],
-                                       params["OutgoingEncryptionAttributes"]["Symmetric"])
+                                       params["OutgoingEncryptionAttributes"]["Symmetric"], "OutgoingKeyIdentifier")
     clear = key_in.decrypt(bytes.fromhex(params["CipherText"]), mechanism=mech_in, mechanism_param=iv_in)
     out = key_out.encrypt(clear, mechanism=mech_out, mechanism_param=iv_out)
     return {"CipherText": bytes(out).hex().upper()}

@@ -34,6 +34,7 @@ MODULE_CANDIDATES = (
     "/usr/local/lib/softhsm/libsofthsm2.so",
 )
 SO_PIN_FILE, USER_PIN_FILE = "so.pin", "user.pin"
+PROVISION_TIMEOUT_S = 120.0
 
 
 def find_module() -> Path:
@@ -72,7 +73,7 @@ def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", po
     nodes = (*PRIMARY_NODES, PARTIAL_NODE)
     _init_tokens(nodes, so_pin, user_pin)
     asymmetric = {e.alias: _asymmetric_material(state_dir, e) for e in entries if e.asymmetric}
-    _provision(module, nodes, entries, asymmetric, user_pin)
+    _in_child(_provision, module, nodes, entries, asymmetric, user_pin)
     config = {
         "listen": listen,
         "fault_injection": fault_injection,
@@ -84,6 +85,25 @@ def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", po
     path = state_dir / "hsmlb.yaml"
     path.write_text("# written by `hsmlb dev up`; PINs live in pin_file, never here\n" + yaml.safe_dump(config))
     return path
+
+
+def _in_child(function: Any, *args: Any) -> None:
+    """Run a PKCS#11 provisioning step in a fresh process.
+
+    python-pkcs11 initialises a library once per process with the SOFTHSM2_CONF it saw first, so
+    a second state directory in the same process would talk to the first one's tokens.
+    """
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=function, args=args, name="hsmlb-provision")
+    process.start()
+    process.join(PROVISION_TIMEOUT_S)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+        raise ConfigError(f"provisioning the dev tokens took longer than {PROVISION_TIMEOUT_S:.0f}s")
+    if process.exitcode != 0:
+        raise ConfigError(f"provisioning the dev tokens failed (exit code {process.exitcode}); see the output above")
 
 
 def _init_tokens(nodes: tuple[str, ...], so_pin: str, user_pin: str) -> None:

@@ -24,6 +24,11 @@ _AF = "ABCDEF"
 _HEX = "0123456789ABCDEF"
 
 
+# One message for every way a deciphered block can be malformed: naming which check failed
+# (control field, length, digits, fill) would tell a prober something about the clear block.
+NOT_A_VALID_BLOCK = "the PIN block does not decipher to a valid block of its stated format"
+
+
 def _fail(message: str) -> PaymentValidationError:
     return PaymentValidationError(message)
 
@@ -82,13 +87,13 @@ def encode(fmt: int, pin: str, pan: str | None = None) -> bytes:
 def _parse_pin(nibbles: str, fmt: int, end: int) -> tuple[str, str]:
     """(PIN, fill) from the clear PIN field nibbles, after checking control and length nibbles."""
     if nibbles[0] != str(fmt):
-        raise _fail(f"PIN block is not ISO format {fmt}: wrong control field")
+        raise _fail(NOT_A_VALID_BLOCK)
     length = int(nibbles[1], 16)
     if not 4 <= length <= 12:
-        raise _fail("PIN block PIN length field must be 4 to 12")
+        raise _fail(NOT_A_VALID_BLOCK)
     pin = nibbles[2 : 2 + length]
     if not _DIGITS.issuperset(pin):
-        raise _fail("PIN block PIN digits are not decimal")
+        raise _fail(NOT_A_VALID_BLOCK)
     return pin, nibbles[2 + length : end]
 
 
@@ -104,9 +109,9 @@ def decode(fmt: int, block: bytes, pan: str | None = None) -> str:
         raise _fail("PIN block format must be 0, 1 or 3 for 8-byte blocks")
     pin, fill = _parse_pin(block.hex().upper(), fmt, 16)
     if fmt == 0 and fill.strip("F"):
-        raise _fail("PIN block is not ISO format 0: fill digits must be F")
+        raise _fail(NOT_A_VALID_BLOCK)
     if fmt == 3 and fill.strip(_AF):
-        raise _fail("PIN block is not ISO format 3: fill digits must be A to F")
+        raise _fail(NOT_A_VALID_BLOCK)
     return pin
 
 
@@ -133,7 +138,7 @@ def decode_iso4_pin_field(field: bytes) -> str:
         raise _fail("ISO format 4 PIN fields are 16 bytes")
     pin, fill = _parse_pin(field.hex().upper(), 4, 16)
     if fill.strip("A"):
-        raise _fail("PIN block is not ISO format 4: fill digits must be A")
+        raise _fail(NOT_A_VALID_BLOCK)
     return pin
 
 

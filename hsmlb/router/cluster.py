@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hsmlb.errors import InvalidArgument, KeyNotFound
 from hsmlb.health import NodeHealth
-from hsmlb.ops import OP_KEY_TYPES, OP_TRAITS, KeyInfo, Operation, OpKind
+from hsmlb.ops import NATIVE_KEY_USAGE, OP_KEY_TYPES, OP_TRAITS, KeyInfo, Operation, OpKind
 from hsmlb.pool import NodePool
 from hsmlb.router.breaker import NodeBreaker
 
@@ -121,15 +121,15 @@ def _article(name: str) -> str:
 def check_native_key(op: Operation, key: KeyInfo) -> None:
     """Refuse, before routing, a native op that the key's type, usages or block size forbid."""
     a = _article
-    usage = OP_TRAITS[op.kind].usage
-    if usage and usage not in key.usages:
-        allowed = ", ".join(sorted(key.usages)) or "none"
-        raise InvalidArgument(f"key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
-
     key_types = sorted(OP_KEY_TYPES.get(op.kind, ()))
     if key_types and key.key_type not in key_types:
         names = key_types[0] if len(key_types) == 1 else f"{', '.join(key_types[:-1])} or {key_types[-1]}"
         raise InvalidArgument(f"key {key.alias} is {a(key.key_type)} key; {op.kind.value} needs {a(names)} key")
+    check_tr31_usage(op, key)
+    usage = OP_TRAITS[op.kind].usage
+    if usage and usage not in key.usages:
+        allowed = ", ".join(sorted(key.usages)) or "none"
+        raise InvalidArgument(f"key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
     block = {"AES": 16, "DES3": 8}.get(key.key_type, 0)
     if block and op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
         mode, iv, _ = op.args
@@ -142,3 +142,16 @@ def check_native_key(op: Operation, key: KeyInfo) -> None:
         if length is not None and length > block:
             mac_field = "mac_length" if op.kind is OpKind.GENERATE_MAC else "mac"
             raise InvalidArgument(f"{mac_field}: must be 4-{block} bytes for CMAC with {a(key.key_type)} key")
+
+
+def check_tr31_usage(op: Operation, key: KeyInfo) -> None:
+    """Key separation, as APC enforces it: the key's TR-31 usage (and HMAC hash) must fit the op."""
+    if not key.key_usage:
+        return  # a token whose keys carry no recorded usage: its PKCS#11 attributes decide
+    family = op.args[0][:4] if op.kind in (OpKind.GENERATE_MAC, OpKind.VERIFY_MAC) else ""
+    allowed = NATIVE_KEY_USAGE.get((op.kind, family))
+    if allowed is not None and key.key_usage not in allowed:
+        what = op.args[0] if family else op.kind.value
+        raise InvalidArgument(f"key {key.alias} has usage {key.key_usage}; {what} needs {' or '.join(sorted(allowed))}")
+    if family == "HMAC" and key.algorithm.startswith("HMAC") and op.args[0] != key.algorithm:
+        raise InvalidArgument(f"key {key.alias} is an {key.algorithm} key; it cannot compute {op.args[0]}")

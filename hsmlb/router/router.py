@@ -62,6 +62,10 @@ class Router:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._rng = rng or random.Random()
+        # Members whose breaker this router last left closed with no failure counted and no probe
+        # out. Only the router drives breakers, so for these `allows()` is True and recording a
+        # success changes nothing: the hot path skips both (pybreaker takes a lock per call).
+        self._clean: set[Member] = set()
 
     def _load(self, member: Member) -> float:
         return member.pool.load
@@ -71,7 +75,9 @@ class Router:
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain."""
-        ready = [m for m in holders if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
+        clean = self._clean
+        ready = [m for m in holders
+                 if m not in tried and m.up and m.health.routable(now) and (m in clean or m.breaker.would_allow())]
         if ready:
             return ready, False
         # last holders: the breaker does not gate
@@ -92,7 +98,7 @@ class Router:
                 raise Overloaded("every eligible node is saturated")
             member = self.balancer.choose(open_queue, self._load, _name, op.key_alias,
                                           open_queue[0].pool.cost_weights[op.cost], weight=self._weight)
-            if not panic and not member.breaker.allows():
+            if not panic and member not in self._clean and not member.breaker.allows():
                 tried.append(member)  # lost the half-open probe to another request
                 continue
             if panic:
@@ -172,10 +178,15 @@ class Router:
         return self.budget.try_withdraw(now)
 
     def _report(self, member: Member, node_fault: bool, now: float) -> None:
-        member.breaker.record(node_fault)
         if not node_fault:  # the common case: no ejection to decide, so no count of ejected nodes
+            if member not in self._clean:
+                member.breaker.record(False)
+                if member.breaker.state == "closed":
+                    self._clean.add(member)
             member.health.record_result(False, now)
             return
+        self._clean.discard(member)
+        member.breaker.record(True)
         may_eject = self.cluster.ejected_count(now) < self.max_ejected_nodes
         if member.health.record_result(node_fault, now, may_eject=may_eject):
             log.warning("node %s ejected until +%.1fs: %s", member.name,
