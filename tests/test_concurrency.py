@@ -37,6 +37,7 @@ CIPHER_KEYS = ("alias/zek-aes128", "alias/dek-aes256", "alias/dek-tdes2", "alias
 CMAC_KEYS = ("alias/cmac-aes128", "alias/cmac-aes256", "alias/cmac-tdes2")
 # SHA-384/512 HMAC are left out: the dev cluster's HMAC keys are 32 bytes, below SoftHSM2's floor for them.
 HMACS = {pb.HMAC_SHA224: hashlib.sha224, pb.HMAC_SHA256: hashlib.sha256}
+HMAC_KEY = {pb.HMAC_SHA224: "alias/hmac-sha224", pb.HMAC_SHA256: "alias/hmac-1"}  # a key is bound to one hash
 
 Check = Callable[[Any], bool]
 
@@ -110,7 +111,8 @@ class Catalogue:
         for i in range(VARIANTS_PER_KIND):
             data = os.urandom(self.rng.randint(1, 100))
             if i % 2:
-                algorithm, alias = self.rng.choice(list(HMACS)), "alias/hmac-1"
+                algorithm = self.rng.choice(list(HMACS))
+                alias = HMAC_KEY[algorithm]
                 mac = hmac.new(material[alias], data, HMACS[algorithm]).digest()
             else:
                 algorithm, alias = pb.CMAC, self.rng.choice(CMAC_KEYS)
