@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -150,6 +151,9 @@ def _run(args: argparse.Namespace, profile: Profile, out: Path) -> int:
         rc = rc or 1
     line = cpu_line(wall, daemon_cpu, driver_cpu)
     (out / "cpu.txt").write_text(line + "\n")
+    (out / "cpu.json").write_text(json.dumps({"wall_s": wall, "daemon_s": daemon_cpu[0] if daemon_cpu else None,
+                                              "workers_s": daemon_cpu[1] if daemon_cpu else None,
+                                              "driver_s": driver_cpu}))
     print(line, flush=True)
     print(f"loadtest: exit {rc}; reports in {out}", flush=True)
     return rc
