@@ -57,6 +57,7 @@ class PhaseResult:
     ops_per_s: float
     p50_us: float
     p99_us: float
+    cpu_s: float  # this load generator's own CPU (all threads) during the measured phase
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -157,12 +158,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print("READY", flush=True)
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), GO_TIMEOUT_S)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         tally = await run_phase(stub, args, args.seconds)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     result = PhaseResult(mode=args.mode, ops=tally.ok, errors=tally.errors, wrong=tally.wrong, elapsed_s=elapsed,
                          ops_per_s=tally.ok / elapsed, p50_us=percentile(tally.latencies, 0.50) * 1e6,
-                         p99_us=percentile(tally.latencies, 0.99) * 1e6)
+                         p99_us=percentile(tally.latencies, 0.99) * 1e6, cpu_s=cpu)
     return asdict(result)
 
 

@@ -97,6 +97,8 @@ class OperationsServicer(pb_grpc.OperationsServicer):
         finally:
             call.close()
             reading.cancel()
+            if reading.done() and not reading.cancelled() and reading.exception() is not None:
+                log.debug("stream request reader ended: %r", reading.exception())  # gRPC ends the RPC itself
 
 
 class _StreamCall:

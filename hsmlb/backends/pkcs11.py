@@ -29,7 +29,10 @@ from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
 from hsmlb.ops import HOST_SIDE_CAPABILITIES, NATIVE_CAPABILITIES, CostClass, KeyInfo, Operation, OpKind
 
 log = logging.getLogger("hsmlb.backends.pkcs11")
-WAKE_INTERVAL_S = float(os.environ.get("HSMLB_FLUSH_INTERVAL_S", "0"))  # EXPERIMENT
+# An idle worker is woken at most once per WAKE_INTERVAL_S (see the module docstring). Measured on
+# 2 vCPUs, stream load at ~1,100 ops/s per node: 0 -> 1.0 worker wake-ups per op; 1 ms -> 0.95;
+# 2 ms -> 0.65, each ~8% less server CPU per op. Batches grow with the per-node rate.
+WAKE_INTERVAL_S = 0.001
 
 WORKER_OP = {
     OpKind.ENCRYPT: "encrypt",
