@@ -27,6 +27,8 @@ READY_LINE = "apc-emulator listening on "
 
 def dev_credentials(state_dir: Path) -> tuple[str, str, Path]:
     """(access key id, secret, credentials file), generated once per state dir."""
+    state_dir.mkdir(parents=True, exist_ok=True)  # regions may start before `dev up` creates the rest
+    state_dir.chmod(0o700)
     path = state_dir / CREDENTIALS_FILE
     if not path.exists():
         parser = configparser.ConfigParser()
