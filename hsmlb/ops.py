@@ -153,3 +153,20 @@ class KeyInfo:
 
 PAYMENT_KINDS = frozenset({OpKind.REENCRYPT, OpKind.GENERATE_CARD_VALIDATION, OpKind.VERIFY_CARD_VALIDATION,
                            OpKind.TRANSLATE_PIN, OpKind.VERIFY_ARQC})
+
+# The APC-shaped contract between the codec and every backend kind.
+VERIFICATION_FAILED = "VerificationFailedReason"  # result key a backend sets when a verification fails
+KEY_MEMBERS = ("KeyIdentifier", "IncomingKeyIdentifier", "OutgoingKeyIdentifier")
+
+
+def map_key_identifiers(params: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """The params with each key member's alias replaced by the node's own name for it (a token
+    label, a region's key ARN); the caller's dict is copied only when something changes."""
+    out = params
+    for member in KEY_MEMBERS:
+        value = params.get(member)
+        if value in mapping and mapping[value] != value:
+            if out is params:
+                out = dict(params)
+            out[member] = mapping[value]
+    return out

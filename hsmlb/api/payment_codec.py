@@ -22,11 +22,10 @@ from hsmlb.api.codec import (
     encode_generate_mac,
     encode_verify_mac,
 )
-from hsmlb.ops import Capability, KeyInfo, Operation, OpKind
+from hsmlb.ops import VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind
 from hsmlb.v1 import hsmlb_pb2 as pb
 
 MAC_PAYMENT_ALGORITHMS = {pb.ISO9797_ALGORITHM1, pb.ISO9797_ALGORITHM3}
-VERIFICATION_FAILED = "VerificationFailedReason"  # result key a backend sets when a verification fails
 
 
 def _pascal(name: str) -> str:

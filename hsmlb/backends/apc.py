@@ -45,12 +45,10 @@ from hsmlb.errors import (
     PermissionDenied,
     Throttled,
 )
-from hsmlb.ops import Capability, KeyInfo, Operation, OpKind
+from hsmlb.ops import VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind, map_key_identifiers
 
 log = logging.getLogger("hsmlb.backends.apc")
 
-KEY_MEMBERS = ("KeyIdentifier", "IncomingKeyIdentifier", "OutgoingKeyIdentifier")
-VERIFICATION_FAILED = "VerificationFailedReason"  # the result key the payment codec reads
 THROTTLE_PAUSE_S = 0.1  # after a ThrottlingException, grant nothing locally for this long
 CREDENTIAL_REFRESH_S = 60.0
 KEEPALIVE_S = 30.0  # idle keep-alive connections live this long: under typical front-door idle timeouts
@@ -100,6 +98,7 @@ class ApcRegionBackend:
         self.on_change: list[Any] = []  # callbacks(node) when state or inventory changes
         self._state = "starting"
         self._keys: dict[str, KeyInfo] = {}
+        self._arns: dict[str, str] = {}
         self._discovery: Discovery | None = None
         self._signer: Signer | None = None  # botocore's SigV4Auth: control-plane requests
         self._fast: FastSigner | None = None  # the same signature, precomputed: data-plane requests
@@ -178,7 +177,7 @@ class ApcRegionBackend:
         key = self._keys.get(op.key_alias) if op.key_alias else None
         if op.apc:
             operation, params = op.args
-            params = self._resolve(params)
+            params = map_key_identifiers(params, self._arns)
             extract = None
         else:  # an alias this region does not list goes through as is: the region answers NotFound
             operation, params, extract = _native_request(op, key.label if key else op.key_alias or "")
@@ -192,16 +191,6 @@ class ApcRegionBackend:
         except (KeyError, TypeError, ValueError):
             raise NodeFault(f"node {self.name}: {operation} answer has no valid {extract}") from None
 
-    def _resolve(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Aliases in the key members -> this region's key ARNs (copying only when one changes)."""
-        out = params
-        for member in KEY_MEMBERS:
-            key = self._keys.get(params.get(member))  # type: ignore[arg-type]
-            if key is not None:
-                if out is params:
-                    out = dict(params)
-                out[member] = key.label
-        return out
 
     async def _admit(self, op: Operation, bucket: TokenBucket) -> float:
         """Take a quota token (waiting at most max_wait_s, within the deadline); the request timeout left."""
@@ -321,6 +310,7 @@ class ApcRegionBackend:
                                                   auto_decompress=False)
         self._canary = self._pick_canary(found)
         self._keys = found.keys
+        self._arns = {alias: key.label for alias, key in found.keys.items()}  # alias -> key ARN
         await self._warm()
         self._set_state("up")
         log.info("node %s up: region %s, %d keys, %d/%d warm connections", self.name, self.config.region,

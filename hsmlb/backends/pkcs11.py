@@ -26,7 +26,15 @@ from typing import Any
 from hsmlb.backends import wire
 from hsmlb.config import Pkcs11NodeConfig
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
-from hsmlb.ops import HOST_SIDE_CAPABILITIES, NATIVE_CAPABILITIES, CostClass, KeyInfo, Operation, OpKind
+from hsmlb.ops import (
+    HOST_SIDE_CAPABILITIES,
+    NATIVE_CAPABILITIES,
+    CostClass,
+    KeyInfo,
+    Operation,
+    OpKind,
+    map_key_identifiers,
+)
 
 log = logging.getLogger("hsmlb.backends.pkcs11")
 # An idle worker is woken at most once per WAKE_INTERVAL_S (see the module docstring). Measured on
@@ -43,17 +51,6 @@ WORKER_OP = {
     OpKind.VERIFY: "verify",
     OpKind.RANDOM: "random",
 }
-
-
-KEY_MEMBERS = ("KeyIdentifier", "IncomingKeyIdentifier", "OutgoingKeyIdentifier")
-
-
-def _with_labels(params: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    mapped = dict(params)
-    for member in KEY_MEMBERS:
-        if member in mapped:
-            mapped[member] = labels.get(mapped[member], mapped[member])
-    return mapped
 
 
 class _WorkerLink(asyncio.Protocol):
@@ -125,7 +122,7 @@ class Pkcs11Backend:
         label = labels.get(op.key_alias, op.key_alias) if op.key_alias else ""
         if op.apc:  # (apc_operation, params): aliases in the params become this token's labels
             operation, params = op.args
-            args = (operation, _with_labels(params, labels)) if labels else op.args
+            args = (operation, map_key_identifiers(params, labels)) if labels else op.args
             return self._send("payment", label, args, op.deadline or 0.0, slot)
         if op.cost is CostClass.RSA and op.kind is OpKind.SIGN:
             return self._send("sign_rsa", label, op.args, op.deadline or 0.0, slot, slow=True)  # fast ops overtake it

@@ -19,10 +19,8 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11
 
 from hsmlb.backends.pkcs11_ops import CIPHERS, CallerFault, KeyLookup, _mechanism, key_record
-from hsmlb.ops import DATA_KEY
+from hsmlb.ops import DATA_KEY, VERIFICATION_FAILED
 from hsmlb.payments.types import KeyMaterial, KeyNotFoundError, PaymentValidationError, VerificationFailed
-
-VERIFICATION_FAILED = "VerificationFailedReason"  # the result key the codec reads (api/payment_codec.py)
 
 
 def _material(handle: Any, identifier: str) -> KeyMaterial:

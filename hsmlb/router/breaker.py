@@ -54,6 +54,9 @@ class NodeBreaker:
         self.opened_at = 0.0
         self.probe_in_flight = False
         self.on_change: list[Callable[[str, str, str], None]] = []
+        # Closed, with no failure counted and no probe out: then allows() is True and a success
+        # changes nothing, so the hot path skips pybreaker, which takes a lock on every call.
+        self._clean = True
         self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=NEVER, name=name,
                                             listeners=[_StateListener(self)])
 
@@ -63,6 +66,8 @@ class NodeBreaker:
 
     def allows(self) -> bool:
         """May a request go to this node now? Reserves the single half-open probe when it says yes."""
+        if self._clean:
+            return True
         state = self._cb.current_state
         if state == "closed":
             return True
@@ -77,6 +82,8 @@ class NodeBreaker:
 
     def would_allow(self) -> bool:
         """Like allows(), without reserving the probe: for eligibility snapshots."""
+        if self._clean:
+            return True
         state = self._cb.current_state
         if state == "closed":
             return True
@@ -86,12 +93,15 @@ class NodeBreaker:
 
     def record(self, node_fault: bool) -> None:
         """Feed one outcome after the await; only node faults count as failures."""
+        if self._clean and not node_fault:
+            return
         was_probe = self.probe_in_flight
         self.probe_in_flight = False
         if self._cb.current_state == "open" and not was_probe:
             return  # a straggler from before the breaker opened
         with contextlib.suppress(_Fault, pybreaker.CircuitBreakerError):
             self._cb.call(_raise_fault if node_fault else _ok)
+        self._clean = not node_fault and self._cb.current_state == "closed"
 
     def release_probe(self) -> None:
         """The reserved probe was not used (the request went elsewhere or was refused)."""

@@ -62,10 +62,6 @@ class Router:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._rng = rng or random.Random()
-        # Members whose breaker this router last left closed with no failure counted and no probe
-        # out. Only the router drives breakers, so for these `allows()` is True and recording a
-        # success changes nothing: the hot path skips both (pybreaker takes a lock per call).
-        self._clean: set[Member] = set()
 
     def _load(self, member: Member) -> float:
         return member.pool.load
@@ -75,9 +71,8 @@ class Router:
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain."""
-        clean = self._clean
         ready = [m for m in holders
-                 if m not in tried and m.up and m.health.routable(now) and (m in clean or m.breaker.would_allow())]
+                 if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
         if ready:
             return ready, False
         # last holders: the breaker does not gate
@@ -98,7 +93,7 @@ class Router:
                 raise Overloaded("every eligible node is saturated")
             member = self.balancer.choose(open_queue, self._load, _name, op.key_alias,
                                           open_queue[0].pool.cost_weights[op.cost], weight=self._weight)
-            if not panic and member not in self._clean and not member.breaker.allows():
+            if not panic and not member.breaker.allows():
                 tried.append(member)  # lost the half-open probe to another request
                 continue
             if panic:
@@ -108,13 +103,18 @@ class Router:
                                 member.health.describe(now))
             return member
 
+    def _admit(self, op: Operation) -> tuple[list[Member], float]:
+        """The op's capable holders (raises for caller errors), counted once for the retry budget."""
+        holders = self.cluster.holders(op)
+        now = self.clock()
+        self.budget.record_request(now)
+        return holders, now
+
     def start(self, op: Operation) -> Attempt:
         """Route `op` and start its first attempt, without a coroutine; raises what routing refuses.
 
         Finish it with `succeeded(op, attempt)` if its future succeeds, else with `execute(op, attempt)`."""
-        holders = self.cluster.holders(op)
-        now = self.clock()
-        self.budget.record_request(now)
+        holders, now = self._admit(op)
         tried: list[Member] = []
         member = self._pick(op, holders, tried, now, None)
         return Attempt(member, member.pool.perform(op), holders, tried)
@@ -127,9 +127,7 @@ class Router:
     async def execute(self, op: Operation, started: Attempt | None = None) -> tuple[Any, KeyInfo | None]:
         """Route, attempt, classify the outcome, retry where allowed. `started`: an attempt from start()."""
         if started is None:
-            holders = self.cluster.holders(op)
-            now = self.clock()
-            self.budget.record_request(now)
+            holders, now = self._admit(op)
             tried: list[Member] = []
         else:
             holders, tried, now = started.holders, started.tried, self.clock()
@@ -178,15 +176,10 @@ class Router:
         return self.budget.try_withdraw(now)
 
     def _report(self, member: Member, node_fault: bool, now: float) -> None:
+        member.breaker.record(node_fault)
         if not node_fault:  # the common case: no ejection to decide, so no count of ejected nodes
-            if member not in self._clean:
-                member.breaker.record(False)
-                if member.breaker.state == "closed":
-                    self._clean.add(member)
             member.health.record_result(False, now)
             return
-        self._clean.discard(member)
-        member.breaker.record(True)
         may_eject = self.cluster.ejected_count(now) < self.max_ejected_nodes
         if member.health.record_result(node_fault, now, may_eject=may_eject):
             log.warning("node %s ejected until +%.1fs: %s", member.name,
