@@ -47,12 +47,9 @@ class DevKey:
 def dev_keys(path: str = "") -> tuple[DevKey, ...]:
     """The dev keys file's entries: payment requests are built under these (public test material)."""
     if not path:
-        try:
-            from hsmlb.dev.cluster import default_keys_file
+        from hsmlb.dev.cluster import default_keys_file
 
-            path = str(default_keys_file())
-        except (ImportError, AttributeError):
-            path = str(Path(__file__).resolve().parents[1] / "config" / "dev-keys.yaml")
+        path = str(default_keys_file())
     data = yaml.safe_load(Path(path).read_text()) or []
     return tuple(DevKey(e["alias"], e["algorithm"], e["usage"], bytes.fromhex(e["material_hex"])
                         if isinstance(e.get("material_hex"), str) else None) for e in data)

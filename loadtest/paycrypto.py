@@ -4,6 +4,9 @@ Why here: verifications (CVV, ARQC) and PIN translation need inputs made under t
 a load test must send correct ones, or every verification is a failure. The dev keys are public
 test material (config/dev-keys.yaml); nothing here is ever used with real keys. Checked against
 the public vectors in tests/vectors/public_kat.json.
+
+Deliberately not hsmlb.payments: the load generator builds its inputs with code of its own, so a
+wrong engine shows up as failed verifications in the load test instead of agreeing with itself.
 """
 
 from __future__ import annotations

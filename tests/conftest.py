@@ -60,21 +60,27 @@ class DaemonProcess:
 
 def start_daemon(config: Path, log_path: Path) -> DaemonProcess:
     """Run `hsmlb serve` as a child process and wait until it prints its address."""
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "hsmlb", "serve", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "hsmlb", "serve", "--config", str(config)],
+                                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + START_TIMEOUT_S
     assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        if line.startswith("hsmlb listening on "):
-            address = line.split()[-1]
-            daemon = DaemonProcess(proc, address, log_path, config)
-            _wait_nodes_up(daemon, deadline)
-            return daemon
-        if not line and proc.poll() is not None:
-            break
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            if line.startswith("hsmlb listening on "):
+                address = line.split()[-1]
+                daemon = DaemonProcess(proc, address, log_path, config)
+                _wait_nodes_up(daemon, deadline)
+                return daemon
+            if not line and proc.poll() is not None:
+                break
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
     proc.kill()
+    proc.wait(10)
     raise RuntimeError(f"daemon did not start:\n{log_path.read_text()}")
 
 
@@ -151,29 +157,6 @@ def set_faults(emulator: Emulator, **faults: float) -> None:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
-
-
-@pytest.fixture(scope="session")
-def payment_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaymentCluster]:
-    state_dir = tmp_path_factory.mktemp("payment-cluster")
-    keys = default_keys_file()
-    emulators = start_dev_regions(keys, state_dir, fault_injection=True)
-    try:
-        config = dev_up(state_dir, keys, listen="127.0.0.1:0", fault_injection=True,
-                        regions=[region_node_config(e, state_dir) for e in emulators])
-        yield PaymentCluster(state_dir=state_dir, config=config, keys_file=keys, emulators=emulators)
-    finally:
-        for emulator in emulators:
-            emulator.stop()
-
-
-@pytest.fixture(scope="session")
-def payment_daemon(payment_cluster: PaymentCluster,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """Tokens node-a..d and regions apc-east/apc-west behind one daemon."""
-    proc = start_daemon(payment_cluster.config, tmp_path_factory.mktemp("logs") / "payment-daemon.log")
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -747,7 +747,7 @@ def test_every_vector_is_accounted_for() -> None:
 
 
 def test_dev_up_provisions_two_state_dirs_in_one_process(tmp_path: Path) -> None:
-    """The `cluster` and `payment_cluster` fixtures both call dev_up in the pytest process."""
+    """The session's cluster fixtures call dev_up in the pytest process, one state dir each."""
     script = textwrap.dedent(f"""
         from pathlib import Path
         from hsmlb.dev.cluster import default_keys_file, dev_up

@@ -5,6 +5,13 @@ Inputs are random (hypothesis); requests that need valid cryptograms or PIN bloc
 hsmlb.payments (emv, pinblock, dukpt, primitives) under the dev keys file material. For the
 randomized PIN block formats (ISO 1, 3 and 4) a PIN is translated into the format on one backend
 and back to ISO 0 on the other, and must come back as the original ISO 0 block.
+
+What this proves and what it does not: both kinds compute payment results with the same engine
+(hsmlb/payments, in the token worker and in the emulator), so agreement here checks everything
+around it (key provisioning and discovery, KCVs, the codec, routing, wire formats, error mapping)
+rather than the cryptography; the cryptography is checked against public vectors in
+test_payments_kat.py and test_payments_daemon.py. The symmetric ReEncryptData case does compare
+two implementations (token primitives against the engine).
 """
 
 from __future__ import annotations
@@ -365,7 +372,7 @@ def test_randomized_formats_round_trip_across_backends(pair: Pair, pin: str, pan
 
 
 
-# ------------------------------------------------------------------------------ known disagreements (product bugs)
+# -------------------------------------------- key separation and defaults: the same answer on both kinds
 
 def outcomes(pair: Pair, method: str, request: Any) -> list[Any]:
     """Both daemons' answers: the reply, or the status code."""

@@ -245,6 +245,11 @@ def run(strict_payment_cluster: PaymentCluster, tmp_path_factory: pytest.TempPat
         daemons["region"] = start_daemon(_config(cluster, "sens-region", [], [region_node_config(region,
                                                                                                  cluster.state_dir)]),
                                          logs_dir / "region.log")
+    except BaseException:  # a daemon that did not start must not leave the others running
+        for daemon in daemons.values():
+            daemon.stop()
+        region.stop()
+        raise
     finally:
         if before is None:
             del os.environ["HSMLB_LOG_LEVEL"]

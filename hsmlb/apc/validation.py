@@ -14,6 +14,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
@@ -311,7 +312,9 @@ def output_validator(compiler: Compiler, operation: OperationModel) -> Operation
     return None if shape is None else OperationValidator(compiler.compile(shape, operation.service_model.service_name))
 
 
+@cache
 def load_service(name: str) -> ServiceModel:
+    """botocore's bundled model, loaded once per process (tens of milliseconds each)."""
     import botocore.session
 
     return botocore.session.get_session().get_service_model(name)

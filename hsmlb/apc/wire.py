@@ -283,5 +283,5 @@ _SECRETISH = re.compile(r"[0-9A-Fa-f]{8,}|\d{6,}")
 def scrub(text: str, limit: int = 400) -> str:
     """A service message, safe for our errors and logs: runs of hex or digits (a PAN, a PIN block,
     key bytes echoed back) are masked, and the length is bounded."""
-    clean = _SECRETISH.sub("<redacted>", text[:limit])
-    return clean + "..." if len(text) > limit else clean
+    clean = _SECRETISH.sub("<redacted>", text)  # mask first: a cut could split a PAN below the mask's length
+    return clean[:limit] + "..." if len(clean) > limit else clean

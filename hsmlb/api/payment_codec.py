@@ -7,6 +7,7 @@ so the daemon refuses exactly what APC would, with the same field paths.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from hsmlb.apc.model import validate_apc
@@ -28,6 +29,7 @@ from hsmlb.v1 import hsmlb_pb2 as pb
 MAC_PAYMENT_ALGORITHMS = {pb.ISO9797_ALGORITHM1, pb.ISO9797_ALGORITHM3}
 
 
+@cache
 def _pascal(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 

@@ -45,7 +45,7 @@ from hsmlb.errors import (
     PermissionDenied,
     Throttled,
 )
-from hsmlb.ops import VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind, map_key_identifiers
+from hsmlb.ops import DATA_KEY, VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind, map_key_identifiers
 
 log = logging.getLogger("hsmlb.backends.apc")
 
@@ -184,7 +184,7 @@ class ApcRegionBackend:
         bucket = self.quotas.bucket(key.key_type if key else "AES")
         timeout = await self._admit(op, bucket)
         result = await self._call(operation, params, bucket, timeout, op)
-        if extract is None or VERIFICATION_FAILED in result:
+        if extract is None:
             return result
         try:
             return bytes.fromhex(result[extract])
@@ -270,7 +270,8 @@ class ApcRegionBackend:
         if code == "ValidationException":
             paths = failure.field_paths
             fields = f"; fields: {', '.join(paths)}" if paths else ""
-            raise InvalidArgument(f"{message or 'invalid request'}{fields}")
+            # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only
+            raise InvalidArgument(f"the region refused the request as invalid{fields}")
         if code == "ResourceNotFoundException":
             what = f"key {op.key_alias}" if op is not None and op.key_alias else "the key"
             raise KeyNotFound(f"node {self.name}: region {self.config.region} has no {what}")
@@ -319,7 +320,7 @@ class ApcRegionBackend:
     @staticmethod
     def _pick_canary(found: Discovery) -> tuple[str, dict[str, Any]] | None:
         for alias, key in found.keys.items():
-            if key.key_usage == "TR31_D0_SYMMETRIC_DATA_ENCRYPTION_KEY" and "encrypt" in key.usages:
+            if key.key_usage == DATA_KEY and "encrypt" in key.usages:
                 return "EncryptData", {"KeyIdentifier": key.label, "PlainText": _ZERO_BLOCKS,
                                        "EncryptionAttributes": {"Symmetric": {"Mode": "ECB"}}}
             if key.key_usage in ("TR31_M6_ISO_9797_5_CMAC_KEY", "TR31_M7_HMAC_KEY") and "sign" in key.usages:

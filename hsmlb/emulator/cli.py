@@ -19,13 +19,6 @@ SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one")
     parser.add_argument("--keys", required=True, help="keys file (same format as config/dev-keys.yaml)")
@@ -34,8 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--access-key-id", default=None, help="default: $AWS_ACCESS_KEY_ID")
     parser.add_argument("--secret-access-key", default=None, help="default: $AWS_SECRET_ACCESS_KEY")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every APC request")
-    parser.add_argument("--error-rate", type=_rate, default=0.0, help="fraction answered InternalServerException")
-    parser.add_argument("--throttle-rate", type=_rate, default=0.0, help="fraction answered ThrottlingException")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction answered InternalServerException")
+    parser.add_argument("--throttle-rate", type=float, default=0.0, help="fraction answered ThrottlingException")
     parser.add_argument("--fault-injection", action="store_true",
                         help="enable POST /_emulator/faults and GET /_emulator/stats (tests only)")
     parser.set_defaults(func=cmd_apc_emulator)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from hsmlb.payments.primitives import decimalize, encrypt_ecb, xor
 
-ICVV_SERVICE_CODE = "999"
 CVV2_SERVICE_CODE = "000"
 
 
@@ -43,6 +42,3 @@ def cvv(cvk: bytes, pan: str, expiry: str, service_code: str, length: int = 3) -
 def cvv2(cvk: bytes, pan: str, expiry: str, length: int = 3) -> str:
     return cvv(cvk, pan, expiry, CVV2_SERVICE_CODE, length)
 
-
-def icvv(cvk: bytes, pan: str, expiry: str, length: int = 3) -> str:
-    return cvv(cvk, pan, expiry, ICVV_SERVICE_CODE, length)

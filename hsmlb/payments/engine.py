@@ -50,8 +50,8 @@ def execute(operation: str, params: dict, resolve: KeyResolver) -> dict:
         raise PaymentValidationError("request parameters must be a structure")
     try:
         return handler(params, resolve)
-    except ValueError as exc:  # a primitive's own input check; its message never carries data
-        raise PaymentValidationError(f"invalid request: {exc}") from None
+    except ValueError:  # a primitive's own input check: its text is not echoed, as it could quote data
+        raise PaymentValidationError("invalid request: a value does not fit the key or the operation") from None
 
 
 def kcv(algorithm: str, material: bytes) -> str:

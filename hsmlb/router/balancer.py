@@ -98,7 +98,8 @@ class KeyAffinity:
         if len(candidates) == 1:
             return candidates[0]
         by_name = {name(c): c for c in candidates}
-        self._ring(self._members | frozenset(by_name))
+        if not self._members.issuperset(by_name):  # rebuild the ring only when a new node appears
+            self._ring(self._members | frozenset(by_name))
         if key is None:
             return min(candidates, key=_scorer(load, cost, weight))
         loads = {n: load(c) for n, c in by_name.items()}

@@ -114,6 +114,9 @@ class Cluster:
         return sum(1 for m in self.members if m.health.ejected_until is not None)
 
 
+BLOCK_BYTES = {"AES": 16, "DES3": 8}
+
+
 def _article(name: str) -> str:
     return f"{'an' if name[:1] in 'AEIOR' else 'a'} {name}"
 
@@ -121,8 +124,9 @@ def _article(name: str) -> str:
 def check_native_key(op: Operation, key: KeyInfo) -> None:
     """Refuse, before routing, a native op that the key's type, usages or block size forbid."""
     a = _article
-    key_types = sorted(OP_KEY_TYPES.get(op.kind, ()))
-    if key_types and key.key_type not in key_types:
+    allowed_types = OP_KEY_TYPES.get(op.kind)
+    if allowed_types and key.key_type not in allowed_types:
+        key_types = sorted(allowed_types)  # only for the message
         names = key_types[0] if len(key_types) == 1 else f"{', '.join(key_types[:-1])} or {key_types[-1]}"
         raise InvalidArgument(f"key {key.alias} is {a(key.key_type)} key; {op.kind.value} needs {a(names)} key")
     check_tr31_usage(op, key)
@@ -130,7 +134,7 @@ def check_native_key(op: Operation, key: KeyInfo) -> None:
     if usage and usage not in key.usages:
         allowed = ", ".join(sorted(key.usages)) or "none"
         raise InvalidArgument(f"key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
-    block = {"AES": 16, "DES3": 8}.get(key.key_type, 0)
+    block = BLOCK_BYTES.get(key.key_type, 0)
     if block and op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
         mode, iv, _ = op.args
         prefix = "encryption" if op.kind is OpKind.ENCRYPT else "decryption"
