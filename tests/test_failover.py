@@ -193,7 +193,8 @@ async def test_traffic_avoids_an_out_of_rotation_node_whose_only_key_is_panic_ro
     assert run.status is not None
     assert set(run.only_a) <= {"OK", "UNAVAILABLE"}, run.only_a
     assert run.only_a["OK"] > 0, f"{ONLY_A} was not served at all"
-    assert run.status.ejections >= 1, "ListNodes never reported node-a ejected"
+    # Out of rotation by failed checks or by ejection, whichever comes first: both are random at 30%.
+    assert run.status.panic_routes > 0, "node-a was never out of rotation, so nothing was panic-routed"
     assert run.dek_failed == 0, f"{DEK} has two other holders: no request of it may fail"
     assert run.guarded_requests >= 100, "node-a was too seldom out of rotation to check that others avoid it"
     assert run.guarded_node_a == 0, f"{DEK} traffic reached node-a while it was out of rotation"
@@ -214,7 +215,7 @@ async def test_last_holder_keeps_serving_most_requests_at_30pct_errors(fresh_dae
     print(f"\nlast holder under load: {ONLY_A} {load.ok} ok, {dict(load.errors)} (served {served:.0%}); "
           f"panic_routes {status.panic_routes}, ejections {status.ejections}, breaker {status.breaker}")
     assert set(load.errors) <= {"UNAVAILABLE"}, load.errors
-    assert status.ejections >= 1 and status.panic_routes > 0, status
+    assert status.panic_routes > 0, status  # it went out of rotation (checks or ejection) yet kept serving
     assert served >= 0.5, f"the last holder served only {served:.0%} of {ONLY_A}: {load.errors}"
 
 
