@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,9 +174,22 @@ def test_schedule_follows_weights_and_make_tolerates_naming() -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
-def _run(tmp_path: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "loadtest", "run", "--report-dir", str(tmp_path), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _run(tmp_path: Path, *args: str, timeout: float = 80) -> subprocess.CompletedProcess[str]:
+    """`python -m loadtest run`; past `timeout` it gets SIGINT, so its own teardown stops the daemon and
+    workers it started (they live in their own session, which a plain kill of the runner would orphan)."""
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", "--report-dir", str(tmp_path), *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"loadtest ran past {timeout:.0f}s and was interrupted:\n{out[-2000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _verdict(tmp_path: Path) -> dict:
@@ -185,7 +199,7 @@ def _verdict(tmp_path: Path) -> dict:
 
 @pytest.mark.timeout(180)
 def test_smoke_profile_end_to_end_passes(tmp_path: Path) -> None:
-    done = _run(tmp_path, "--profile", "smoke")
+    done = _run(tmp_path, "--profile", "smoke", timeout=130)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "profile smoke: PASS" in done.stdout
     assert "FAIL" not in done.stdout.split("=== loadtest verdict", 1)[1]

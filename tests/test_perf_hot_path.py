@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -106,6 +106,18 @@ async def _settle(turns: int = 10) -> None:
         await asyncio.sleep(0)
 
 
+async def _until(done: Callable[[], bool], step: Callable[[], object] = lambda: None, turns: int = 10_000,
+                 pause_s: float = 0.0) -> None:
+    """Run loop turns (calling `step` before each) until done(): bounded in count, so a regression fails
+    here instead of hanging until pytest's timeout."""
+    for _ in range(turns):
+        if done():
+            return
+        step()
+        await asyncio.sleep(pause_s)
+    assert done(), f"condition not reached in {turns} loop turns"
+
+
 # -- Stream ---------------------------------------------------------------------------------------
 async def test_stream_dispatches_without_a_task_per_message_and_matches_ids():
     backend = FutureBackend("a")
@@ -115,12 +127,9 @@ async def test_stream_dispatches_without_a_task_per_message_and_matches_ids():
     tasks_before = len(asyncio.all_tasks())
     for i in range(200):
         requests.queue.put_nowait(_encrypt(i))
-    while len(backend.pending) < 4 or requests.pulled < 200:  # 4 sessions busy, the rest queued in the pool
-        await asyncio.sleep(0)
+    await _until(lambda: len(backend.pending) >= 4 and requests.pulled >= 200)  # 4 busy, the rest queued
     assert len(asyncio.all_tasks()) <= tasks_before + 2  # the reader and nothing per message
-    while len(responses) < 200:
-        backend.answer()
-        await asyncio.sleep(0)
+    await _until(lambda: len(responses) >= 200, backend.answer)
     requests.queue.put_nowait(None)
     await asyncio.wait_for(writer, 5)
     assert sorted(r.request_id for r in responses) == list(range(200))
@@ -152,9 +161,7 @@ async def test_stream_stops_reading_at_its_in_flight_cap(monkeypatch: pytest.Mon
         requests.queue.put_nowait(_encrypt(i))
     await _settle()
     assert requests.pulled == 3  # back-pressure: the client's further messages stay in gRPC's flow control
-    while len(responses) < 10:
-        backend.answer()
-        await asyncio.sleep(0)
+    await _until(lambda: len(responses) >= 10, backend.answer)
     requests.queue.put_nowait(None)
     await asyncio.wait_for(writer, 5)
     assert sorted(r.request_id for r in responses) == list(range(10))
@@ -167,8 +174,8 @@ async def test_stream_timeout_ms_answers_a_running_op_once():
     writer = asyncio.ensure_future(_collect(OperationsServicer(router).Stream(requests, Context()), responses))
     requests.queue.put_nowait(_encrypt(7, timeout_ms=20))
     requests.queue.put_nowait(_encrypt(8))
-    while not responses:  # the op started (backend.pending) and never returned: its timeout_ms answers it
-        await asyncio.sleep(0.01)
+    # the op started (backend.pending) and never returned: its timeout_ms answers it
+    await _until(lambda: bool(responses), turns=500, pause_s=0.01)
     assert len(backend.pending) == 2
     assert [(r.request_id, r.status.code) for r in responses] == [(7, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])]
     backend.answer()  # the late result is dropped; the node's health still counts the success
@@ -263,7 +270,7 @@ async def test_link_sends_a_loop_turn_in_one_write_and_paces_wake_ups(monkeypatc
     idle = backend.perform(_op(), 0)  # the worker is idle and was woken just now: this one waits
     await _settle(3)
     assert len(transport.frames) == 2 and not idle.done()
-    await asyncio.sleep(0.5)
+    await _until(lambda: len(transport.frames) == 3, turns=500, pause_s=0.01)  # the paced wake-up
     assert [len(frame) for frame in transport.frames] == [5, 1, 1]
 
 
