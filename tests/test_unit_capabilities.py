@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from botocore.credentials import Credentials, ReadOnlyCredentials
 from google.protobuf import descriptor
 
+from hsmlb.apc.discovery import Discovery, key_info
 from hsmlb.apc.model import SERVICE
 from hsmlb.apc.validation import load_service
 from hsmlb.api.payment_codec import apc_params
-from hsmlb.backends.base import NodeStats
+from hsmlb.backends.apc import ApcRegionBackend
+from hsmlb.backends.base import Backend, BackendState, NodeStats
+from hsmlb.backends.pkcs11 import Pkcs11Backend
 from hsmlb.clock import FakeClock
 from hsmlb.config import ApcRegionConfig, Pkcs11NodeConfig, parse_config
 from hsmlb.errors import InvalidArgument, KeyNotFound, Overloaded, Throttled, Unavailable
@@ -189,3 +193,70 @@ def test_apc_params_is_the_botocore_input_dict():
         "IncomingDukptAttributes": {"KeySerialNumber": "FFFF9876543210E00001", "DukptKeyDerivationType": "TDES_2KEY"}}
 
 
+# -- the backend contract ---------------------------------------------------------------------------
+# The real backends are constructed here, never started: no worker, no socket, no region.
+def test_backend_state_fires_on_change_once_per_real_transition():
+    node, other = BackendState(), BackendState()
+    assert (node.state, node.keys, node.on_change) == ("starting", {}, [])
+    seen: list[tuple[object, str]] = []
+    node.on_change.append(lambda n: seen.append((n, n.state)))
+    for state in ("up", "up", "down", "down", "up"):
+        node._set_state(state)
+    assert seen == [(node, "up"), (node, "down"), (node, "up")]
+    assert other.on_change == [] and other.state == "starting"  # callbacks are per node, never shared
+
+
+def _real_backends(host_side: bool) -> tuple[Pkcs11Backend, ApcRegionBackend]:
+    config = parse_config({"nodes": [
+        {"name": "t", "module": "/m.so", "token_label": "t", "pin_env": "PIN",
+         "allow_host_side_derivation": host_side},
+        {"kind": "apc", "name": "east", "region": "us-east-1", "endpoint_url": "http://127.0.0.1:1"}]})
+    token, region = config.nodes
+    assert isinstance(token, Pkcs11NodeConfig) and isinstance(region, ApcRegionConfig)
+    return Pkcs11Backend(token), ApcRegionBackend(region)
+
+
+@pytest.mark.parametrize("host_side", [False, True])
+def test_real_backends_implement_the_whole_protocol_with_capability_values(host_side: bool):
+    token, region = _real_backends(host_side)
+    members = {*Backend.__annotations__, *(name for name in vars(Backend) if not name.startswith("_"))}
+    assert {"capabilities", "on_change", "state", "keys", "perform", "probe", "close"} <= members
+    for node in (token, region):
+        assert isinstance(node, BackendState)
+        assert [name for name in sorted(members) if not hasattr(node, name)] == []
+        assert (node.state, node.keys, node.on_change) == ("starting", {}, [])
+        assert node.capabilities and all(isinstance(c, Capability) for c in node.capabilities)
+    assert token.capabilities == (NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES if host_side else NATIVE_CAPABILITIES)
+    assert region.capabilities >= HOST_SIDE_CAPABILITIES
+    assert not {Capability.SIGN, Capability.VERIFY, Capability.RANDOM} & region.capabilities
+    seen: list[str] = []
+    token.on_change.append(lambda n: seen.append(f"{n.name}:{n.state}"))
+    region.on_change.append(lambda n: seen.append(f"{n.name}:{n.state}"))
+    token._set_state("down")
+    region._set_state("down")
+    region._set_state("down")
+    assert seen == ["t:down", "east:down"]
+
+
+def _hmac_key(alias: str, algorithm: str) -> KeyInfo:
+    """A control-plane `Key` for an HMAC key, as discovery turns it into a KeyInfo."""
+    return key_info(alias, {"KeyArn": f"arn:aws:payment-cryptography:us-east-1:111122223333:key/{alias[6:]}",
+                            "KeyCheckValue": "a1b2c3", "KeyAttributes": {
+                                "KeyAlgorithm": algorithm, "KeyUsage": "TR31_M7_HMAC_KEY",
+                                "KeyModesOfUse": {"Generate": True, "Verify": True}}})
+
+
+def test_apc_canary_takes_the_hmac_algorithm_from_key_info():
+    key = _hmac_key("alias/hmac", "HMAC_SHA256")
+    assert (key.algorithm, key.key_type, key.bits, key.kcv) == ("HMAC_SHA256", "GENERIC_SECRET", 256, "A1B2C3")
+    assert "sign" in key.usages
+
+    def found(*keys: KeyInfo) -> Discovery:
+        return Discovery(Credentials("test", "test"), ReadOnlyCredentials("test", "test", None),
+                         "http://127.0.0.1:1", "http://127.0.0.1:1", {k.alias: k for k in keys})
+
+    assert ApcRegionBackend._pick_canary(found(key)) == (
+        "GenerateMac", {"KeyIdentifier": key.label, "MessageData": "00",
+                        "GenerationAttributes": {"Algorithm": "HMAC_SHA256"}})
+    # an HMAC key whose algorithm the region did not report gives no MAC canary (GetKey is used instead)
+    assert ApcRegionBackend._pick_canary(found(_hmac_key("alias/bare", ""))) is None

@@ -47,8 +47,7 @@ class Discovery:
     frozen: ReadOnlyCredentials
     data_url: str
     control_url: str
-    keys: dict[str, KeyInfo]
-    algorithms: dict[str, str]  # alias -> KeyAlgorithm (HMAC_SHA256, AES_128, ...)
+    keys: dict[str, KeyInfo]  # KeyInfo.algorithm carries the KeyAlgorithm (HMAC_SHA256, AES_128, ...)
 
 
 def key_type(algorithm: str) -> str:
@@ -124,7 +123,6 @@ def discover(config: ApcRegionConfig) -> Discovery:
         data_url = config.endpoint_url or session.client(DATA_SERVICE, config=settings).meta.endpoint_url
         wanted = list(config.keys.items()) if config.keys else _aliases(control)
         keys: dict[str, KeyInfo] = {}
-        algorithms: dict[str, str] = {}
         for alias, arn in wanted:
             try:
                 key = control.get_key(KeyIdentifier=arn)["Key"]
@@ -138,7 +136,6 @@ def discover(config: ApcRegionConfig) -> Discovery:
                             "" if key.get("Enabled", False) else " and disabled")
                 continue
             keys[alias] = key_info(alias, key)
-            algorithms[alias] = key.get("KeyAttributes", {}).get("KeyAlgorithm", "")
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = error.get("Code", "")
@@ -150,4 +147,4 @@ def discover(config: ApcRegionConfig) -> Discovery:
     except BotoCoreError as exc:
         raise NodeFault(f"{where}: discovery failed: {type(exc).__name__}") from None
     return Discovery(credentials, frozen, data_url.rstrip("/"), str(control.meta.endpoint_url).rstrip("/"),
-                     keys, algorithms)
+                     keys)

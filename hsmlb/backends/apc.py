@@ -35,6 +35,7 @@ from hsmlb.apc.wire import (
     parse_failure,
     scrub,
 )
+from hsmlb.backends.base import BackendState
 from hsmlb.clock import Clock, monotonic
 from hsmlb.config import ApcRegionConfig
 from hsmlb.errors import (
@@ -45,7 +46,7 @@ from hsmlb.errors import (
     PermissionDenied,
     Throttled,
 )
-from hsmlb.ops import DATA_KEY, VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind, map_key_identifiers
+from hsmlb.ops import DATA_KEY, VERIFICATION_FAILED, Capability, Operation, OpKind, map_key_identifiers
 
 log = logging.getLogger("hsmlb.backends.apc")
 
@@ -82,11 +83,12 @@ def _native_request(op: Operation, arn: str) -> tuple[str, dict[str, Any], str]:
     raise InvalidArgument(f"{op.kind.value} is not offered by APC regions")
 
 
-class ApcRegionBackend:
+class ApcRegionBackend(BackendState):
     kind = "apc"
     capabilities = frozenset(Capability) - {Capability.SIGN, Capability.VERIFY, Capability.RANDOM}
 
     def __init__(self, config: ApcRegionConfig, fault_injection: bool = False, clock: Clock = monotonic) -> None:
+        super().__init__()  # state "starting", no keys, no on_change callbacks yet
         self.config = config
         self.name = config.name
         self.fault_injection = fault_injection
@@ -95,9 +97,6 @@ class ApcRegionBackend:
         self.quotas = RegionQuotas(q.symmetric_per_s, q.asymmetric_per_s, q.burst_s, clock)
         self.templates = compile_data_plane()
         self.control_template = Json10Template.for_control_plane()
-        self.on_change: list[Any] = []  # callbacks(node) when state or inventory changes
-        self._state = "starting"
-        self._keys: dict[str, KeyInfo] = {}
         self._arns: dict[str, str] = {}
         self._discovery: Discovery | None = None
         self._signer: Signer | None = None  # botocore's SigV4Auth: control-plane requests
@@ -113,15 +112,7 @@ class ApcRegionBackend:
         self.restarts = 0
         self.credential_refreshes = 0
 
-    # -- contract ---------------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def keys(self) -> dict[str, KeyInfo]:
-        return self._keys
-
+    # -- contract (state, keys and on_change come from BackendState) ---------------------------
     async def start(self) -> None:
         """Discover and pre-connect; if that fails the node is down and the supervisor retries."""
         try:
@@ -319,12 +310,12 @@ class ApcRegionBackend:
 
     @staticmethod
     def _pick_canary(found: Discovery) -> tuple[str, dict[str, Any]] | None:
-        for alias, key in found.keys.items():
+        for key in found.keys.values():
             if key.key_usage == DATA_KEY and "encrypt" in key.usages:
                 return "EncryptData", {"KeyIdentifier": key.label, "PlainText": _ZERO_BLOCKS,
                                        "EncryptionAttributes": {"Symmetric": {"Mode": "ECB"}}}
             if key.key_usage in ("TR31_M6_ISO_9797_5_CMAC_KEY", "TR31_M7_HMAC_KEY") and "sign" in key.usages:
-                algorithm = "CMAC" if key.key_usage.startswith("TR31_M6") else found.algorithms.get(alias, "")
+                algorithm = "CMAC" if key.key_usage.startswith("TR31_M6") else key.algorithm
                 if algorithm:
                     return "GenerateMac", {"KeyIdentifier": key.label, "MessageData": "00",
                                            "GenerationAttributes": {"Algorithm": algorithm}}
@@ -386,9 +377,3 @@ class ApcRegionBackend:
         for signer in (self._signer, self._fast):
             if signer is not None:
                 signer.update(frozen)
-
-    def _set_state(self, state: str) -> None:
-        if state != self._state:
-            self._state = state
-            for callback in self.on_change:
-                callback(self)

@@ -6,11 +6,15 @@ Failures must already be translated into hsmlb.errors at the backend's boundary.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hsmlb.ops import KeyInfo, Operation, OpKind
+from hsmlb.ops import Capability, KeyInfo, Operation
+
+# Called with the node whose state changed; a (re)discovered key inventory comes with the move to "up".
+# The server rebuilds its routing tables and gRPC health status from it.
+ChangeCallback = Callable[[Any], None]
 
 
 @dataclass(slots=True)
@@ -23,7 +27,8 @@ class NodeStats:
 class Backend(Protocol):
     name: str
     kind: str
-    capabilities: frozenset[OpKind]  # operations this node can serve; the router sends it no others
+    capabilities: frozenset[Capability]  # what this node can do; the router sends it no op needing more
+    on_change: list[ChangeCallback]  # fired with the node when its state (and so its inventory) changes
 
     @property
     def state(self) -> str:
@@ -45,3 +50,31 @@ class Backend(Protocol):
         """Test-only hooks, refused unless the config enables fault injection."""
 
     async def close(self) -> None: ...
+
+
+class BackendState:
+    """The state, key inventory and change callbacks of a node, kept once for every backend kind so
+    that what counts as a change, and who hears of it, cannot drift between kinds.
+
+    A backend sets `_keys` itself when it (re)discovers its inventory, then moves its state with
+    `_set_state`, which fires `on_change` only on a real transition.
+    """
+
+    def __init__(self) -> None:
+        self._state = "starting"
+        self._keys: dict[str, KeyInfo] = {}
+        self.on_change: list[ChangeCallback] = []
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def keys(self) -> dict[str, KeyInfo]:
+        return self._keys
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            for callback in self.on_change:
+                callback(self)

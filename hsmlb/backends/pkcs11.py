@@ -24,11 +24,13 @@ import time
 from typing import Any
 
 from hsmlb.backends import wire
+from hsmlb.backends.base import BackendState
 from hsmlb.config import Pkcs11NodeConfig
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
 from hsmlb.ops import (
     HOST_SIDE_CAPABILITIES,
     NATIVE_CAPABILITIES,
+    Capability,
     CostClass,
     KeyInfo,
     Operation,
@@ -72,18 +74,17 @@ class _WorkerLink(asyncio.Protocol):
         self.node._on_link_lost()
 
 
-class Pkcs11Backend:
+class Pkcs11Backend(BackendState):
     kind = "pkcs11"
 
     def __init__(self, config: Pkcs11NodeConfig, fault_injection: bool = False) -> None:
+        super().__init__()  # state "starting", no keys, no on_change callbacks yet
         self.config = config
         # Native ops run on key handles; payment ops only where the config allows host-side derivation.
-        self.capabilities: frozenset[str] = NATIVE_CAPABILITIES | (
+        self.capabilities: frozenset[Capability] = NATIVE_CAPABILITIES | (
             HOST_SIDE_CAPABILITIES if config.allow_host_side_derivation else frozenset())
         self.name = config.name
         self.fault_injection = fault_injection
-        self._state = "starting"
-        self._keys: dict[str, KeyInfo] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[Any]] = {}  # fast lane, sent or in the outbox
@@ -99,17 +100,8 @@ class Pkcs11Backend:
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         self.restarts = 0
-        self.on_change: list[Any] = []  # callbacks(node) when state or inventory changes
 
-    # -- contract ---------------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def keys(self) -> dict[str, KeyInfo]:
-        return self._keys
-
+    # -- contract (state, keys and on_change come from BackendState) ---------------------------
     async def start(self) -> None:
         """Start the worker; if it fails, the supervisor keeps retrying in the background."""
         try:
@@ -310,9 +302,3 @@ class Pkcs11Backend:
                     delay = min(delay * 2, 5.0)
                     log.warning("node %s: restart failed (%s); next try in %.2fs", self.name,
                                 getattr(exc, "message", type(exc).__name__), delay)
-
-    def _set_state(self, state: str) -> None:
-        if state != self._state:
-            self._state = state
-            for callback in self.on_change:
-                callback(self)
