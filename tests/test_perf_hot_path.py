@@ -41,6 +41,7 @@ class FutureBackend:
     def __init__(self, name: str, outcome: Any = None) -> None:
         self.name, self.state = name, "up"
         self.capabilities = NATIVE_CAPABILITIES
+        self.on_change: list[Any] = []
         self.keys = {AES.alias: AES}
         self.outcome = outcome  # None: held in `pending` until answer()
         self.pending: list[asyncio.Future[Any]] = []

@@ -42,6 +42,7 @@ class ScriptedBackend:
     def __init__(self, name: str, capabilities: frozenset[str], keys: list[KeyInfo], outcome: Any = b"ok") -> None:
         self.name, self.kind, self.state = name, "scripted", "up"
         self.capabilities = capabilities
+        self.on_change: list[Any] = []
         self.keys = {k.alias: k for k in keys}
         self.stats = NodeStats()
         self.outcome = outcome
