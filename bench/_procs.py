@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+from hsmlb.dev.procs import stop as stop_child
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -136,14 +137,5 @@ class LineReader:
 
 
 def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-    """Signal a child we started, wait for it, kill it if it does not go."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(10)
+    """The shared teardown (hsmlb.dev.procs.stop) with the benchmark's longer default wait."""
+    stop_child(proc, sig, timeout)

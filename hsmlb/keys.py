@@ -13,11 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from hsmlb.config import ConfigError
+from hsmlb.payments.types import SYMMETRIC_BYTES  # the engine's key lengths, so both check the same
 
 Algorithm = Literal["AES_128", "AES_192", "AES_256", "TDES_2KEY", "TDES_3KEY", "HMAC_SHA224", "HMAC_SHA256",
                     "HMAC_SHA384", "HMAC_SHA512",
                     "RSA_2048", "ECC_NIST_P256"]
-SYMMETRIC_BYTES = {"AES_128": 16, "AES_192": 24, "AES_256": 32, "TDES_2KEY": 16, "TDES_3KEY": 24}
 # HMAC keys go onto dev tokens zero-padded to this length: SoftHSM2 wants at least the digest length
 # (64 bytes for SHA-512), and HMAC pads a short key with zeros to the hash's block size (RFC 2104
 # s.2; 64 bytes for SHA-224/256, 128 for SHA-384/512), so a padded key gives the same MACs.

@@ -11,7 +11,6 @@ import contextlib
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,13 @@ from typing import IO
 
 import grpc
 
+from hsmlb.dev.procs import stop  # bounded SIGTERM, then kill the group start_daemon created
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_UP_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -114,33 +113,6 @@ def wait_nodes_up(address: str, deadline: float) -> None:
                 return
             time.sleep(0.1)
     raise RuntimeError(f"nodes of the daemon at {address} did not come up")
-
-
-def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM,
-         timeout: float = STOP_TIMEOUT_S) -> int | None:
-    """Signal a child we started, wait a bounded time, kill it if it does not go."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                if _own_group(proc):
-                    os.killpg(proc.pid, signal.SIGKILL)  # the group we created: daemon and its token workers
-                else:
-                    proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
-def _own_group(proc: subprocess.Popen[bytes]) -> bool:
-    try:
-        return os.getpgid(proc.pid) == proc.pid
-    except ProcessLookupError:
-        return False
 
 
 @contextlib.contextmanager

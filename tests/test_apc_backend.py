@@ -11,10 +11,7 @@ import hashlib
 import hmac
 import json
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,9 +39,11 @@ from hsmlb.apc.wire import (
 from hsmlb.backends import create_backend
 from hsmlb.backends.apc import ApcRegionBackend
 from hsmlb.config import ApcQuotas, ApcRegionConfig, Pkcs11NodeConfig
+from hsmlb.dev.regions import Emulator, spawn_emulator
 from hsmlb.errors import DeadlineExceeded, InvalidArgument, KeyNotFound, NodeFault, Throttled
 from hsmlb.keys import load_keys
 from hsmlb.ops import Capability, Operation, OpKind
+from tests.conftest import set_faults
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS_FILE = ROOT / "config" / "dev-keys.yaml"
@@ -58,36 +57,10 @@ AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
            "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_ENDPOINT_URL")
 
 
-class Emulator:
-    """`hsmlb apc-emulator` as a child process; `faults(...)` flips its runtime fault switch."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hsmlb", "apc-emulator", "--port", str(port), "--keys", str(KEYS_FILE),
-             "--region", REGION, "--access-key-id", ACCESS, "--secret-access-key", SECRET, "--fault-injection"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("apc-emulator listening on "):
-                self.url = line.split()[3]
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError("apc-emulator did not start")
-
-    def faults(self, **settings: float) -> None:
-        request = urllib.request.Request(self.url + "/_emulator/faults", data=json.dumps(settings).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 200
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+def start_region(port: int = 0) -> Emulator:
+    """`hsmlb apc-emulator` as a child process (the shared starter), with its fault switch on."""
+    return spawn_emulator("apc-test", KEYS_FILE, "--region", REGION, "--access-key-id", ACCESS,
+                          "--secret-access-key", SECRET, "--fault-injection", port=port, timeout_s=START_S)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +79,7 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def emulator(aws_env: Path) -> Iterator[Emulator]:
-    server = Emulator()
+    server = start_region()
     yield server
     server.stop()
 
@@ -114,7 +87,7 @@ def emulator(aws_env: Path) -> Iterator[Emulator]:
 @pytest.fixture
 def faults(emulator: Emulator) -> Iterator[Emulator]:
     yield emulator
-    emulator.faults(latency_ms=0, error_rate=0, throttle_rate=0)
+    set_faults(emulator)  # all switches back to 0
 
 
 def region_config(url: str, credentials: Path, **changes: Any) -> ApcRegionConfig:
@@ -125,7 +98,7 @@ def region_config(url: str, credentials: Path, **changes: Any) -> ApcRegionConfi
 
 @pytest.fixture(scope="module")
 async def backend(emulator: Emulator, aws_env: Path) -> AsyncIterator[ApcRegionBackend]:
-    node = ApcRegionBackend(region_config(emulator.url, aws_env / "good"))
+    node = ApcRegionBackend(region_config(emulator.endpoint_url, aws_env / "good"))
     await node.start()
     yield node
     await node.close()
@@ -162,7 +135,7 @@ async def test_discovery_matches_the_control_plane(backend: ApcRegionBackend, em
     symmetric = {alias for alias in MATERIAL}
     assert set(backend.keys) == symmetric  # the emulator skips asymmetric keys
     session = boto3.Session(aws_access_key_id=ACCESS, aws_secret_access_key=SECRET, region_name=REGION)
-    control = session.client("payment-cryptography", endpoint_url=emulator.url,
+    control = session.client("payment-cryptography", endpoint_url=emulator.endpoint_url,
                              config=BotoConfig(retries={"total_max_attempts": 1}))
     for alias, key in backend.keys.items():
         described = control.get_key(KeyIdentifier=alias)["Key"]
@@ -344,7 +317,7 @@ async def test_unknown_alias_is_key_not_found(backend: ApcRegionBackend) -> None
 
 
 async def test_wrong_secret_is_a_node_fault(backend: ApcRegionBackend, emulator: Emulator, aws_env: Path) -> None:
-    node = ApcRegionBackend(region_config(emulator.url, aws_env / "wrong", name="apc-wrong"))
+    node = ApcRegionBackend(region_config(emulator.endpoint_url, aws_env / "wrong", name="apc-wrong"))
     with pytest.raises(NodeFault, match="region rejected our credentials"):
         await node.start()
     assert node.state == "down"
@@ -362,17 +335,17 @@ async def test_wrong_secret_is_a_node_fault(backend: ApcRegionBackend, emulator:
 
 async def test_server_errors_are_node_faults_and_fail_the_probe(backend: ApcRegionBackend, faults: Emulator) -> None:
     await backend.probe()
-    faults.faults(error_rate=1.0)
+    set_faults(faults, error_rate=1.0)
     with pytest.raises(NodeFault, match="InternalServerException"):
         await backend.perform(native(OpKind.ENCRYPT, "alias/zek-aes128", "ECB", b"", bytes(16)), 0)
     with pytest.raises(NodeFault):
         await backend.probe()
-    faults.faults(error_rate=0.0)
+    set_faults(faults, error_rate=0.0)
     await backend.probe()
 
 
 async def test_throttling_is_throttled_and_drains_the_bucket(backend: ApcRegionBackend, faults: Emulator) -> None:
-    faults.faults(throttle_rate=1.0)
+    set_faults(faults, throttle_rate=1.0)
     op = native(OpKind.ENCRYPT, "alias/zek-aes128", "ECB", b"", bytes(16))
     with pytest.raises(Throttled, match="throttled"):
         await backend.perform(op, 0)
@@ -381,14 +354,14 @@ async def test_throttling_is_throttled_and_drains_the_bucket(backend: ApcRegionB
         await backend.perform(op, 0)
     assert backend.counts["throttled_locally"] == local + 1
     await backend.probe()  # a throttled region is alive: the probe passes
-    faults.faults(throttle_rate=0.0)
+    set_faults(faults, throttle_rate=0.0)
     await asyncio.sleep(0.2)
     assert len(await backend.perform(op, 0)) == 16
 
 
 async def test_local_quota_refuses_beyond_the_rate(emulator: Emulator, aws_env: Path) -> None:
     quotas = ApcQuotas(symmetric_per_s=2, burst_s=0.5, max_wait_s=0)  # one token banked, one more each 0.5 s
-    node = ApcRegionBackend(region_config(emulator.url, aws_env / "good", name="apc-quota", connections=1,
+    node = ApcRegionBackend(region_config(emulator.endpoint_url, aws_env / "good", name="apc-quota", connections=1,
                                           quotas=quotas))
     await node.start()
     op = native(OpKind.ENCRYPT, "alias/zek-aes128", "ECB", b"", bytes(16))
@@ -408,8 +381,8 @@ async def test_deadline_already_passed(backend: ApcRegionBackend) -> None:
 
 
 async def test_stopped_region_fails_fast_as_node_fault(aws_env: Path) -> None:
-    server = Emulator()
-    node = ApcRegionBackend(region_config(server.url, aws_env / "good", name="apc-killed"))
+    server = start_region()
+    node = ApcRegionBackend(region_config(server.endpoint_url, aws_env / "good", name="apc-killed"))
     try:
         await node.start()
         await node.probe()
@@ -440,7 +413,7 @@ async def test_down_at_start_then_reconnects_in_background(aws_env: Path) -> Non
     with pytest.raises(NodeFault):
         await node.start()
     assert node.state == "down" and changes == ["down"]
-    server = Emulator(port)
+    server = start_region(port)
     try:
         for _ in range(200):  # bounded: the back-off starts at 0.5 s
             if node.state == "up":

@@ -1,14 +1,17 @@
 """Unit tests of the APC emulator's pieces that need no server: the model validator, routing,
-SigV4 verification (against botocore-signed requests), faults and the key inventory; plus the
-independent crypto oracle that tests/test_emulator.py checks server results with."""
+SigV4 verification (against botocore-signed requests), faults and the key inventory (its KCVs
+against the dev cluster's SoftHSM2 tokens); plus the independent crypto oracle that
+tests/test_emulator.py checks server results with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -20,14 +23,14 @@ from multidict import CIMultiDict
 
 from hsmlb.apc.validation import MAX_ERRORS, Compiler, input_validator, load_service
 from hsmlb.config import ConfigError
-from hsmlb.dev.cluster import _expected_kcv, default_keys_file
+from hsmlb.dev.cluster import PARTIAL_NODE, PRIMARY_NODES, default_keys_file, find_module
 from hsmlb.emulator.errors import ApiError, ErrorStatus
 from hsmlb.emulator.faults import FaultConfig, Faults
 from hsmlb.emulator.keys import KeyStore, key_id
 from hsmlb.emulator.routes import ControlPlane, DataPlane
 from hsmlb.emulator.sigv4 import IncomingRequest, SigV4Verifier
-from hsmlb.keys import load_keys, token_material
 from hsmlb.payments.types import KeyNotFoundError
+from tests.conftest import Cluster
 
 VECTORS = {v["id"]: v for v in json.loads((Path(__file__).parent / "vectors/public_kat.json").read_text())["vectors"]}
 
@@ -233,20 +236,45 @@ async def test_faults_raise_modelled_codes() -> None:
 
 # -- keys --
 
-def test_keys_have_model_valid_arns_and_dev_cluster_kcvs() -> None:
+@pytest.fixture(scope="module")
+def token_kcvs(cluster: Cluster, token_session: Any) -> dict[str, str]:
+    """alias -> CKA_CHECK_VALUE (hex) of every secret key on the dev cluster's tokens.
+
+    The oracle for the emulator's KCVs: SoftHSM2 computes the check value itself when a key is
+    created (dev_up never supplies one), so this does not compare the engine's kcv() with itself.
+    token_session has loaded SoftHSM2 against this cluster; node-b is read through it, the other
+    tokens through sessions of their own on the same (cached) library, from this one thread.
+    """
+    import pkcs11
+
+    lib = pkcs11.lib(str(find_module()))
+    pin = (cluster.state_dir / "user.pin").read_text().strip()
+    found: dict[str, str] = {}
+    for node in (*PRIMARY_NODES, PARTIAL_NODE):
+        if node == "node-b":
+            _check_values(token_session, found)
+            continue
+        with contextlib.closing(lib.get_token(token_label=node).open(user_pin=pin)) as session:
+            _check_values(session, found)
+    return found
+
+
+def _check_values(session: Any, found: dict[str, str]) -> None:
+    from pkcs11 import Attribute, ObjectClass
+
+    for key in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
+        alias, kcv = key[Attribute.LABEL], bytes(key[Attribute.CHECK_VALUE]).hex().upper()
+        assert found.setdefault(alias, kcv) == kcv, alias  # every token agrees on a key's KCV
+
+
+def test_keys_have_model_valid_arns_and_dev_cluster_kcvs(token_kcvs: dict[str, str]) -> None:
     store = KeyStore(default_keys_file(), "us-east-1")
     control = load_service("payment-cryptography")
     arn_pattern = control.shape_for("KeyArn").metadata["pattern"]
-    entries = {e.alias: e for e in load_keys(default_keys_file())}
     assert store.keys and store.skipped  # symmetric keys served, asymmetric ones skipped
     for key in store.keys:
         assert re.fullmatch(arn_pattern, key.arn) and len(key.arn) >= 70
-        entry = entries[key.alias]
-        material = token_material(entry)
-        key_type = {"AES": "AES", "TDE": "DES3", "HMA": "GENERIC_SECRET"}[entry.algorithm[:3]]
-        if key_type == "DES3" and len(material) == 16:
-            material += material[:8]
-        assert bytes.fromhex(key.kcv) == _expected_kcv(key_type, material), key.alias
+        assert key.kcv == token_kcvs[key.alias], key.alias  # what the dev tokens report for the same alias
         assert store.find(key.alias) is store.find(key.arn) is key
     assert store.find("alias/dek-tdes2").kcv == "08D7B4"  # the public KCV of the well-known test key
     other_region = KeyStore(default_keys_file(), "eu-west-1").find("alias/dek-tdes2").arn

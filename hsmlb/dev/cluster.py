@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hsmlb.config import ConfigError
 from hsmlb.keys import USAGE_ATTRIBUTES, KeyEntry, load_keys, token_material
+from hsmlb.payments import kcv as key_check_value
 
 PRIMARY_NODES = ("node-a", "node-b", "node-c")
 PARTIAL_NODE = "node-d"  # holds only the keys that name it: proves routing respects inventory
@@ -228,23 +229,9 @@ def _matches(existing: list[Any], entry: KeyEntry, der: bytes | None, host_side:
     if len(existing) != 1 or existing[0][Attribute.CLASS] != ObjectClass.SECRET_KEY:
         return False
     probe = _secret_template(entry, USAGE_ATTRIBUTES[entry.usage], host_side)
-    kcv = bytes(existing[0][Attribute.CHECK_VALUE])
-    return kcv == _expected_kcv(probe[Attribute.KEY_TYPE].name, probe[Attribute.VALUE]) and all(
+    # SoftHSM2's CKA_CHECK_VALUE is the engine's KCV (E_K(zero block) for AES/DES3, SHA-1 for generic secrets)
+    kcv = bytes(existing[0][Attribute.CHECK_VALUE]).hex().upper()
+    return kcv == key_check_value(entry.algorithm, probe[Attribute.VALUE]) and all(
         bool(existing[0][a]) == probe[a] for a in (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN,
                                                     Attribute.SENSITIVE)) and \
         bytes(existing[0][Attribute.ID] or b"") == probe[Attribute.ID]
-
-
-def _expected_kcv(key_type: str, material: bytes) -> bytes:
-    """What SoftHSM2 stores as CKA_CHECK_VALUE: ECB(zero block)[:3], or SHA-1 for generic secrets."""
-    import hashlib
-
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    if key_type == "GENERIC_SECRET":
-        return hashlib.sha1(material).digest()[:3]
-    algorithm = algorithms.AES(material) if key_type == "AES" else TripleDES(material)
-    block = algorithm.block_size // 8
-    encryptor = Cipher(algorithm, modes.ECB()).encryptor()
-    return (encryptor.update(b"\0" * block) + encryptor.finalize())[:3]

@@ -14,15 +14,18 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsmlb.config import ConfigError
+from hsmlb.dev.procs import stop
+from hsmlb.emulator.cli import parse_ready_line
 
 CREDENTIALS_FILE = "aws-credentials"
 DEV_REGIONS = (("apc-east", "us-east-1"), ("apc-west", "us-west-2"))
 START_TIMEOUT_S = 20.0
-READY_LINE = "apc-emulator listening on "
+EMULATOR_MODULE = ("hsmlb", "apc-emulator")  # run as `python -m hsmlb apc-emulator`
 
 
 def dev_credentials(state_dir: Path) -> tuple[str, str, Path]:
@@ -48,46 +51,67 @@ class Emulator:
     region: str
     process: subprocess.Popen[str]
     endpoint_url: str
-    log: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # its stdout and stderr: the first lines and a bounded tail
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM (in-flight requests finish), kill if it is not gone in time; its exit status."""
+        return stop(self.process, timeout=timeout_s)
+
+
+def spawn_emulator(name: str, keys_file: str | Path, *flags: str, port: int = 0, env: Mapping[str, str] | None = None,
+                   module: Sequence[str] = EMULATOR_MODULE, timeout_s: float = START_TIMEOUT_S) -> Emulator:
+    """Start `python -m <module> --port PORT --keys KEYS FLAGS...`; wait (bounded) for its ready line.
+
+    The one emulator starter (dev regions, tests, benchmarks). A thread reads the emulator's output
+    for its whole life, because a full pipe would block it; the lines land in Emulator.log.
+    """
+    command = [sys.executable, "-m", *module, "--port", str(port), "--keys", str(keys_file), *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=None if env is None else dict(env))
+    output = _Output()
+    threading.Thread(target=output.drain, args=(process,), daemon=True, name=f"drain-{name}").start()
+    ready = output.wait_ready(timeout_s)
+    if ready is not None:
+        url, region = ready
+        return Emulator(name, region, process, url, output.lines)
+    stop(process, signal.SIGKILL, timeout=5.0)
+    raise ConfigError(f"emulated region {name} did not start: {' | '.join(output.lines[-5:]) or 'no output'}")
 
 
 def start_emulator(name: str, region: str, keys_file: Path, state_dir: Path, port: int = 0,
                    fault_injection: bool = False) -> Emulator:
-    """Start one region and wait (bounded) for its `listening on` line."""
+    """Start one region with the state dir's dev credentials and wait (bounded) for its ready line."""
     access, secret, _ = dev_credentials(state_dir)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
-    command = [sys.executable, "-m", "hsmlb", "apc-emulator", "--port", str(port), "--keys", str(keys_file),
-               "--region", region, *(["--fault-injection"] if fault_injection else [])]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    seen: list[str] = []
-    ready = threading.Event()
-    threading.Thread(target=_drain, args=(process, seen, ready), daemon=True, name=f"drain-{name}").start()
-    if ready.wait(START_TIMEOUT_S):
-        url = next(line for line in seen if line.startswith(READY_LINE)).split()[3]
-        return Emulator(name, region, process, url, seen)
-    process.kill()
-    process.wait(5)
-    raise ConfigError(f"emulated region {name} did not start: {' | '.join(seen[-5:]) or 'no output'}")
+    return spawn_emulator(name, keys_file, "--region", region, *(["--fault-injection"] if fault_injection else []),
+                          port=port, env=env)
 
 
-def _drain(process: subprocess.Popen[str], lines: list[str], ready: threading.Event, keep: int = 200) -> None:
-    """Read the emulator's output on a thread (a full pipe would block it); flag its ready line."""
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line.rstrip())
-        if line.startswith(READY_LINE):
-            ready.set()
-        if len(lines) > keep:
-            del lines[1 : len(lines) - keep]  # keep the first lines (start-up) and the tail
+class _Output:
+    """An emulator's output lines, read on a thread, and the (url, region) of its ready line."""
+
+    def __init__(self, keep: int = 200) -> None:
+        self.lines: list[str] = []
+        self.keep = keep
+        self.ready: tuple[str, str] | None = None
+        self._settled = threading.Event()  # the ready line, or end of output (it exited first)
+
+    def drain(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                self.lines.append(line.rstrip())
+                if self.ready is None and (parsed := parse_ready_line(line)) is not None:
+                    self.ready = parsed
+                    self._settled.set()
+                if len(self.lines) > self.keep:
+                    del self.lines[1 : len(self.lines) - self.keep]  # keep the first line (start-up) and the tail
+        finally:
+            self._settled.set()
+
+    def wait_ready(self, timeout_s: float) -> tuple[str, str] | None:
+        self._settled.wait(timeout_s)
+        return self.ready
 
 
 def start_dev_regions(keys_file: Path, state_dir: Path, fault_injection: bool = False) -> list[Emulator]:

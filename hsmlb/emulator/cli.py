@@ -17,6 +17,20 @@ from typing import Any
 log = logging.getLogger("hsmlb.emulator")
 SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+READY_LINE = "apc-emulator listening on "  # the start-up line's fixed prefix, printed and parsed only here
+
+
+def ready_line(url: str, region: str) -> str:
+    """The start-up line: `apc-emulator listening on URL region REGION`."""
+    return f"{READY_LINE}{url} region {region}"
+
+
+def parse_ready_line(line: str) -> tuple[str, str] | None:
+    """(url, region) from a start-up line; None for any other line (log output shares the stream)."""
+    words = line.split()
+    if not line.startswith(READY_LINE) or len(words) != 6 or words[4] != "region":
+        return None
+    return words[3], words[5]
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -95,7 +109,7 @@ async def _serve(config: Any, host: str, port: int) -> None:
     if emulator.keys.skipped:
         log.info("skipped asymmetric keys (no APC data-plane use): %s", ", ".join(emulator.keys.skipped))
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"apc-emulator listening on http://{shown}:{bound_port} region {config.region}", flush=True)
+    print(ready_line(f"http://{shown}:{bound_port}", config.region), flush=True)
     try:
         await stop.wait()
     finally:

@@ -1,21 +1,17 @@
 """Helpers for tests and benchmarks: run an emulator subprocess, send boto3-free signed requests.
 
 Why here: the suite, the load tools and ad-hoc CPU measurements all need the same two things,
-a started emulator whose port is read from its one start-up line, and raw requests (unknown
-members, bad timestamps, replayed signatures) that boto3's serializer would never produce.
+a started emulator whose port is read from its one start-up line (hsmlb.dev.regions.spawn_emulator,
+the one starter, does that), and raw requests (unknown members, bad timestamps, replayed
+signatures) that boto3's serializer would never produce.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,44 +19,31 @@ from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from hsmlb.dev.regions import EMULATOR_MODULE, Emulator, spawn_emulator
 from hsmlb.emulator.sigv4 import SIGNING_NAME
 
-READY_PREFIX = "apc-emulator listening on http://"
 
+class EmulatorProcess(Emulator):
+    """A started emulator (hsmlb.dev.regions.Emulator) under the names the emulator tests use."""
 
-@dataclass
-class EmulatorProcess:
-    proc: subprocess.Popen[str]
-    url: str
-    region: str
+    @property
+    def url(self) -> str:
+        return self.endpoint_url
 
-    def stop(self, timeout_s: float = 15) -> int:
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.process
+
+    def stop(self, timeout_s: float = 15) -> int | None:
         """SIGTERM, then kill if it does not exit in time; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return super().stop(timeout_s)
 
 
-def start_emulator(keys_file: str | Path, *extra: str, module: tuple[str, ...] = ("hsmlb", "apc-emulator"),
+def start_emulator(keys_file: str | Path, *extra: str, module: tuple[str, ...] = EMULATOR_MODULE,
                    env: dict[str, str] | None = None, timeout_s: float = 30) -> EmulatorProcess:
-    """Start `python -m <module> --port 0 ...` and wait (bounded) for its start-up line."""
-    proc = subprocess.Popen([sys.executable, "-m", *module, "--port", "0", "--keys", str(keys_file), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=env if env is not None else os.environ.copy())
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith(READY_PREFIX):
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"apc-emulator did not start: {line.strip()!r}")
-    words = line.split()
-    return EmulatorProcess(proc, words[3], words[5])
+    """Start `python -m <module> --port 0 --keys KEYS EXTRA...` and wait (bounded) for its start-up line."""
+    started = spawn_emulator("apc-emulator", keys_file, *extra, module=module, env=env, timeout_s=timeout_s)
+    return EmulatorProcess(**vars(started))
 
 
 def sign(url: str, body: bytes, headers: dict[str, str], access_key_id: str, secret_access_key: str,

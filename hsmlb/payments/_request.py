@@ -11,12 +11,11 @@ from typing import Any
 
 from hsmlb.payments import dukpt
 from hsmlb.payments.primitives import Family
-from hsmlb.payments.types import KeyMaterial, KeyResolver, PaymentValidationError
+from hsmlb.payments.types import SYMMETRIC_BYTES, KeyMaterial, KeyResolver, PaymentValidationError
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _DIGITS = frozenset("0123456789")
 
-SYMMETRIC_BYTES = {"TDES_2KEY": 16, "TDES_3KEY": 24, "AES_128": 16, "AES_192": 24, "AES_256": 32}
 TDES = frozenset({"TDES_2KEY", "TDES_3KEY"})
 AES = frozenset({"AES_128", "AES_192", "AES_256"})
 BLOCK_CIPHERS = TDES | AES

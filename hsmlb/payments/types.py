@@ -22,6 +22,9 @@ class KeyMaterial:
     material: bytes = field(repr=False)
 
 
+# Clear key length per APC KeyAlgorithm for block-cipher keys: the engine and the keys file check the same.
+SYMMETRIC_BYTES = {"TDES_2KEY": 16, "TDES_3KEY": 24, "AES_128": 16, "AES_192": 24, "AES_256": 32}
+
 # Resolves a KeyIdentifier; raises KeyNotFoundError when there is no such key.
 KeyResolver = Callable[[str], KeyMaterial]
 
