@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,29 +25,13 @@ from botocore.config import Config as BotoConfig
 
 from hsmlb.backends.apc import ApcRegionBackend
 from hsmlb.config import ApcQuotas, ApcRegionConfig
+from hsmlb.dev.regions import spawn_emulator
 from hsmlb.ops import Operation, OpKind
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION, ACCESS, SECRET = "us-east-1", "AKIDBENCHHSMLB", "bench-secret"
 ALIAS = "alias/zek-aes128"
 BLOCK = bytes.fromhex("6BC1BEE22E409F96E93D7E117393172A")
-
-
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hsmlb", "apc-emulator", "--port", "0", "--keys", str(ROOT / "config/dev-keys.yaml"),
-         "--region", REGION, "--access-key-id", ACCESS, "--secret-access-key", SECRET],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("apc-emulator listening on "):
-            return proc, line.split()[3]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit("apc-emulator did not start")
 
 
 async def backend_rate(node: ApcRegionBackend, ops: int, concurrency: int) -> float:
@@ -90,7 +72,9 @@ async def main() -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         os.environ.pop(name, None)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    proc, url = start_emulator()
+    emulator = spawn_emulator("bench", ROOT / "config/dev-keys.yaml", "--region", REGION, "--access-key-id", ACCESS,
+                              "--secret-access-key", SECRET, timeout_s=30)
+    url = emulator.endpoint_url
     with tempfile.TemporaryDirectory() as tmp:
         credentials = Path(tmp) / "credentials"
         credentials.write_text(f"[default]\naws_access_key_id = {ACCESS}\naws_secret_access_key = {SECRET}\n")
@@ -117,8 +101,7 @@ async def main() -> None:
                   f"({1e6 / boto:.0f} us/op, sequential); ratio {mine / boto:.2f}x")
         finally:
             await node.close()
-            proc.kill()
-            proc.wait(10)
+            emulator.stop()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -140,10 +141,12 @@ class PaymentCluster(Cluster):
     def emulator(self, name: str) -> Emulator:
         return next(e for e in self.emulators if e.name == name)
 
-    def variant(self, nodes: list[str], name: str, **overrides: object) -> Path:
-        """The same cluster config restricted to some nodes: to run an op on one backend kind."""
+    def variant(self, nodes: list[str], name: str, extra_nodes: Sequence[dict[str, Any]] = (),
+                **overrides: object) -> Path:
+        """The same cluster config restricted to some nodes (to run an op on one backend kind), plus
+        `extra_nodes` (e.g. a region of the test's own), with top-level `overrides`."""
         data = yaml.safe_load(self.config.read_text())
-        data["nodes"] = [n for n in data["nodes"] if n["name"] in nodes]
+        data["nodes"] = [n for n in data["nodes"] if n["name"] in nodes] + list(extra_nodes)
         data.update(overrides)
         path = self.state_dir / f"hsmlb-{name}.yaml"
         path.write_text(yaml.safe_dump(data))

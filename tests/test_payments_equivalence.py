@@ -10,7 +10,7 @@ What this proves and what it does not: both kinds compute payment results with t
 (hsmlb/payments, in the token worker and in the emulator), so agreement here checks everything
 around it (key provisioning and discovery, KCVs, the codec, routing, wire formats, error mapping)
 rather than the cryptography; the cryptography is checked against public vectors in
-test_payments_kat.py and test_payments_daemon.py. The symmetric ReEncryptData case does compare
+test_payments_kat*.py and test_payments_daemon*.py. The symmetric ReEncryptData case does compare
 two implementations (token primitives against the engine).
 """
 
@@ -25,15 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hsmlb.dev.cluster import default_keys_file
-from hsmlb.keys import load_keys
 from hsmlb.payments import dukpt, emv, pinblock
 from hsmlb.payments import primitives as P
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._payment_common import MATERIAL, h, iso_format
 from tests.conftest import DaemonProcess, PaymentCluster, node_table, start_daemon, sym
 
-MATERIAL = {e.alias: m for e in load_keys(default_keys_file()) if (m := e.material()) is not None}
 TIMEOUT = 10
 EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -47,14 +45,19 @@ class Pair:
     def stub(self, name: str) -> pb_grpc.OperationsStub:
         return self.tokens if name == "tokens" else self.region
 
-    def both(self, method: str, request: Any) -> Any:
-        """The same request on both daemons: identical replies (or identical error codes); the reply."""
-        outcomes = []
+    def outcomes(self, method: str, request: Any) -> list[Any]:
+        """Both daemons' answers, tokens then region: the reply, or the status code."""
+        found: list[Any] = []
         for stub in (self.tokens, self.region):
             try:
-                outcomes.append(getattr(stub, method)(request, timeout=TIMEOUT))
+                found.append(getattr(stub, method)(request, timeout=TIMEOUT))
             except grpc.RpcError as exc:
-                outcomes.append(exc.code())
+                found.append(exc.code())
+        return found
+
+    def both(self, method: str, request: Any) -> Any:
+        """The same request on both daemons: identical replies (or identical error codes); the reply."""
+        outcomes = self.outcomes(method, request)
         assert outcomes[0] == outcomes[1], (method, outcomes)
         assert not isinstance(outcomes[0], grpc.StatusCode), (method, outcomes[0])
         return outcomes[0]
@@ -78,10 +81,6 @@ def pair(strict_payment_cluster: PaymentCluster, tmp_path_factory: pytest.TempPa
     finally:
         tokens.stop()
         region.stop()
-
-
-def h(data: bytes) -> str:
-    return data.hex().upper()
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -307,13 +306,6 @@ def test_dukpt_encryption(pair: Pair, aes: bool, tdes_ksn: str, aes_ksn: str, va
 
 # ------------------------------------------------------------------------------ PIN translation
 
-def iso(fmt: int, pan: str) -> pb.TranslationIsoFormats:
-    if fmt == 1:
-        return pb.TranslationIsoFormats(iso_format1=pb.TranslationPinDataIsoFormat1())
-    return pb.TranslationIsoFormats(**{f"iso_format{fmt}": pb.TranslationPinDataIsoFormat034(
-        primary_account_number=pan)})
-
-
 def iso0_under(alias: str, pin: str, pan: str) -> str:
     return h(P.encrypt_ecb("TDES", MATERIAL[alias], pinblock.encode_iso0(pin, pan)))
 
@@ -324,21 +316,21 @@ def iso0_under(alias: str, pin: str, pan: str) -> str:
 def test_iso0_translation(pair: Pair, pin: str, pan: str, source: str, tdes_ksn: str, aes_ksn: str) -> None:
     """ISO 0 output is deterministic: zone -> zone, TDES DUKPT -> zone, AES DUKPT (ISO 4) -> zone."""
     request = pb.TranslatePinDataRequest(outgoing_key_identifier="alias/pek-tdes3",
-                                         outgoing_translation_attributes=iso(0, pan))
+                                         outgoing_translation_attributes=iso_format(0, pan))
     if source == "zone":
         request.incoming_key_identifier = "alias/pek-tdes"
-        request.incoming_translation_attributes.CopyFrom(iso(0, pan))
+        request.incoming_translation_attributes.CopyFrom(iso_format(0, pan))
         request.encrypted_pin_block = iso0_under("alias/pek-tdes", pin, pan)
     elif source == "tdes-dukpt":
         key = dukpt.tdes_derive(MATERIAL["alias/bdk-tdes"], bytes.fromhex(tdes_ksn), "PIN")
         request.incoming_key_identifier = "alias/bdk-tdes"
-        request.incoming_translation_attributes.CopyFrom(iso(0, pan))
+        request.incoming_translation_attributes.CopyFrom(iso_format(0, pan))
         request.encrypted_pin_block = h(P.encrypt_ecb("TDES", key, pinblock.encode_iso0(pin, pan)))
         request.incoming_dukpt_attributes.key_serial_number = tdes_ksn
     else:
         key = dukpt.aes_derive(MATERIAL["alias/bdk-aes128"], bytes.fromhex(aes_ksn), "PIN")
         request.incoming_key_identifier = "alias/bdk-aes128"
-        request.incoming_translation_attributes.CopyFrom(iso(4, pan))
+        request.incoming_translation_attributes.CopyFrom(iso_format(4, pan))
         request.encrypted_pin_block = h(pinblock.encipher_iso4(key, pin, pan))
         request.incoming_dukpt_attributes.key_serial_number = aes_ksn
         request.incoming_dukpt_attributes.dukpt_key_derivation_type = pb.AES_128
@@ -355,7 +347,7 @@ def test_randomized_formats_round_trip_across_backends(pair: Pair, pin: str, pan
     middle_key = "alias/pek-aes128" if fmt == 4 else "alias/pek-tdes3"
     out = pair.stub(first).TranslatePinData(pb.TranslatePinDataRequest(
         incoming_key_identifier="alias/pek-tdes", outgoing_key_identifier=middle_key,
-        incoming_translation_attributes=iso(0, pan), outgoing_translation_attributes=iso(fmt, pan),
+        incoming_translation_attributes=iso_format(0, pan), outgoing_translation_attributes=iso_format(fmt, pan),
         encrypted_pin_block=original), timeout=TIMEOUT)
     block = bytes.fromhex(out.pin_block)
     if fmt == 4:
@@ -365,25 +357,12 @@ def test_randomized_formats_round_trip_across_backends(pair: Pair, pin: str, pan
         assert pinblock.decode(fmt, clear, pan if fmt == 3 else None) == pin
     back = pair.stub(second).TranslatePinData(pb.TranslatePinDataRequest(
         incoming_key_identifier=middle_key, outgoing_key_identifier="alias/pek-tdes",
-        incoming_translation_attributes=iso(fmt, pan), outgoing_translation_attributes=iso(0, pan),
+        incoming_translation_attributes=iso_format(fmt, pan), outgoing_translation_attributes=iso_format(0, pan),
         encrypted_pin_block=out.pin_block), timeout=TIMEOUT)
     assert back.pin_block == original
 
 
-
-
 # -------------------------------------------- key separation and defaults: the same answer on both kinds
-
-def outcomes(pair: Pair, method: str, request: Any) -> list[Any]:
-    """Both daemons' answers: the reply, or the status code."""
-    found: list[Any] = []
-    for stub in (pair.tokens, pair.region):
-        try:
-            found.append(getattr(stub, method)(request, timeout=TIMEOUT))
-        except grpc.RpcError as exc:
-            found.append(exc.code())
-    return found
-
 
 PIN, PAN = "1234", "4111111111111111"
 PIN_BLOCK = iso0_under("alias/pek-tdes", PIN, PAN)
@@ -409,7 +388,7 @@ USAGE_CASES = {  # native ops with keys whose TR-31 usage forbids them: APC refu
 
 def test_decrypt_data_under_a_pin_key_never_reveals_the_clear_pin_block(pair: Pair) -> None:
     method, request = USAGE_CASES["decrypt-pin-block-with-pek"]
-    tokens, region = outcomes(pair, method, request)
+    tokens, region = pair.outcomes(method, request)
     assert region == grpc.StatusCode.INVALID_ARGUMENT
     clear = h(pinblock.encode_iso0(PIN, PAN))
     assert getattr(tokens, "plain_text", "") != clear
@@ -419,7 +398,7 @@ def test_decrypt_data_under_a_pin_key_never_reveals_the_clear_pin_block(pair: Pa
 @pytest.mark.parametrize("case", list(USAGE_CASES))
 def test_key_usage_is_enforced_alike_on_both_backends(pair: Pair, case: str) -> None:
     method, request = USAGE_CASES[case]
-    assert outcomes(pair, method, request) == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert pair.outcomes(method, request) == [grpc.StatusCode.INVALID_ARGUMENT] * 2
 
 
 def test_reencrypt_cbc_without_iv_uses_a_zero_iv_on_both_backends(pair: Pair) -> None:
@@ -429,7 +408,7 @@ def test_reencrypt_cbc_without_iv_uses_a_zero_iv_on_both_backends(pair: Pair) ->
         incoming_key_identifier="alias/zek-aes128", outgoing_key_identifier="alias/dek-tdes2",
         cipher_text=h(local_encrypt("alias/zek-aes128", True, bytes(16), plain)),
         incoming_encryption_attributes=cbc, outgoing_encryption_attributes=ECB)
-    tokens, region = outcomes(pair, "ReEncryptData", request)
+    tokens, region = pair.outcomes("ReEncryptData", request)
     want = h(local_encrypt("alias/dek-tdes2", False, bytes(16), plain))
     assert region.cipher_text == want
     assert getattr(tokens, "cipher_text", tokens) == want

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hsmlb.payments import (
@@ -23,7 +23,8 @@ from hsmlb.payments import (
     pinblock,
 )
 from hsmlb.payments import primitives as P
-from tests.test_payments_kat import KEYS, resolve, run
+from tests._payment_common import h
+from tests._payment_engine import KEYS, resolve, run
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 pins = st.text("0123456789", min_size=4, max_size=12)
@@ -38,8 +39,8 @@ def _attrs(fmt: int, pan: str) -> dict[str, Any]:
 def _encrypt_pin(fmt: int, pin: str, pan: str) -> str:
     key = KEYS[ZONE[fmt]].material
     if fmt == 4:
-        return pinblock.encipher_iso4(key, pin, pan).hex().upper()
-    return P.encrypt_ecb("TDES", key, pinblock.encode(fmt, pin, pan)).hex().upper()
+        return h(pinblock.encipher_iso4(key, pin, pan))
+    return h(P.encrypt_ecb("TDES", key, pinblock.encode(fmt, pin, pan)))
 
 
 def _decrypt_pin(fmt: int, block: str, pan: str) -> str:
@@ -84,7 +85,7 @@ def test_iso0_to_iso4_to_iso0_is_identity(pin: str, pan: str) -> None:
 @SETTINGS
 @given(pin=pins, pan=pans, counter=st.integers(1, 0x1FFFFF))
 def test_dukpt_pin_in_zone_out(pin: str, pan: str, counter: int) -> None:
-    ksn = (0xFFFF9876543210E00000 | counter).to_bytes(10, "big").hex().upper()
+    ksn = h((0xFFFF9876543210E00000 | counter).to_bytes(10, "big"))
     out = run("TranslatePinData", IncomingKeyIdentifier="alias/pek-tdes", OutgoingKeyIdentifier="alias/bdk-tdes",
               IncomingTranslationAttributes=_attrs(0, pan), OutgoingTranslationAttributes=_attrs(3, pan),
               EncryptedPinBlock=_encrypt_pin(0, pin, pan), OutgoingDukptAttributes={"KeySerialNumber": ksn})
@@ -106,10 +107,10 @@ BDKS = {"alias/bdk-tdes": ("TDES_2KEY", 8, 10), "alias/bdk-aes128": ("AES_128", 
 def test_dukpt_encrypt_decrypt_round_trip(alias: str, blocks: int, seed: bytes, counter: int, mode: str | None,
                                           variant: str | None, use_iv: bool) -> None:
     derived, block, ksn_len = BDKS[alias]
-    data = (seed * 4)[: blocks * block].hex().upper()
+    data = h((seed * 4)[: blocks * block])
     prefix = bytes.fromhex("FFFF9876543210E0" if ksn_len == 10 else "1234567890123456")
     ksn = prefix + counter.to_bytes(ksn_len - len(prefix), "big")
-    attrs: dict[str, Any] = {"KeySerialNumber": ksn.hex().upper(), "DukptKeyDerivationType": derived}
+    attrs: dict[str, Any] = {"KeySerialNumber": h(ksn), "DukptKeyDerivationType": derived}
     if mode:
         attrs["Mode"] = mode
     if variant:
@@ -128,7 +129,7 @@ def test_dukpt_encrypt_decrypt_round_trip(alias: str, blocks: int, seed: bytes, 
 @SETTINGS
 @given(seed=st.binary(min_size=16, max_size=512), aes=st.booleans())
 def test_re_encrypt_symmetric_to_dukpt(seed: bytes, aes: bool) -> None:
-    data = (seed * 2)[: (len(seed) // 16 or 1) * 16].ljust(16, b"\0").hex().upper()
+    data = h((seed * 2)[: (len(seed) // 16 or 1) * 16].ljust(16, b"\0"))
     src = "alias/zek-aes128" if aes else "alias/dek-tdes3"
     ct = run("EncryptData", KeyIdentifier=src, PlainText=data, EncryptionAttributes={"Symmetric": {"Mode": "CBC"}})
     dukpt_attrs = {"KeySerialNumber": "123456789012345600000007", "Mode": "ECB"}
@@ -311,15 +312,26 @@ def test_cvv_lengths_and_icvv() -> None:
     assert cvv2 == same
 
 
+# Junk that happens to form a valid block (a format-0 block of PIN 5678 under this PAN, after the first byte of a
+# 4-digit format-0 block): hypothesis alone would reach the `else` branch below only by rare chance.
+VALID_JUNK_PAN = "4761739001010119"
+
+
 @SETTINGS
+@example(pin="1234", pan=VALID_JUNK_PAN, junk=pinblock.encode_iso0("5678", VALID_JUNK_PAN), fin=0)
 @given(pin=pins, pan=pans, junk=st.binary(min_size=8, max_size=8), fin=st.sampled_from([0, 3]))
 def test_pin_block_errors_never_echo_pan_or_pin(pin: str, pan: str, junk: bytes, fin: int) -> None:
-    """A block that decrypts to garbage fails validation without naming the PAN, PIN or block."""
+    """A block that decrypts to garbage fails validation without naming the PAN, PIN or block; garbage that
+    happens to decode is a valid block, and the translation carries the PIN it holds into ISO 0."""
     clear = pinblock.encode(fin, pin, pan)[:1] + junk[1:]
-    block = P.encrypt_ecb("TDES", KEYS[ZONE[fin]].material, clear).hex().upper()
+    block = h(P.encrypt_ecb("TDES", KEYS[ZONE[fin]].material, clear))
     try:
-        _translate(block, fin, 0, pan)
+        out = _translate(block, fin, 0, pan)
     except PaymentValidationError as error:
         text = f"{error} {error.field_list}"
         assert pan not in text and pin not in text and block not in text and block.lower() not in text
         assert error.field_list[0]["path"] == "EncryptedPinBlock"
+        with pytest.raises(PaymentValidationError):  # rejected only because the clear block is malformed
+            pinblock.decode(fin, clear, pan)
+    else:
+        assert _decrypt_pin(0, out, pan) == pinblock.decode(fin, clear, pan)

@@ -15,19 +15,17 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from hsmlb.dev.regions import Emulator, region_node_config, start_emulator
-from hsmlb.keys import load_keys
 from hsmlb.payments import dukpt, emv, pinblock
 from hsmlb.payments import primitives as P
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._payment_common import MATERIAL, h, iso_format
 from tests.conftest import DaemonProcess, PaymentCluster, set_faults, start_daemon
 from tests.test_sensitive_data import luhn_valid
 
@@ -35,17 +33,11 @@ from tests.test_sensitive_data import luhn_valid
 PANS = ("4761739001010119", "5413330089020011", "6011000990139424")
 PINS = ("73920584", "481726395012")
 KSN = "FFFF9876543210E00007"
-MATERIAL = {e.alias: m for e in load_keys(Path(__file__).resolve().parents[1] / "config" / "dev-keys.yaml")
-            if (m := e.material()) is not None}
 STREAM_FIELDS = {"GenerateCardValidationData": "generate_card_validation_data",
                  "VerifyCardValidationData": "verify_card_validation_data", "TranslatePinData": "translate_pin_data",
                  "VerifyAuthRequestCryptogram": "verify_auth_request_cryptogram", "EncryptData": "encrypt_data",
                  "GenerateMac": "generate_mac"}
 EMULATOR_KEEP = 200  # hsmlb.dev.regions keeps the first line and the last 199 of an emulator's output
-
-
-def h(data: bytes) -> str:
-    return data.hex().upper()
 
 
 @dataclass
@@ -82,13 +74,6 @@ class Traffic:
         self.codes[code] = self.codes.get(code, 0) + 1
 
 
-def fmt(n: int, pan: str) -> pb.TranslationIsoFormats:
-    if n == 1:
-        return pb.TranslationIsoFormats(iso_format1=pb.TranslationPinDataIsoFormat1())
-    return pb.TranslationIsoFormats(**{f"iso_format{n}": pb.TranslationPinDataIsoFormat034(
-        primary_account_number=pan)})
-
-
 def payment_requests(pan: str, pin: str, secrets: Secrets) -> list[tuple[str, Any]]:
     """(method, request) pairs carrying the PAN, a PIN block of `pin` and values derived from it."""
     clear0 = secrets.add(f"clear ISO-0 block {pin}/{pan}", h(pinblock.encode_iso0(pin, pan)))
@@ -111,7 +96,8 @@ def payment_requests(pan: str, pin: str, secrets: Secrets) -> list[tuple[str, An
                   outgoing: str = "alias/pek-tdes3", **extra: Any) -> pb.TranslatePinDataRequest:
         return pb.TranslatePinDataRequest(
             incoming_key_identifier=incoming, outgoing_key_identifier=outgoing,
-            incoming_translation_attributes=fmt(in_fmt, in_pan), outgoing_translation_attributes=fmt(out_fmt, pan),
+            incoming_translation_attributes=iso_format(in_fmt, in_pan),
+            outgoing_translation_attributes=iso_format(out_fmt, pan),
             encrypted_pin_block=block, **extra)
 
     def arqc_request(cryptogram: bytes, psn: str = "01", tx: str = h(data)) -> pb.VerifyAuthRequestCryptogramRequest:
@@ -217,14 +203,6 @@ class Run:
     emulator_lines: list[str]
 
 
-def _config(cluster: PaymentCluster, name: str, keep: list[str], extra: list[dict[str, Any]]) -> Path:
-    data = yaml.safe_load(cluster.config.read_text())
-    data["nodes"] = [n for n in data["nodes"] if n["name"] in keep] + extra
-    path = cluster.state_dir / f"hsmlb-{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @pytest.fixture(scope="module")
 def run(strict_payment_cluster: PaymentCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     cluster, logs_dir = strict_payment_cluster, tmp_path_factory.mktemp("payments-sensitive")
@@ -240,10 +218,10 @@ def run(strict_payment_cluster: PaymentCluster, tmp_path_factory: pytest.TempPat
     daemons: dict[str, DaemonProcess] = {}
     region = start_emulator("apc-sensitive", "us-east-2", cluster.keys_file, cluster.state_dir, fault_injection=True)
     try:
-        daemons["tokens"] = start_daemon(_config(cluster, "sens-tokens", ["node-a", "node-d"], []),
+        daemons["tokens"] = start_daemon(cluster.variant(["node-a", "node-d"], "sens-tokens"),
                                          logs_dir / "tokens.log")
-        daemons["region"] = start_daemon(_config(cluster, "sens-region", [], [region_node_config(region,
-                                                                                                 cluster.state_dir)]),
+        region_node = region_node_config(region, cluster.state_dir)
+        daemons["region"] = start_daemon(cluster.variant([], "sens-region", extra_nodes=[region_node]),
                                          logs_dir / "region.log")
     except BaseException:  # a daemon that did not start must not leave the others running
         for daemon in daemons.values():

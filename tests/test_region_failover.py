@@ -27,14 +27,14 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from hsmlb.dev.regions import Emulator, region_node_config, start_emulator
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._payment_backend import arqc_request, cvv1, fmt0, tdes
+from tests._payment_common import MATERIAL, PUBLIC, h
 from tests._routing_helpers import nodes, not_routable, wait_state
 from tests.conftest import DaemonProcess, PaymentCluster, set_faults, start_daemon, sym
-from tests.test_payments_daemon import MATERIAL, PUBLIC, arqc_request, cvv1, fmt0, h, tdes
 
 IN_FLIGHT = 32
 LOAD_MAX_S = 30.0
@@ -158,11 +158,7 @@ def full_daemon(strict_payment_cluster: PaymentCluster, tmp_path: Path) -> Itera
 
 def own_region_config(cluster: PaymentCluster, keep: list[str], emulator: Emulator, name: str) -> Path:
     """A config of some cluster nodes plus a region served by an emulator of the test's own."""
-    data = yaml.safe_load(cluster.config.read_text())
-    data["nodes"] = [n for n in data["nodes"] if n["name"] in keep] + [region_node_config(emulator, cluster.state_dir)]
-    path = cluster.state_dir / f"hsmlb-{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return cluster.variant(keep, name, extra_nodes=[region_node_config(emulator, cluster.state_dir)])
 
 
 # ------------------------------------------------------------------------------ (a) outages
