@@ -41,8 +41,8 @@ from hsmlb.backends.apc import ApcRegionBackend
 from hsmlb.config import ApcQuotas, ApcRegionConfig, Pkcs11NodeConfig
 from hsmlb.dev.regions import Emulator, spawn_emulator
 from hsmlb.errors import DeadlineExceeded, InvalidArgument, KeyNotFound, NodeFault, Throttled
-from hsmlb.keys import load_keys
 from hsmlb.ops import Capability, Operation, OpKind
+from tests._payment_common import MATERIAL  # the dev keys file's clear material, loaded once
 from tests.conftest import set_faults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,6 @@ REGION = "us-east-1"
 ACCESS, SECRET = "AKIDEXAMPLEHSMLB", "emulator-secret-for-tests"
 CONNECTIONS = 4
 START_S = 30
-MATERIAL = {e.alias: e.material() or b"" for e in load_keys(KEYS_FILE) if not e.asymmetric}
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
            "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_ENDPOINT_URL")
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from hsmlb.emulator.testing import EmulatorProcess, post, sign, start_emulator
-from hsmlb.keys import load_keys
+from tests._payment_common import MATERIAL  # the dev keys file's clear material, loaded once
 from tests.test_emulator_model import aes, icc_mk_option_a, iso4_block, pad_method2, retail_mac, session_key, tdes, xor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,6 @@ KEYS_FILE = ROOT / "config" / "dev-keys.yaml"
 VECTORS = {v["id"]: v for v in json.loads((ROOT / "tests/vectors/public_kat.json").read_text())["vectors"]}
 ACCESS, SECRET, REGION = "AKIDEMULATORTEST", "emulator-test-secret", "us-east-1"
 NO_RETRY = Config(retries={"total_max_attempts": 1})
-MATERIAL = {e.alias: bytes.fromhex(e.material_hex) for e in load_keys(KEYS_FILE) if e.material_hex}
 
 
 @pytest.fixture(scope="module")
