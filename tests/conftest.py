@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from hsmlb.dev.cluster import default_keys_file, dev_up
+from hsmlb.dev.procs import stop as stop_child
 from hsmlb.dev.regions import Emulator, region_node_config, start_dev_regions
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
@@ -48,22 +49,19 @@ class DaemonProcess:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        return stop_child(self.proc, sig, timeout)
 
 
-def start_daemon(config: Path, log_path: Path) -> DaemonProcess:
-    """Run `hsmlb serve` as a child process and wait until it prints its address."""
+def start_daemon(config: Path, log_path: Path, new_session: bool = False) -> DaemonProcess:
+    """Run `hsmlb serve` as a child process and wait until it prints its address.
+
+    new_session: the daemon leads a process group of its own (with its token workers), as under a
+    service manager, so a test can signal the whole group."""
     with log_path.open("wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "hsmlb", "serve", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                start_new_session=new_session)
     deadline = time.monotonic() + START_TIMEOUT_S
     assert proc.stdout is not None
     try:
@@ -77,11 +75,9 @@ def start_daemon(config: Path, log_path: Path) -> DaemonProcess:
             if not line and proc.poll() is not None:
                 break
     except BaseException:
-        proc.kill()
-        proc.wait(10)
+        stop_child(proc, signal.SIGKILL, 10)
         raise
-    proc.kill()
-    proc.wait(10)
+    stop_child(proc, signal.SIGKILL, 10)
     raise RuntimeError(f"daemon did not start:\n{log_path.read_text()}")
 
 

@@ -85,7 +85,22 @@ def _wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.02)
 
 # ------------------------------------------------------------------------- (1) graceful shutdown
 def test_sigterm_drains_in_flight_refuses_new_and_exits_clean(fresh_daemon: DaemonProcess) -> None:
-    daemon = fresh_daemon
+    _sigterm_drains(fresh_daemon, lambda: fresh_daemon.proc.send_signal(signal.SIGTERM))
+
+
+def test_sigterm_to_the_whole_process_group_still_drains(cluster: Cluster, tmp_path: Path) -> None:
+    """A service manager (systemd's default KillMode=control-group) or a terminal's Ctrl-C signals every
+    process of the group at once: the token workers must leave their shutdown to the daemon, or the
+    in-flight requests die with them and the drain serves nothing."""
+    daemon = start_daemon(cluster.config, tmp_path / "daemon.log", new_session=True)
+    try:
+        _sigterm_drains(daemon, lambda: os.killpg(daemon.proc.pid, signal.SIGTERM))
+        assert "token worker exited" not in daemon.log_text()
+    finally:
+        daemon.stop()
+
+
+def _sigterm_drains(daemon: DaemonProcess, send_sigterm: Callable[[], None]) -> None:
     workers = _worker_pids(daemon.proc.pid)
     assert len(workers) == len(NODES)
     with daemon.channel() as channel:
@@ -99,7 +114,7 @@ def test_sigterm_drains_in_flight_refuses_new_and_exits_clean(fresh_daemon: Daem
 
         assert _wait_for(all_in_daemon, 10), "the slow requests never reached the nodes"
         pending_at_signal = sum(not c.done() for c in calls)
-        daemon.proc.send_signal(signal.SIGTERM)
+        send_sigterm()
         assert _wait_for(lambda: "signal received" in daemon.log_text(), 10), daemon.log_text()[-2000:]
         # An RPC that races the listener's close is answered CANCELLED by grpc-core; once the port
         # refuses connections, a new request must fail UNAVAILABLE.

@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import select
+import signal
 import socket
 import sys
 import time
@@ -274,6 +275,12 @@ _RECV_VIEW = memoryview(_RECV_BUFFER)
 
 
 def main() -> int:
+    # The daemon owns this process's life: it closes the socket to stop it (and kills it if that
+    # fails), and its death is our EOF. A SIGTERM or SIGINT sent to the whole process group (a
+    # service manager's stop, a terminal's Ctrl-C) must not kill the worker under the daemon's
+    # graceful drain, which still needs the token for the requests in flight.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = int(sys.argv[1])
     with socket.socket(fileno=fd) as sock:
         return serve(sock)
