@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from hsmlb.api.codecs import CODECS, Decoder, Encoder
 from hsmlb.errors import DeadlineExceeded, HsmlbError, InvalidArgument
@@ -41,6 +42,9 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             return encode(op, result, key)
         except HsmlbError as exc:
             await context.abort(exc.status, exc.message)
+        except Exception:  # as the Stream does: gRPC's own reply would carry the exception's text
+            log.exception("unary op %s failed unexpectedly", field)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     async def EncryptData(self, request: Any, context: Any) -> Any:
         return await self._unary("encrypt_data", request, context)
@@ -86,19 +90,26 @@ class OperationsServicer(pb_grpc.OperationsServicer):
                            time.monotonic() + remaining if remaining is not None else None)
         reading = asyncio.ensure_future(call.read(request_iterator))
         out = call.out
+        finished = False
         try:
             while True:
                 while out:
                     yield out.popleft()
                     call.unanswered -= 1
                 if not call.reading and call.unanswered <= 0:
-                    return
+                    finished = True
+                    break
                 await call.wait()
         finally:
-            call.close()
+            call.close(abandoned=not finished)
             reading.cancel()
-            if reading.done() and not reading.cancelled() and reading.exception() is not None:
-                log.debug("stream request reader ended: %r", reading.exception())  # gRPC ends the RPC itself
+        failed = reading.exception() if reading.done() and not reading.cancelled() else None
+        if failed is not None:  # what was read is answered; the rest was never read: say so, not OK
+            log.warning("stream request reader failed: %s", type(failed).__name__)
+            if isinstance(failed, DecodeError):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "a stream message is not a valid StreamRequest; messages after it were not read")
+            await context.abort(grpc.StatusCode.INTERNAL, "reading the stream failed; later messages were not read")
 
 
 class _StreamCall:
@@ -128,6 +139,7 @@ class _StreamCall:
         self._timer_at = 0.0
         self._seq = 0
         self._retries: set[asyncio.Task[Any]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()  # first attempts not yet settled
 
     async def read(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
         try:
@@ -151,12 +163,24 @@ class _StreamCall:
         self._wake = self.loop.create_future()
         await self._wake
 
-    def close(self) -> None:
+    def close(self, abandoned: bool) -> None:
+        """The RPC is over: stop the timer and the retries, once each has classified its first outcome.
+
+        abandoned (the client cancelled, or the RPC failed): its queued operations leave the node queues
+        too, as a cancelled unary call's do; their breaker probes are released through Router.execute.
+
+        A retry task cancelled before its first step would never run Router.execute's except clauses,
+        so a failed breaker probe would stay reserved and the node's fault unrecorded; cancelling on the
+        next loop turn lets that first step (which awaits an already-settled future) run to its first real wait.
+        """
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
         for task in self._retries:
-            task.cancel()
+            self.loop.call_soon(task.cancel)
+        if abandoned:
+            for future in self._pending:
+                future.cancel()
 
     def _dispatch(self, request: pb.StreamRequest) -> None:
         request_id = request.request_id
@@ -184,16 +208,18 @@ class _StreamCall:
             self._answer(_internal(request_id))
             return
         seq = self._track(request_id, op.deadline) if timeout_ms else 0
+        self._pending.add(attempt.future)
         attempt.future.add_done_callback(partial(self._settled, request_id, op, field, encode, attempt, seq))
 
     def _settled(self, request_id: int, op: Operation, field: str, encode: Encoder, attempt: Attempt, seq: int,
                  future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
         if future.cancelled() or future.exception() is not None:  # classified (maybe retried) by execute
-            if self.closed:
-                return
             retry = self.loop.create_task(self.router.execute(op, attempt))
             self._retries.add(retry)
             retry.add_done_callback(partial(self._executed, request_id, op, field, encode, seq))
+            if self.closed:  # classify only (breaker probe, health): nobody waits for a retry
+                self.loop.call_soon(retry.cancel)
             return
         key = self.router.succeeded(op, attempt)
         if self._claim(seq):

@@ -23,6 +23,7 @@ from hsmlb.api.codec import (
     encode_generate_mac,
     encode_verify_mac,
 )
+from hsmlb.errors import InvalidArgument
 from hsmlb.ops import VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind
 from hsmlb.v1 import hsmlb_pb2 as pb
 
@@ -34,17 +35,27 @@ def _pascal(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
-def apc_params(message: Any) -> dict[str, Any]:
+def apc_params(message: Any, path: str = "") -> dict[str, Any]:
     params: dict[str, Any] = {}
     for field, value in message.ListFields():
         name = _pascal(field.name)
         if field.type == field.TYPE_MESSAGE:
-            params[name] = apc_params(value)
+            params[name] = apc_params(value, f"{path}{name}.")
         elif field.type == field.TYPE_ENUM:
-            params[name] = field.enum_type.values_by_number[value].name
+            params[name] = _enum_name(field.enum_type, value, path + name)
         else:
             params[name] = value
     return params
+
+
+def _enum_name(enum_type: Any, number: int, path: str) -> str:
+    """proto3 enums are open: a number outside the enum arrives intact, and is refused as APC would."""
+    known = enum_type.values_by_number.get(number)
+    if known is None:
+        names = ", ".join(v.name for v in enum_type.values if v.number)
+        raise InvalidArgument(f"1 validation error detected: Value at '{path}' failed to satisfy constraint: "
+                              f"Member must satisfy enum value set: [{names}]")
+    return str(known.name)
 
 
 def _payment(kind: OpKind, operation: str, req: Any, capability: str = "") -> Operation:
