@@ -284,3 +284,17 @@ def test_wire_uses_marshal_and_falls_back_to_pickle_for_other_types():
     assert wire.HEADER.unpack_from(typed_frame)[0] & wire.PICKLED
     decoded = wire.FrameDecoder().feed(plain_frame + typed_frame)
     assert decoded == [plain, typed] and decoded[1][0][2] is OpKind.ENCRYPT
+
+
+async def test_stream_answers_an_op_its_backend_cancelled():
+    """A backend that gives up on an op (cancels its future) must not leave the message unanswered."""
+    backend = FutureBackend("a")
+    router = _router(backend)
+    requests, responses = Requests(), []
+    writer = asyncio.ensure_future(_collect(OperationsServicer(router).Stream(requests, Context()), responses))
+    requests.queue.put_nowait(_encrypt(1))
+    await _until(lambda: len(backend.pending) == 1)
+    backend.pending.pop().cancel()
+    requests.queue.put_nowait(None)
+    await asyncio.wait_for(writer, 5)
+    assert [(r.request_id, r.status.code) for r in responses] == [(1, grpc.StatusCode.UNAVAILABLE.value[0])]

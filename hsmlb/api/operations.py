@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hsmlb.api.codecs import CODECS, Decoder, Encoder
-from hsmlb.errors import DeadlineExceeded, HsmlbError, InvalidArgument
+from hsmlb.errors import DeadlineExceeded, HsmlbError, InvalidArgument, Unavailable
 from hsmlb.ops import KeyInfo, Operation
 from hsmlb.router import Router
 from hsmlb.router.router import Attempt
@@ -232,7 +232,10 @@ class _StreamCall:
     def _executed(self, request_id: int, op: Operation, field: str, encode: Encoder, seq: int,
                   retry: asyncio.Task[tuple[Any, KeyInfo | None]]) -> None:
         self._retries.discard(retry)
-        if retry.cancelled() or not self._claim(seq):
+        if not self._claim(seq):
+            return
+        if retry.cancelled():  # by close() (then _answer drops it), or a backend that gave up: never unanswered
+            self._answer(_status(request_id, Unavailable(f"{field} was cancelled before it completed")))
             return
         exc = retry.exception()
         if isinstance(exc, HsmlbError):
