@@ -89,6 +89,12 @@ def boto_session(config: ApcRegionConfig) -> boto3.Session:
     return boto3.Session(botocore_session=core, region_name=config.region)
 
 
+def resolve_credentials(config: ApcRegionConfig) -> tuple[Credentials, ReadOnlyCredentials] | None:
+    """Blocking: the credential chain resolved afresh (a rotated credentials file is read again)."""
+    credentials = boto_session(config).get_credentials()
+    return None if credentials is None else (credentials, credentials.get_frozen_credentials())
+
+
 def client_config(config: ApcRegionConfig) -> BotoConfig:
     return BotoConfig(region_name=config.region, retries=NO_RETRIES, connect_timeout=config.connect_timeout_s,
                       read_timeout=config.request_timeout_s)

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import botocore.session
+from aiohttp import ClientResponse
 from botocore.auth import EMPTY_SHA256_HASH, SIGV4_TIMESTAMP, SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
@@ -60,6 +61,8 @@ class RestJsonTemplate:
     body_members: dict[str, str]  # member -> JSON name
     always_body: bool  # botocore sends `{}` when no body member is set but the shape has some
     uri_members: frozenset[str] = frozenset()
+    out_required: tuple[str, ...] = ()  # output members a success answer must carry
+    out_strings: frozenset[str] = frozenset()  # top-level output members modelled as strings
 
     @classmethod
     def compile(cls, model: OperationModel) -> RestJsonTemplate:
@@ -83,8 +86,28 @@ class RestJsonTemplate:
         for match in _LABEL.finditer(uri):
             labels.append((match[1], by_wire.get(match[1], match[1]), bool(match[2])))
         path_format = _LABEL.sub(lambda m: "{" + m[1] + "}", uri)
+        output = model.output_shape
+        out_members = output.members if output is not None else {}
         return cls(model.name, http.get("method", "POST"), path_format, tuple(labels), body, bool(body),
-                   frozenset(by_wire.values()))
+                   frozenset(by_wire.values()),
+                   tuple(output.required_members) if output is not None else (),
+                   frozenset(name for name, member in out_members.items() if member.type_name == "string"))
+
+    def bad_answer(self, answer: Any) -> str | None:
+        """The first way a 2xx body misses the modelled output (a member name, never a value), else None.
+
+        Why: a proxy or a broken front door may answer 200 with `{}`, `[]` or the wrong types; that is
+        the node's fault, found here, not an INTERNAL error in the response encoder later."""
+        if not isinstance(answer, dict):
+            return "a JSON object"
+        for name in self.out_required:
+            if answer.get(name) is None:
+                return name
+        for name in self.out_strings:
+            value = answer.get(name)
+            if value is not None and not isinstance(value, str):
+                return name
+        return None
 
     def render(self, params: dict[str, Any]) -> tuple[str, bytes]:
         """(path, body), byte for byte what botocore's rest-json serializer produces (json.dumps with
@@ -240,6 +263,23 @@ class FastSigner:
         return out
 
 
+MAX_ANSWER_BYTES = 1 << 20  # APC answers are a few KB; anything near this is a broken or hostile peer
+
+
+async def read_answer(response: ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes | None:
+    """The body, or None when it is longer than `limit`: read whole only when its declared length is
+    within the limit, else (chunked, or no length) piece by piece, so memory stays bounded."""
+    length = response.content_length
+    if length is not None:
+        return await response.read() if length <= limit else None
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 @dataclass(slots=True)
 class ApiFailure:
     """An AWS error answer, parsed: code, message and the modelled members (fieldList, Reason, ...)."""
@@ -254,7 +294,8 @@ class ApiFailure:
         fields = self.members.get("fieldList")
         if not isinstance(fields, list):
             return []
-        return [str(f.get("path", "")) for f in fields[:10] if isinstance(f, dict) and f.get("path")]
+        # the region's paths are member names, but a front door could echo a value: mask and bound them
+        return [scrub(str(f["path"]), 80) for f in fields[:10] if isinstance(f, dict) and f.get("path")]
 
 
 def parse_failure(status: int, error_type: str | None, body: bytes) -> ApiFailure:

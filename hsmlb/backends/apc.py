@@ -22,17 +22,20 @@ import aiohttp
 from botocore.credentials import ReadOnlyCredentials
 from yarl import URL
 
-from hsmlb.apc.discovery import Discovery, discover
+from hsmlb.apc.discovery import Discovery, discover, resolve_credentials
+from hsmlb.apc.native import native_request, pick_canary
 from hsmlb.apc.throttle import RegionQuotas, TokenBucket
 from hsmlb.apc.wire import (
     AUTH_FAILURES,
     JSON,
+    MAX_ANSWER_BYTES,
     ApiFailure,
     FastSigner,
     Json10Template,
     Signer,
     compile_data_plane,
     parse_failure,
+    read_answer,
     scrub,
 )
 from hsmlb.backends.base import BackendState
@@ -46,7 +49,7 @@ from hsmlb.errors import (
     PermissionDenied,
     Throttled,
 )
-from hsmlb.ops import DATA_KEY, VERIFICATION_FAILED, Capability, Operation, OpKind, map_key_identifiers
+from hsmlb.ops import VERIFICATION_FAILED, Capability, Operation, map_key_identifiers
 
 log = logging.getLogger("hsmlb.backends.apc")
 
@@ -57,30 +60,9 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 WARM_ROUNDS = 3
 URL_CACHE_MAX = 4096
 _JSON_HEADERS = {"Content-Type": JSON}
-# A harmless request per canary kind: 16 zero bytes (two TDES blocks, one AES block), one byte to MAC.
-_ZERO_BLOCKS = "00" * 16
-
-
-def _native_request(op: Operation, arn: str) -> tuple[str, dict[str, Any], str]:
-    """(APC operation, input, output member holding the hex result) for a native op's tuple args."""
-    if op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
-        mode, iv, data = op.args
-        symmetric: dict[str, Any] = {"Mode": mode}
-        if iv:
-            symmetric["InitializationVector"] = iv.hex().upper()
-        if op.kind is OpKind.ENCRYPT:
-            return "EncryptData", {"KeyIdentifier": arn, "PlainText": data.hex().upper(),
-                                   "EncryptionAttributes": {"Symmetric": symmetric}}, "CipherText"
-        return "DecryptData", {"KeyIdentifier": arn, "CipherText": data.hex().upper(),
-                               "DecryptionAttributes": {"Symmetric": symmetric}}, "PlainText"
-    if op.kind in (OpKind.GENERATE_MAC, OpKind.VERIFY_MAC):
-        algorithm, data, length = op.args  # VERIFY_MAC: (.., mac); the codec compares the whole MAC itself
-        params: dict[str, Any] = {"KeyIdentifier": arn, "MessageData": data.hex().upper(),
-                                  "GenerationAttributes": {"Algorithm": algorithm}}
-        if op.kind is OpKind.GENERATE_MAC and length:
-            params["MacLength"] = length
-        return "GenerateMac", params, "Mac"
-    raise InvalidArgument(f"{op.kind.value} is not offered by APC regions")
+# Unsigned, added after signing: aiohttp would offer gzip/deflate by default, but we read bodies raw
+# (auto_decompress off), so a front door that honoured that offer would turn every answer into a fault.
+_ACCEPT = "identity"
 
 
 class ApcRegionBackend(BackendState):
@@ -105,6 +87,8 @@ class ApcRegionBackend(BackendState):
         self._session: aiohttp.ClientSession | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        # set when the region no longer matches discovery: keys gone (and "down"), or credentials rejected
+        self._resync = asyncio.Event()
         self._canary: tuple[str, dict[str, Any]] | None = None
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_s, connect=config.connect_timeout_s)
         self.counts: Counter[str] = Counter()
@@ -171,7 +155,7 @@ class ApcRegionBackend(BackendState):
             params = map_key_identifiers(params, self._arns)
             extract = None
         else:  # an alias this region does not list goes through as is: the region answers NotFound
-            operation, params, extract = _native_request(op, key.label if key else op.key_alias or "")
+            operation, params, extract = native_request(op, key.label if key else op.key_alias or "")
         bucket = self.quotas.bucket(key.key_type if key else "AES")
         timeout = await self._admit(op, bucket)
         result = await self._call(operation, params, bucket, timeout, op)
@@ -212,11 +196,16 @@ class ApcRegionBackend(BackendState):
         path, body = template.render(params)
         status, error_type, raw = await self._send(template.method, path, _JSON_HEADERS, body, timeout, data=True)
         if status < 300:
-            self.counts["ok"] += 1
             try:
-                return json.loads(raw)
+                answer = json.loads(raw)
             except ValueError:
-                raise NodeFault(f"node {self.name}: {operation} answer is not JSON") from None
+                answer = None
+            problem = "a JSON object" if answer is None else template.bad_answer(answer)
+            if problem is not None:
+                self.counts["malformed_answer"] += 1
+                raise NodeFault(f"node {self.name}: {operation} answer lacks {problem}")
+            self.counts["ok"] += 1
+            return answer
         return self._failure(parse_failure(status, error_type, raw), operation, bucket, op)
 
     async def _send(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float,
@@ -234,12 +223,16 @@ class ApcRegionBackend(BackendState):
         else:
             url = URL(found.control_url + path, encoded=True)
             signed = signer.sign(method, found.control_url + path, headers, body)
+        signed["Accept-Encoding"] = _ACCEPT
         clipped = timeout < self.config.request_timeout_s
         try:
             async with session.request(method, url, data=body, headers=signed,
                                        timeout=aiohttp.ClientTimeout(total=timeout) if clipped else self._timeout
                                        ) as response:
-                raw = await response.read()
+                raw = await read_answer(response)
+                if raw is None:
+                    self.counts["oversized_answer"] += 1
+                    raise NodeFault(f"node {self.name}: answer over {MAX_ANSWER_BYTES} bytes")
                 return response.status, response.headers.get("x-amzn-ErrorType"), raw
         except TimeoutError:
             self.counts["timeout"] += 1
@@ -264,6 +257,10 @@ class ApcRegionBackend(BackendState):
             # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only
             raise InvalidArgument(f"the region refused the request as invalid{fields}")
         if code == "ResourceNotFoundException":
+            if op is not None and op.key_alias in self._keys and all(a in self._keys for a in op.other_keys):
+                # we sent ARNs discovery found here: the inventory is stale, not the caller wrong
+                self._lost_sync(f"key {op.key_alias} is gone from the region")
+                raise NodeFault(f"node {self.name}: region {self.config.region} no longer has key {op.key_alias}")
             what = f"key {op.key_alias}" if op is not None and op.key_alias else "the key"
             raise KeyNotFound(f"node {self.name}: region {self.config.region} has no {what}")
         if code == "AccessDeniedException":
@@ -273,6 +270,8 @@ class ApcRegionBackend(BackendState):
                 bucket.drain(THROTTLE_PAUSE_S)
             raise Throttled(f"node {self.name}: region {self.config.region} throttled {operation}")
         if code in AUTH_FAILURES or failure.status in (401, 403):
+            if self._state == "up":  # rotated under us? the supervisor re-reads the credential chain
+                self._resync.set()
             raise NodeFault(f"node {self.name}: region rejected our credentials ({code})")
         if failure.status >= 500:
             raise NodeFault(f"node {self.name}: {code} (HTTP {failure.status}) on {operation}")
@@ -286,7 +285,13 @@ class ApcRegionBackend(BackendState):
         status, error_type, raw = await self._send("POST", "/", headers, body, self.config.request_timeout_s,
                                                    data=False)
         if status < 300:
-            return json.loads(raw or b"{}")
+            try:
+                answer = json.loads(raw or b"{}")
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                raise NodeFault(f"node {self.name}: {operation} answer is not a JSON object")
+            return answer
         return self._failure(parse_failure(status, error_type, raw), operation, None, None)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -310,16 +315,7 @@ class ApcRegionBackend(BackendState):
 
     @staticmethod
     def _pick_canary(found: Discovery) -> tuple[str, dict[str, Any]] | None:
-        for key in found.keys.values():
-            if key.key_usage == DATA_KEY and "encrypt" in key.usages:
-                return "EncryptData", {"KeyIdentifier": key.label, "PlainText": _ZERO_BLOCKS,
-                                       "EncryptionAttributes": {"Symmetric": {"Mode": "ECB"}}}
-            if key.key_usage in ("TR31_M6_ISO_9797_5_CMAC_KEY", "TR31_M7_HMAC_KEY") and "sign" in key.usages:
-                algorithm = "CMAC" if key.key_usage.startswith("TR31_M6") else key.algorithm
-                if algorithm:
-                    return "GenerateMac", {"KeyIdentifier": key.label, "MessageData": "00",
-                                           "GenerationAttributes": {"Algorithm": algorithm}}
-        return None
+        return pick_canary(found.keys)
 
     async def _warm(self) -> None:
         """Open `connections` keep-alive connections now (that many concurrent signed canaries), so the
@@ -336,20 +332,41 @@ class ApcRegionBackend(BackendState):
         self.warm_connections = self.idle_connections()
 
     async def _canary_call(self) -> None:
-        """Outside the quota buckets (a few a second); any answer but a node fault means "up"."""
-        with contextlib.suppress(Throttled, InvalidArgument, KeyNotFound, PermissionDenied):
-            if self._canary is not None:
-                await self._call(*self._canary, None, self.config.request_timeout_s)
-            else:
-                await self._control_call()
+        """Outside the quota buckets (a few a second); any answer but a node fault means "up". The
+        canary's key came from discovery, so "not found" means the inventory is stale: rediscover."""
+        with contextlib.suppress(Throttled, InvalidArgument, PermissionDenied):
+            try:
+                if self._canary is not None:
+                    await self._call(*self._canary, None, self.config.request_timeout_s)
+                else:
+                    await self._control_call()
+            except KeyNotFound:
+                self._lost_sync("the canary key is gone from the region")
+
+    def _lost_sync(self, why: str) -> None:
+        """The region no longer holds keys discovery found there: go down (the router drops the stale
+        inventory on that change) and have the supervisor rediscover now."""
+        if self._state != "up" or self._closing:
+            return
+        log.warning("node %s: %s; rediscovering", self.name, why)
+        self._set_state("down")
+        self._resync.set()
 
     async def _supervise(self) -> None:
-        """Down: reconnect with back-off. Up: refresh the frozen credentials now and then."""
+        """Down: reconnect with back-off. Up: refresh the frozen credentials now and then, and re-read
+        the credential chain (with back-off) when the region rejects them: a rotated file, say."""
         delay = RETRY_FIRST_S
         while not self._closing:
             if self._state == "up":
-                await asyncio.sleep(CREDENTIAL_REFRESH_S)
-                await self._refresh_credentials()
+                self._resync.clear()
+                try:
+                    await asyncio.wait_for(self._resync.wait(), CREDENTIAL_REFRESH_S)
+                except TimeoutError:
+                    await self._refresh_credentials()
+                    continue
+                if self._state == "up":
+                    await asyncio.sleep(delay)
+                    delay = RETRY_FIRST_S if await self._reload_credentials() else min(delay * 2, RETRY_MAX_S)
                 continue
             await asyncio.sleep(delay)
             try:
@@ -372,6 +389,23 @@ class ApcRegionBackend(BackendState):
             return
         self._apply_credentials(frozen)
         self.credential_refreshes += 1
+
+    async def _reload_credentials(self) -> bool:
+        """The credential chain resolved again (static credentials never refresh themselves); True
+        when it gave different credentials, now applied."""
+        found = self._discovery
+        try:
+            fresh = await asyncio.to_thread(resolve_credentials, self.config)
+        except Exception as exc:  # keep the old ones; the next rejection tries again, later
+            log.warning("node %s: credential re-read failed (%s)", self.name, type(exc).__name__)
+            return False
+        if found is None or fresh is None or fresh[1] == found.frozen:
+            return False
+        found.credentials, found.frozen = fresh
+        self._apply_credentials(found.frozen)
+        self.credential_refreshes += 1
+        log.info("node %s: new credentials from the chain after the region rejected the old ones", self.name)
+        return True
 
     def _apply_credentials(self, frozen: ReadOnlyCredentials) -> None:
         for signer in (self._signer, self._fast):
