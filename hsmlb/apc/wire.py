@@ -318,7 +318,7 @@ def parse_failure(status: int, error_type: str | None, body: bytes) -> ApiFailur
     return ApiFailure(status, code, str(message), members)
 
 
-_SECRETISH = re.compile(r"[0-9A-Fa-f]{8,}|\d{6,}")
+_SECRETISH = re.compile(r"[0-9A-Fa-f]{8,}|\d(?:[ -]?\d){5,}")  # hex runs; 6+ digits, maybe split by spaces/dashes
 
 
 def scrub(text: str, limit: int = 400) -> str:
