@@ -72,6 +72,9 @@ def _address(args: argparse.Namespace) -> str:
     config_path = args.config or (DEFAULT_STATE_DIR / "hsmlb.yaml")
     listen = load_config(config_path).listen
     host, port = listen.rsplit(":", 1)
+    if int(port) == 0:  # the daemon took whatever port it was given: the config cannot say which
+        raise ConfigError(f"{config_path}: listen {listen} is a port chosen at start; pass --address HOST:PORT "
+                          "(the daemon prints it: 'hsmlb listening on ...')")
     return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
 
 

@@ -43,7 +43,7 @@ class PinSource(_Frozen):
         assert self.pin_file is not None
         try:
             return self.pin_file.read_text().splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
+        except (OSError, IndexError, UnicodeDecodeError) as exc:  # the class only: never the file's bytes
             raise ConfigError(f"pin_file: cannot read a PIN from {self.pin_file}: {exc.__class__.__name__}") from None
 
 
@@ -59,6 +59,9 @@ class Pkcs11NodeConfig(PinSource):
         default_factory=dict, description="alias -> PKCS#11 label, where they differ (default: label = alias)"
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the token worker")
+    worker_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a token worker that answers nothing for this long while requests wait "
+        "for it is taken as hung: it is killed (its requests fail over) and restarted")
     allow_host_side_derivation: bool = Field(
         False, description="serve payment ops (CVV, PIN translation, DUKPT, EMV, ISO 9797 MACs) by computing with "
         "key material read from the token in the worker's memory. NOT PCI PIN compliant: test clusters only")

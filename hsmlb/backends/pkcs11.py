@@ -25,7 +25,7 @@ from typing import Any
 
 from hsmlb.backends import wire
 from hsmlb.backends.base import BackendState
-from hsmlb.config import Pkcs11NodeConfig
+from hsmlb.config import ConfigError, Pkcs11NodeConfig
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
 from hsmlb.ops import (
     HOST_SIDE_CAPABILITIES,
@@ -55,6 +55,11 @@ WORKER_OP = {
 }
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _WorkerLink(asyncio.Protocol):
     """Socket protocol: frames in, futures resolved."""
 
@@ -67,11 +72,13 @@ class _WorkerLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.node._last_answer = time.monotonic()  # the worker is alive: see Pkcs11Backend._watch
         for frame in self.decoder.feed(data):
             self.node._on_frame(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.node._on_link_lost()
+        if self.node._link is self:  # a link replaced by a respawn has nothing left to fail
+            self.node._on_link_lost()
 
 
 class Pkcs11Backend(BackendState):
@@ -93,12 +100,15 @@ class Pkcs11Backend(BackendState):
         self._outbox_slow = 0  # slow-lane requests in the outbox
         self._in_worker = 0  # fast-lane requests written and not answered yet: the worker is awake
         self._flush_scheduled = False
-        self._last_wake = 0.0
+        self._last_wake = 0.0  # when the worker last went from idle to busy
+        self._last_answer = 0.0  # when the worker last wrote anything
         self._link: _WorkerLink | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._probe: asyncio.Future[Any] | None = None  # the canary the worker has not answered yet
+        self.down_reason = ""  # why the worker is not up (no PIN, no secret): shown in health details
         self.restarts = 0
 
     # -- contract (state, keys and on_change come from BackendState) ---------------------------
@@ -121,12 +131,28 @@ class Pkcs11Backend(BackendState):
         return self._send(WORKER_OP[op.kind], label, op.args, op.deadline or 0.0, slot)
 
     async def control(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
-        """Non-data requests to the worker: _ping, _inventory, _stats, _fault (test-only)."""
-        return await asyncio.wait_for(self._send(name, "", args, 0.0, 0), timeout)
+        """Non-data requests to the worker: _ping, _inventory, _stats, _fault (test-only).
+
+        A worker busy past `timeout` (a hung or very slow token) is a node fault, not a crash of the caller."""
+        try:
+            return await asyncio.wait_for(self._send(name, "", args, 0.0, 0), timeout)
+        except TimeoutError:
+            raise NodeFault(f"node {self.name}: the token worker did not answer {name} within {timeout:g}s") from None
 
     async def probe(self) -> None:
-        """Health canary: GenerateRandom on a pooled session, through the worker's fast lane."""
-        await self._send("_ping", "", (), 0.0, 0)
+        """Health canary: GenerateRandom on a pooled session, through the worker's fast lane.
+
+        At most one canary waits in the worker: the checker gives up on a slow one after its timeout,
+        and sending another each interval would pile canaries up on a slow token, each costing it a
+        full operation, so that it never catches up. A later check waits for the same canary."""
+        if self._state != "up":
+            reason = f": {self.down_reason}" if self.down_reason else ""
+            raise NodeFault(f"node {self.name} is {self._state}{reason}")
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = self._send("_ping", "", (), 0.0, 0)
+            probe.add_done_callback(_retrieved)  # its outcome may come after every check gave up on it
+        await asyncio.shield(probe)
 
     async def inject_fault(self, fault: str, value: float = 0.0) -> None:
         """Test-only (config fault_injection): break the token or the worker under the pool."""
@@ -221,6 +247,7 @@ class Pkcs11Backend(BackendState):
             self._ready.set_exception(NodeFault(f"node {self.name}: worker exited during start"))
         self._fail_pending(NodeFault(f"node {self.name}: token worker connection lost"))
         if not self._closing:
+            self.down_reason = self.down_reason or "token worker connection lost"
             self._set_state("down")
 
     def _fail_pending(self, exc: HsmlbError) -> None:
@@ -235,6 +262,11 @@ class Pkcs11Backend(BackendState):
     # -- worker lifecycle -------------------------------------------------------------------
     async def _spawn(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        try:  # before the process: a PIN source that cannot be read (yet) is a failed start, retried
+            pin = self.config.read_pin()
+        except ConfigError as exc:
+            self.down_reason = str(exc)
+            raise NodeFault(f"node {self.name}: {exc}") from None
         parent, child = socket.socketpair()
         env = {**os.environ, **self.config.env}
         try:
@@ -242,31 +274,42 @@ class Pkcs11Backend(BackendState):
                 sys.executable, "-m", "hsmlb.backends.pkcs11_worker", str(child.fileno()),
                 pass_fds=(child.fileno(),), env=env,
             )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         self._ready = loop.create_future()
-        _, self._link = await loop.create_connection(lambda: _WorkerLink(self), sock=parent)
-        init = {
-            "module": str(self.config.module),
-            "token_label": self.config.token_label,
-            "token_serial": self.config.token_serial,
-            "pin": self.config.read_pin(),
-            "pool_size": self.config.pool_size,
-            "fault_injection": self.fault_injection,
-        }
-        assert self._link.transport is not None
-        self._link.transport.write(wire.encode(init))
+        self._link = None
         try:
+            _, self._link = await loop.create_connection(lambda: _WorkerLink(self), sock=parent)
+            init = {
+                "module": str(self.config.module),
+                "token_label": self.config.token_label,
+                "token_serial": self.config.token_serial,
+                "pin": pin,
+                "pool_size": self.config.pool_size,
+                "fault_injection": self.fault_injection,
+            }
+            assert self._link.transport is not None
+            self._link.transport.write(wire.encode(init))
             hello = await asyncio.wait_for(self._ready, 30.0)
             if "failed" in hello:
-                raise NodeFault(f"node {self.name}: token worker could not open the token: {hello['failed']}")
-        except BaseException:
-            self._link.transport.close()
+                self.down_reason = f"token worker could not open the token: {hello['failed']}"
+                raise NodeFault(f"node {self.name}: {self.down_reason}")
+        except BaseException as exc:  # no worker may outlive a failed start
+            if isinstance(exc, TimeoutError):
+                self.down_reason = "token worker did not open the token within 30s"
+            if self._link is not None and self._link.transport is not None:
+                self._link.transport.close()
+            else:
+                parent.close()
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
             await self._proc.wait()
             raise
         self._keys = self._index(hello["ready"])
+        self.down_reason = ""
         self._set_state("up")
         log.info("node %s up: worker pid %s, %d sessions, %d keys",
                  self.name, hello.get("pid"), self.config.pool_size, len(self._keys))
@@ -281,14 +324,39 @@ class Pkcs11Backend(BackendState):
                                   key_usage=entry.get("key_usage", ""), algorithm=entry.get("algorithm", ""))
         return keys
 
+    def _hung(self, limit_s: float) -> bool:
+        """Requests wait in the worker, and it has written nothing for limit_s since it got busy."""
+        busy = self._in_worker > 0 or bool(self._pending_slow)
+        return busy and time.monotonic() - max(self._last_wake, self._last_answer) > limit_s
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> int:
+        """Wait for the worker to exit; kill it first if it hangs (a C call that never returns,
+        a stopped process), so that its requests fail over instead of waiting for ever."""
+        limit_s = self.config.worker_timeout_s
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=min(1.0, limit_s / 4))
+                if done:
+                    return exited.result()
+                if self._hung(limit_s) and proc.returncode is None:
+                    self.down_reason = f"token worker answered nothing for {limit_s:g}s: killed as hung"
+                    log.error("node %s: %s (pid %s)", self.name, self.down_reason, proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+        finally:
+            exited.cancel()
+
     async def _supervise(self) -> None:
         """Respawn the worker when it dies, with back-off; in-flight requests already failed over."""
         delay = 0.05
         while not self._closing:
             if self._state == "up" and self._proc is not None:
-                code = await self._proc.wait()
+                code = await self._watch(self._proc)
                 if self._closing:
                     return
+                if not self.down_reason.endswith("killed as hung"):
+                    self.down_reason = f"token worker exited with {code}"
                 self._set_state("down")
                 log.warning("node %s: token worker exited with %s; restarting", self.name, code)
             while not self._closing:
@@ -298,7 +366,7 @@ class Pkcs11Backend(BackendState):
                     self.restarts += 1
                     delay = 0.05
                     break
-                except (HsmlbError, OSError, TimeoutError) as exc:
+                except Exception as exc:  # whatever failed, this loop must live on to try again
                     delay = min(delay * 2, 5.0)
                     log.warning("node %s: restart failed (%s); next try in %.2fs", self.name,
                                 getattr(exc, "message", type(exc).__name__), delay)

@@ -34,14 +34,17 @@ class HealthChecker:
         self._tasks.append(asyncio.create_task(self._loop(health, probe, on_change), name=f"check-{health.name}"))
 
     async def check_once(self, health: NodeHealth, probe: Probe) -> bool:
+        reason = ""
         try:
             await asyncio.wait_for(probe(), self.timeout_s)
-            ok = True
+        except TimeoutError:
+            reason = f"no answer within {self.timeout_s:g}s"
         except Exception as exc:  # any failure of the canary is a failed check
-            ok = False
-            log.debug("health check %s failed: %s", health.name, getattr(exc, "message", type(exc).__name__))
-        health.record_check(ok, self.clock())
-        return ok
+            reason = getattr(exc, "message", None) or type(exc).__name__  # our errors carry safe messages
+        if reason:
+            log.debug("health check %s failed: %s", health.name, reason)
+        health.record_check(not reason, self.clock(), reason)
+        return not reason
 
     async def _loop(self, health: NodeHealth, probe: Probe, on_change: Callable[[], None]) -> None:
         before = health.describe(self.clock())

@@ -54,7 +54,8 @@ class NodeHealth:
         self._readmitted_at: float | None = None
 
     # -- inputs -------------------------------------------------------------------------------
-    def record_check(self, ok: bool, now: float) -> None:
+    def record_check(self, ok: bool, now: float, reason: str = "") -> None:
+        """One canary's outcome; `reason` (a failed one's safe message) shows in the node's detail."""
         if ok:
             self._check_ok_streak += 1
             self._check_fail_streak = 0
@@ -67,7 +68,9 @@ class NodeHealth:
             self._check_ok_streak = 0
             if self.checks_healthy and self._check_fail_streak >= self.policy.unhealthy_threshold:
                 self.checks_healthy = False
-                self.last_reason = f"{self._check_fail_streak} health checks failed"
+            if not self.checks_healthy:  # kept current: the cause may change while the node is down
+                because = f": {reason}" if reason else ""
+                self.last_reason = f"{self._check_fail_streak} health checks failed{because}"
 
     def record_result(self, node_fault: bool, now: float, may_eject: bool = True) -> bool:
         """One live request's outcome; returns True when this outcome ejects the node."""
@@ -95,7 +98,9 @@ class NodeHealth:
         if self._readmitted_at is not None and now - self._readmitted_at > self.policy.max_ejection_s:
             self.ejections = 0  # stable for a while: back-off starts over
         self.ejections += 1
-        backoff = self.policy.base_ejection_s * 2 ** (self.ejections - 1)
+        # A float power, its exponent bounded: an int 2**1024 cannot become a float (OverflowError)
+        # after a day of flapping; base * 2.0**1000 is at worst inf, and min() caps it.
+        backoff = self.policy.base_ejection_s * 2.0 ** min(self.ejections - 1, 1000)
         self.ejected_until = now + min(backoff, self.policy.max_ejection_s)
         self._check_ok_streak = 0
         self._fault_streak = 0
