@@ -281,6 +281,18 @@ def test_drills_refuse_bad_requests_and_restore_recovers_every_node(fresh_daemon
         assert ops.EncryptData(_only_a(), timeout=5).cipher_text == SOLE_KEY_CIPHER
 
 
+def test_drill_requester_cannot_forge_log_lines(fresh_daemon: DaemonProcess) -> None:
+    forged = "ops\n2026-01-01 00:00:00,000 WARNING hsmlb.api.admin drill: node node-a active -> active"
+    with fresh_daemon.channel() as channel:
+        admin = pb_grpc.AdminStub(channel)
+        failed = admin.SetNodeState(pb.SetNodeStateRequest(node="node-c", action=pb.FAIL, requested_by=forged),
+                                    timeout=5).node
+        admin.SetNodeState(pb.SetNodeStateRequest(node="node-c", action=pb.RESTORE, requested_by="t"), timeout=5)
+    assert failed.state.startswith("failed by operator (ops?2026") and "\n" not in failed.state
+    drill_lines = [line for line in fresh_daemon.log_text().splitlines() if "drill: node" in line]
+    assert len(drill_lines) == 2 and all("requested by" in line for line in drill_lines), drill_lines
+
+
 # ------------------------------------------------------------------ (5) the command line
 def test_nodes_cli_without_a_daemon_fails_cleanly(cluster: Cluster, tmp_path: Path) -> None:
     refused = _cli("nodes", "--address", "127.0.0.1:1")

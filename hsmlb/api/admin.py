@@ -40,7 +40,8 @@ class AdminServicer(pb_grpc.AdminServicer):
         member = await self._member(request.node, context)
         if request.action not in ACTIONS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action: must be FAIL, DRAIN or RESTORE")
-        who = request.requested_by.strip()[:128] or "unknown"
+        # printable only: a newline in it could forge a line in the log or the audit trail
+        who = "".join(c if c.isprintable() else "?" for c in request.requested_by.strip()[:128]) or "unknown"
         state = ACTIONS[request.action]
         before = member.health.operator
         member.health.set_operator(state, who, self.router.clock())
