@@ -20,8 +20,7 @@ TDES = frozenset({"TDES_2KEY", "TDES_3KEY"})
 AES = frozenset({"AES_128", "AES_192", "AES_256"})
 BLOCK_CIPHERS = TDES | AES
 HMAC_HASH = {"HMAC_SHA224": "SHA224", "HMAC_SHA256": "SHA256", "HMAC_SHA384": "SHA384", "HMAC_SHA512": "SHA512"}
-# Key strength order for "derived key no stronger than the BDK" (X9.24-3:2017 6.1).
-_STRENGTH = {"TDES_2KEY": 0, "TDES_3KEY": 1, "AES_128": 2, "AES_192": 3, "AES_256": 4}
+_STRENGTH = dukpt.STRENGTH  # "derived key no stronger than the BDK": one table for the request and the derivation
 
 
 def invalid(path: str, message: str) -> PaymentValidationError:
@@ -94,8 +93,13 @@ def integer(obj: Mapping[str, Any], name: str, path: str, lo: int, hi: int, defa
     return value
 
 
-def union(obj: Mapping[str, Any], name: str, path: str, supported: Collection[str]) -> tuple[str, Any, str]:
-    """(member, value, member path) of a tagged union; exactly one member must be set."""
+def union(obj: Mapping[str, Any], name: str, path: str, supported: Collection[str],
+          structures: bool = True) -> tuple[str, Any, str]:
+    """(member, value, member path) of a tagged union; exactly one member must be set.
+
+    With `structures` (every member of the union is a structure, as in all APC unions but MacAttributes)
+    the member's value is checked to be one, so a caller that reads it cannot fail on a string or list.
+    """
     value = struct(obj, name, path)
     assert value is not None
     members = [k for k, v in value.items() if v is not None]
@@ -105,6 +109,8 @@ def union(obj: Mapping[str, Any], name: str, path: str, supported: Collection[st
     member_path = f"{path}.{member}"
     if member not in supported:
         raise not_supported(member_path)
+    if structures and not isinstance(value[member], Mapping):
+        raise invalid(member_path, "must be a structure")
     return member, value[member], member_path
 
 

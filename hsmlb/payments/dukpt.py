@@ -119,6 +119,10 @@ USAGES: dict[str, int] = {
     "KEY_DERIVATION_INITIAL": 0x8001,
 }
 _AES_TYPES = {16: "AES_128", 24: "AES_192", 32: "AES_256"}
+# Key strength order for "a working key is no stronger than the key it is derived from" (X9.24-3:2017 6.1).
+# Not key length: the standard's test-vector supplement derives 3-key TDEA (192-bit) working keys from an
+# AES-128 BDK.
+STRENGTH: dict[str, int] = {"TDES_2KEY": 0, "TDES_3KEY": 1, "AES_128": 2, "AES_192": 3, "AES_256": 4}
 
 
 def aes_bdk_type(bdk: bytes) -> str:
@@ -177,7 +181,7 @@ def aes_transaction_key(initial_key: bytes, ksn: bytes) -> bytes:
 
 def aes_working_key(transaction_key: bytes, ksn: bytes, usage: str, key_type: str) -> bytes:
     """Working key of a usage (a USAGES name) and type (a KEY_TYPES name) for this KSN."""
-    if KEY_TYPES[key_type][1] > len(transaction_key) * 8:
+    if STRENGTH[key_type] > STRENGTH[aes_bdk_type(transaction_key)]:
         raise ValueError("derived key type must not be stronger than the BDK")
     ikid, counter = _aes_ksn(ksn)
     data = _derivation_data(USAGES[usage], key_type, ikid[4:] + counter.to_bytes(4, "big"))

@@ -72,7 +72,7 @@ def _dukpt(params: Mapping[str, Any], resolve: KeyResolver, member: str, attrs: 
 
 def _compute(params: Mapping[str, Any], resolve: KeyResolver, attrs_name: str) -> tuple[bytes, int]:
     """(full MAC, default length) for the request's MAC attributes."""
-    member, value, path = rq.union(params, attrs_name, attrs_name, ("Algorithm", *_DUKPT))
+    member, value, path = rq.union(params, attrs_name, attrs_name, ("Algorithm", *_DUKPT), structures=False)
     data = rq.hexbytes(params, "MessageData", "MessageData", lo=1, hi=4096)
     assert data is not None
     if member == "Algorithm":
