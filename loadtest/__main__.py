@@ -31,7 +31,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     for notice in notices:
         print(f"loadtest: {notice}", flush=True)
     runnable = ops.resolve_mix(profile.mix, stream=True, exclude=exclude)[0]
-    rows = verdict.evaluate(summary, profile.thresholds, {verdict.class_of(n) for n in runnable})
+    rows = verdict.evaluate(summary, profile.thresholds, {verdict.class_of(n) for n in runnable},
+                            profile=profiles.get(args.profile).thresholds)
     if args.json:
         data = json.loads(verdict.to_json(profile.name, rows, summary))
         data["client"] = {"cpu_s": cpu, "streams": args.streams, "in_flight": args.in_flight, "rate": args.rate,

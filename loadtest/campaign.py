@@ -38,7 +38,7 @@ def _one(profile: str, out: Path, extra: list[str], timeout_s: float) -> dict[st
 
 def summarise(profile: str, results: list[dict[str, Any]]) -> list[str]:
     summaries = [r["verdict"].get("summary", {}) for r in results if r["verdict"]]
-    tps = [s["tps"] for s in summaries]
+    tps = [s.get("ok_tps", s["tps"]) for s in summaries]  # successful requests per second
     failures = [float(s["failures"]) for s in summaries]
     lines = [f"{profile}: {sum(r['rc'] == 0 for r in results)}/{len(results)} runs PASS",
              f"  TPS {_spread(tps)}; failed requests {_spread(failures)}"]

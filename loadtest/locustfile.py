@@ -144,7 +144,7 @@ def _on_quitting(environment: Any, **_kwargs: Any) -> None:
     exclude = ops.parse_exclude(getattr(options, "exclude", None))
     classes = {verdict.class_of(name) for group in PROFILE.groups
                for name in ops.resolve_mix(group.mix, stream=group.kind == "stream", exclude=exclude)[0]}
-    rows = verdict.evaluate(summary, profile.thresholds, classes, extra)
+    rows = verdict.evaluate(summary, profile.thresholds, classes, extra, profile=PROFILE.thresholds)
     if options.verdict_json:
         Path(options.verdict_json).write_text(verdict.to_json(PROFILE.name, rows, summary))
     else:

@@ -1,7 +1,9 @@
 """`hsmlb dev up`: SoftHSM2 tokens holding the same test keys, plus a daemon config.
 
-Idempotent: tokens that exist are kept; keys whose label exists with the expected KCV are kept,
-others are (re)created. Everything lives under one state directory with its own SOFTHSM2_CONF.
+Idempotent: tokens that exist are kept; keys whose label exists with the expected KCV (secret keys)
+or public key (key pairs) are kept, others are (re)created, and keys this tool made earlier that the
+keys file no longer gives a node are removed from it. Everything lives under one state directory
+with its own SOFTHSM2_CONF.
 """
 
 from __future__ import annotations
@@ -125,18 +127,39 @@ def _holders(entry: KeyEntry) -> tuple[str, ...]:
 
 
 def _asymmetric_material(state_dir: Path, entry: KeyEntry) -> bytes:
-    """PKCS#8 DER: from the keys file, else generated once and kept in the state dir (0600)."""
+    """PKCS#8 DER: from the keys file, else generated once and kept in the state dir (0600).
+
+    A kept file that does not parse (a partial write) or no longer fits the entry's algorithm (the
+    keys file changed) is generated anew: the tokens then get the new pair (see `_matches`).
+    """
     if entry.material_hex:
         return bytes.fromhex(entry.material_hex)
     path = state_dir / "generated" / (entry.alias.replace("/", "_") + ".der")
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        key = rsa.generate_private_key(65537, 2048) if entry.algorithm == "RSA_2048" \
-            else ec.generate_private_key(ec.SECP256R1())
-        path.write_bytes(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-        path.chmod(0o600)
-    return path.read_bytes()
+    if path.exists() and _fits(path.read_bytes(), entry.algorithm):
+        return path.read_bytes()
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    key = rsa.generate_private_key(65537, 2048) if entry.algorithm == "RSA_2048" \
+        else ec.generate_private_key(ec.SECP256R1())
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    partial = path.with_suffix(".tmp")  # written whole, then renamed: a crash never leaves half a key
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(der)
+    partial.replace(path)
+    return der
+
+
+def _fits(der: bytes, algorithm: str) -> bool:
+    """Whether `der` is a private key of `algorithm` (RSA_2048 or ECC_NIST_P256)."""
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError):
+        return False
+    if algorithm == "RSA_2048":
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
 
 
 def _provision(module: Path, nodes: tuple[str, ...], entries: list[KeyEntry],
@@ -147,9 +170,23 @@ def _provision(module: Path, nodes: tuple[str, ...], entries: list[KeyEntry],
     for node in nodes:
         token = lib.get_token(token_label=node)
         with token.open(user_pin=user_pin, rw=True) as session:
-            for entry in entries:
-                if node in _holders(entry):
-                    _ensure_key(session, entry, asymmetric.get(entry.alias), node in HOST_SIDE_NODES)
+            held = [entry for entry in entries if node in _holders(entry)]
+            _remove_stale(session, {entry.alias for entry in held})
+            for entry in held:
+                _ensure_key(session, entry, asymmetric.get(entry.alias), node in HOST_SIDE_NODES)
+
+
+def _remove_stale(session: Any, wanted: set[str]) -> None:
+    """Destroy keys an earlier `dev up` made (by their CKA_ID) that the keys file no longer gives this
+    node: a removed alias or a changed `nodes` list must not leave a node serving the old key."""
+    from pkcs11 import Attribute
+
+    for obj in list(session.get_objects()):
+        label = obj[Attribute.LABEL]
+        ident = bytes(obj[Attribute.ID] or b"")
+        ours = ident.startswith(b"hsmlb:") or ident == label.encode()
+        if ours and label not in wanted:
+            obj.destroy()
 
 
 def _ensure_key(session: Any, entry: KeyEntry, der: bytes | None, host_side: bool) -> None:
@@ -225,7 +262,7 @@ def _matches(existing: list[Any], entry: KeyEntry, der: bytes | None, host_side:
     from pkcs11 import Attribute, ObjectClass
 
     if der is not None:
-        return len(existing) == 2  # the pair from this state dir's material
+        return _same_pair(existing, entry, der)
     if len(existing) != 1 or existing[0][Attribute.CLASS] != ObjectClass.SECRET_KEY:
         return False
     probe = _secret_template(entry, USAGE_ATTRIBUTES[entry.usage], host_side)
@@ -235,3 +272,25 @@ def _matches(existing: list[Any], entry: KeyEntry, der: bytes | None, host_side:
         bool(existing[0][a]) == probe[a] for a in (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN,
                                                     Attribute.SENSITIVE)) and \
         bytes(existing[0][Attribute.ID] or b"") == probe[Attribute.ID]
+
+
+def _same_pair(existing: list[Any], entry: KeyEntry, der: bytes) -> bool:
+    """Whether the token's objects are exactly the pair `der` makes: one private and one public key
+    with the same public values and usage flags (a changed keys file or state dir gets a new pair)."""
+    from pkcs11 import Attribute, ObjectClass
+    from pkcs11.exceptions import PKCS11Error
+
+    by_class = {obj[Attribute.CLASS]: obj for obj in existing}
+    if len(existing) != 2 or set(by_class) != {ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY}:
+        return False
+    private_t, public_t = _asymmetric_templates(entry, der, USAGE_ATTRIBUTES[entry.usage])
+    public, private = by_class[ObjectClass.PUBLIC_KEY], by_class[ObjectClass.PRIVATE_KEY]
+    values = (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT) if Attribute.MODULUS in public_t \
+        else (Attribute.EC_PARAMS, Attribute.EC_POINT)
+    try:
+        same_public = all(bytes(public[a]) == bytes(public_t[a]) for a in values)
+    except PKCS11Error:  # the attribute is not there: another key type, so not the same pair
+        return False
+    return same_public and private[Attribute.KEY_TYPE] == private_t[Attribute.KEY_TYPE] and \
+        bool(private[Attribute.SIGN]) == private_t[Attribute.SIGN] and \
+        bool(public[Attribute.VERIFY]) == public_t[Attribute.VERIFY]
