@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 log = logging.getLogger("hsmlb.emulator")
-SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM
+SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM (a second signal cuts it short)
+CANCEL_S = 0.25  # then aiohttp's shutdown cancels what is left, in at most twice this
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 READY_LINE = "apc-emulator listening on "  # the start-up line's fixed prefix, printed and parsed only here
 
@@ -97,15 +98,21 @@ async def _serve(config: Any, host: str, port: int) -> None:
     if host not in LOOPBACK:
         log.warning("serving clear test keys on non-loopback address %s", host)
     # access_log=None: no per-request lines (paths can carry aliases; bodies are never logged)
-    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
+    # shutdown_timeout: aiohttp waits it twice (for handlers, then for their cancellation), so the
+    # drain is ours (_drain, bounded by SHUTDOWN_S) and aiohttp only cancels the stragglers.
+    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False, shutdown_timeout=CANCEL_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # the first drains, the second stops now
+        (force if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     if emulator.keys.skipped:
         log.info("skipped asymmetric keys (no APC data-plane use): %s", ", ".join(emulator.keys.skipped))
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -114,7 +121,22 @@ async def _serve(config: Any, host: str, port: int) -> None:
         await stop.wait()
     finally:
         log.info("apc-emulator stopping")
+        await _drain(runner, emulator, force)
         await runner.cleanup()
+
+
+async def _drain(runner: Any, emulator: Any, force: asyncio.Event) -> None:
+    """Stop accepting, close idle keep-alive connections, and give in-flight requests SHUTDOWN_S."""
+    for site in runner.sites:
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # connections close once their current answer is sent
+    waiters = {asyncio.ensure_future(emulator.drained()), asyncio.ensure_future(force.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=SHUTDOWN_S, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from hsmlb.emulator.keys import EmulatedKey, KeyStore
 from hsmlb.payments.types import KeyNotFoundError
 
 DEFAULT_PAGE = 100  # the model's MaxResults maximum
+_MAX_TOKEN_DIGITS = 9  # offsets into a keys file; far below int()'s digit limit
 ControlHandler = Callable[[KeyStore, dict[str, Any]], dict[str, Any]]
 
 
@@ -32,7 +33,8 @@ def _page(items: list[Any], params: dict[str, Any], member: str) -> dict[str, An
     token = params.get("NextToken")
     start = 0
     if token is not None:
-        if not token.isdigit() or int(token) > len(items):
+        # isdigit() alone takes Arabic-Indic and superscript digits (int() refuses "²", and 5000 digits)
+        if not (token.isascii() and token.isdigit()) or len(token) > _MAX_TOKEN_DIGITS or int(token) > len(items):
             raise ApiError("ValidationException", "The pagination token is invalid.")
         start = int(token)
     size = int(params.get("MaxResults") or DEFAULT_PAGE)

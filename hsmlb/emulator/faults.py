@@ -41,7 +41,10 @@ class FaultConfig:
         for name, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number")
-            merged[name] = float(value)
+            try:
+                merged[name] = float(value)
+            except OverflowError:  # a JSON integer too big for a float is out of range all the same
+                raise ValueError(f"{name} is out of range") from None
         return FaultConfig(**merged).validated()
 
 

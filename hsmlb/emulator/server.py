@@ -8,6 +8,7 @@ Nothing here logs request bodies, PANs, PIN blocks or key material.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from hsmlb.payments import engine, types
 log = logging.getLogger("hsmlb.emulator")
 MAX_BODY = 256 * 1024  # far above the largest APC member; bounds memory per request
 ADMIN_PREFIX = "/_emulator/"
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 @dataclass
@@ -50,6 +55,9 @@ class Emulator:
         self.verifier = SigV4Verifier(config.access_key_id, config.secret_access_key, config.region)
         self.faults = Faults(config.faults)
         self.fault_injection = config.fault_injection
+        self.in_flight = 0  # APC requests being handled, for the shutdown drain
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -81,7 +89,21 @@ class Emulator:
 
     # -- APC --
 
+    async def drained(self) -> None:
+        """Return once no APC request is in flight (the caller bounds the wait)."""
+        await self._idle.wait()
+
     async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def _handle(self, request: web.Request) -> web.Response:
         rid = request_id()
         raw_path = request.raw_path
         path = raw_path.split("?", 1)[0]
@@ -110,6 +132,9 @@ class Emulator:
                                 content_type=plane.content_type, headers={"x-amzn-RequestId": rid})
         except web.HTTPRequestEntityTooLarge:
             error = ApiError("SerializationException", "The request body is too large.", status=413)
+        except ConnectionError:  # the client went away mid-body: its fault, not an emulator bug
+            error = ApiError("RequestAbortedException", "The request was aborted before a reply was sent.",
+                             status=400)
         except ApiError as exc:
             error = exc
         except Exception as exc:  # an emulator bug: answer like AWS would, log the type only (no data)
@@ -121,7 +146,8 @@ class Emulator:
     def _params(self, op: Operation, body: bytes, labels: dict[str, str], request: web.Request) -> dict[str, Any]:
         """Decode and validate the input: body JSON plus URI labels, headers and query members."""
         try:
-            params = json.loads(body) if body.strip() else {}
+            # UTF-8 only (json.loads(bytes) would guess UTF-16/32 too) and no NaN/Infinity: neither is JSON
+            params = json.loads(body.decode(), parse_constant=_not_json) if body.strip() else {}
         except (ValueError, RecursionError):
             raise ApiError("SerializationException", "The request body is not valid JSON.") from None
         if not isinstance(params, dict):

@@ -13,7 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.credentials import Credentials
@@ -26,7 +28,7 @@ _AUTH = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),"
     r"\s*Signature=(?P<signature>[0-9a-f]{64})\s*")
 _MAX_SIGNED_HEADERS = 64
-_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")  # the shape of botocore's SIGV4_TIMESTAMP
+_AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # SIGV4_TIMESTAMP's shape; ASCII digits only (\d takes any)
 
 
 @dataclass(slots=True)
@@ -58,6 +60,20 @@ class _ReceivedSigner(SigV4Auth):
     def headers_to_sign(self, request: Any) -> _SignedHeaders:
         return _SignedHeaders((name, request.headers.getall(name, [])) for name in self._signed)
 
+    def payload(self, request: Any) -> str:
+        return sha256(request.body).hexdigest()
+
+    def canonical_request(self, request: Any) -> str:
+        """botocore's canonical request, but hashing the body as received.
+
+        botocore takes a present X-Amz-Content-SHA256 header as the payload hash (S3's rule); APC
+        hashes the bytes it got, so a signed header must not vouch for a body it was not computed over.
+        """
+        headers = self.headers_to_sign(request)
+        return "\n".join((request.method.upper(), self._normalize_url_path(urlsplit(request.url).path),
+                          self.canonical_query_string(request), self.canonical_headers(headers) + "\n",
+                          self.signed_headers(headers), self.payload(request)))
+
 
 def _parse_amz_date(value: str) -> datetime:
     """X-Amz-Date (SIGV4_TIMESTAMP, e.g. 20240101T120000Z) without strptime's per-call overhead."""
@@ -65,6 +81,10 @@ def _parse_amz_date(value: str) -> datetime:
         raise ValueError("not an X-Amz-Date")
     return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]), int(value[11:13]),
                     int(value[13:15]), tzinfo=UTC)
+
+
+_MISMATCH = ("The request signature we calculated does not match the signature you provided. Check your AWS "
+             "Secret Access Key and signing method. Consult the service documentation for details.")
 
 
 def _denied(code: str, message: str) -> ApiError:
@@ -96,7 +116,7 @@ class SigV4Verifier:
             raise _denied("IncompleteSignatureException", "Credential must have the form "
                           "<access key>/<date>/<region>/<service>/aws4_request.")
         access_key, scope_date, region, service, _ = parts
-        if not hmac.compare_digest(access_key.encode(), self.access_key_id.encode()):
+        if not hmac.compare_digest(access_key.encode(errors="surrogateescape"), self.access_key_id.encode()):
             raise _denied("UnrecognizedClientException", "The security token included in the request is invalid.")
         amz_date = request.headers.get("X-Amz-Date", "")
         try:
@@ -119,13 +139,13 @@ class SigV4Verifier:
                           "SignedHeaders must be sorted, lower case and include 'host'.")
         request.context["timestamp"] = amz_date
         signer = _ReceivedSigner(self._credentials, region, signed)
-        string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
-        expected = signer.signature(string_to_sign, request)
+        try:
+            string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
+            expected = signer.signature(string_to_sign, request)
+        except UnicodeEncodeError:  # header bytes that are not UTF-8 (aiohttp keeps them as surrogates)
+            expected = ""
         if not hmac.compare_digest(expected.encode(), match["signature"].encode()):
-            raise _denied("InvalidSignatureException",
-                          "The request signature we calculated does not match the signature you provided. "
-                          "Check your AWS Secret Access Key and signing method. Consult the service "
-                          "documentation for details.")
+            raise _denied("InvalidSignatureException", _MISMATCH)
 
     @staticmethod
     def _check_clock(amz_date: str, when: datetime, now: datetime) -> None:
