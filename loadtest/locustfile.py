@@ -17,6 +17,7 @@ import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import events
+from locust import log as locust_log
 from locust.runners import WorkerRunner
 
 grpc_gevent.init_gevent()  # before any channel: grpc's I/O cooperates with gevent
@@ -104,6 +105,14 @@ def _drill(host: str, drill: profiles.Drill) -> None:
         _DRILL["error"] = f"{exc.code().name}"  # type: ignore[attr-defined]
 
 
+def _user_exceptions(environment: Any) -> int:
+    """Exceptions raised in user tasks, as the runner collected them (from every worker process),
+    plus one if a greenlet died unhandled in this process."""
+    runner = environment.runner
+    reported = sum(entry["count"] for entry in runner.exceptions.values()) if runner is not None else 0
+    return reported + int(bool(locust_log.unhandled_greenlet_exception))
+
+
 def drill_row(drill: profiles.Drill, outcome: dict[str, str]) -> verdict.Row:
     measured = f"{outcome.get('failed', '-')} -> {outcome.get('restored', '-')}"
     if "error" in outcome:
@@ -141,6 +150,7 @@ def _on_quitting(environment: Any, **_kwargs: Any) -> None:
                                       p99_asym_ms=options.p99_asym_ms, max_failure_ratio=options.max_failure_ratio)
     summary = summary_from_stats(environment.stats)
     extra = [drill_row(PROFILE.drill, _DRILL)] if PROFILE.drill is not None else []
+    extra.append(verdict.exceptions_row(_user_exceptions(environment)))
     exclude = ops.parse_exclude(getattr(options, "exclude", None))
     classes = {verdict.class_of(name) for group in PROFILE.groups
                for name in ops.resolve_mix(group.mix, stream=group.kind == "stream", exclude=exclude)[0]}

@@ -208,6 +208,8 @@ def test_smoke_profile_end_to_end_passes(tmp_path: Path) -> None:
     assert {"sym", "asym"} <= set(result["summary"]["latency"])
     assert any(k.startswith("grpc-stream ") for k in result["summary"]["ops"])  # the Stream users ran too
     assert "loadtest: daemon stopped (exit 0)" in done.stdout
+    assert {"metric": "user exceptions", "target": "== 0", "measured": "0", "passed": True, "loosened": False} \
+        in result["rows"]  # collected from the Locust worker processes, and none raised
 
 
 @pytest.mark.timeout(120)
@@ -228,3 +230,13 @@ def test_burst_profile_drives_the_own_stream_client(tmp_path: Path) -> None:
     assert "profile burst: PASS" in done.stdout
     result = _verdict(tmp_path)
     assert result["summary"]["failures"] == 0 and result["client"]["streams"] == 4
+
+
+def test_user_exceptions_fail_the_verdict() -> None:
+    summary = RunSummary(requests=10_000, failures=0, duration_s=1.0,
+                         latency={"sym": Latency(10_000, 1.0, 2.0, 3.0, 4.0)})
+    thresholds = Thresholds(min_tps=100, p99_ms={"sym": 10}, max_failure_ratio=0)
+    clean = verdict.evaluate(summary, thresholds, {"sym"}, [verdict.exceptions_row(0)])
+    raised = verdict.evaluate(summary, thresholds, {"sym"}, [verdict.exceptions_row(3)])
+    assert verdict.exit_code(clean) == 0 and verdict.exit_code(raised) == 1
+    assert [r.metric for r in raised if not r.passed] == ["user exceptions"]
