@@ -23,9 +23,9 @@ import yaml
 from hsmlb.backends import wire
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._daemon_helpers import NIST_ECB, NIST_PLAIN, NODES
 from tests.conftest import Cluster, DaemonProcess, start_daemon, sym
 
-NODES = ("node-a", "node-b", "node-c", "node-d")
 REQUESTS = 3000
 UNARY_CLIENTS = 6
 STREAM_CLIENTS = 2
@@ -40,8 +40,6 @@ LOAD_TIMEOUT_S = 240
 RECOVER_TIMEOUT_S = 15
 
 # NIST SP 800-38A F.1.1 (AES-128 ECB) and SP 800-38B D.1 example 2 (AES-128 CMAC)
-NIST_PLAIN = "6BC1BEE22E409F96E93D7E117393172A"
-NIST_ECB = "3AD77BB40D7A3660A89ECAF32466EF97"
 NIST_CMAC = "070A16B46B4D4144F79BDD9DD04A287C"
 
 

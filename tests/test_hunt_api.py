@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,10 @@ import yaml
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._daemon_helpers import NIST_ECB, NIST_PLAIN, NODES, inject, set_state, still_serves, wait_for
 from tests.conftest import Cluster, DaemonProcess, node_table, start_daemon, sym
 
-NODES = ("node-a", "node-b", "node-c", "node-d")
 AES = "alias/zek-aes128"
-NIST_PLAIN = "6BC1BEE22E409F96E93D7E117393172A"  # NIST SP 800-38A F.1.1, AES-128 ECB
-NIST_ECB = "3AD77BB40D7A3660A89ECAF32466EF97"
 STREAM = "/hsmlb.v1.Operations/Stream"
 
 
@@ -33,34 +31,6 @@ def _enc() -> pb.EncryptDataRequest:
 
 def _msg(request_id: int, timeout_ms: int = 0) -> pb.StreamRequest:
     return pb.StreamRequest(request_id=request_id, timeout_ms=timeout_ms, encrypt_data=_enc())
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
-def _inject(channel: grpc.Channel, nodes: tuple[str, ...], fault: str, value: float) -> None:
-    admin = pb_grpc.AdminStub(channel)
-    for node in nodes:
-        admin.InjectFault(pb.InjectFaultRequest(node=node, fault=fault, value=value), timeout=10)
-
-
-def _set_state(channel: grpc.Channel, nodes: tuple[str, ...], action: int) -> None:
-    admin = pb_grpc.AdminStub(channel)
-    for node in nodes:
-        admin.SetNodeState(pb.SetNodeStateRequest(node=node, action=action, requested_by="test_hunt_api"), timeout=10)
-
-
-def _still_serves(channel: grpc.Channel) -> None:
-    ops = pb_grpc.OperationsStub(channel)
-    assert ops.EncryptData(_enc(), timeout=10).cipher_text == NIST_ECB
-    replies = list(ops.Stream(iter([_msg(7, 5000)]), timeout=10))
-    assert [(r.request_id, r.encrypt_data.cipher_text) for r in replies] == [(7, NIST_ECB)]
 
 
 def _idle(daemon: DaemonProcess) -> bool:
@@ -96,12 +66,12 @@ def test_stream_cancelled_during_a_breaker_probe_does_not_strand_the_breaker(pro
     others = ("node-b", "node-c", "node-d")
     with probe_daemon.channel() as channel:
         ops = pb_grpc.OperationsStub(channel)
-        _set_state(channel, others, pb.DRAIN)
-        _inject(channel, ("node-a",), "error_rate", 1.0)
+        set_state(channel, others, pb.DRAIN, "test_hunt_api")
+        inject(channel, ("node-a",), "error_rate", 1.0)
         with pytest.raises(grpc.RpcError):
             ops.EncryptData(_enc(), timeout=10)
         assert node_table(probe_daemon)["node-a"].breaker == "open"
-        _inject(channel, ("node-a",), "delay", 1.0)
+        inject(channel, ("node-a",), "delay", 1.0)
         time.sleep(0.4)  # past reset_timeout_s: the next request is the half-open probe
 
         async def probe_then_cancel() -> None:
@@ -115,10 +85,10 @@ def test_stream_cancelled_during_a_breaker_probe_does_not_strand_the_breaker(pro
                 call.cancel()
 
         asyncio.run(probe_then_cancel())
-        assert _wait_for(lambda: _idle(probe_daemon), 10), "the cancelled probe never finished"
-        _inject(channel, ("node-a",), "delay", 0.0)
-        _inject(channel, ("node-a",), "error_rate", 0.0)
-        _set_state(channel, others, pb.RESTORE)
+        assert wait_for(lambda: _idle(probe_daemon), 10), "the cancelled probe never finished"
+        inject(channel, ("node-a",), "delay", 0.0)
+        inject(channel, ("node-a",), "error_rate", 0.0)
+        set_state(channel, others, pb.RESTORE, "test_hunt_api")
         deadline = time.monotonic() + 8
         for _ in range(400):
             if node_table(probe_daemon)["node-a"].breaker == "closed" or time.monotonic() > deadline:
@@ -133,7 +103,7 @@ def test_cancelled_stream_gives_back_its_queued_work(fresh_daemon: DaemonProcess
     """A client that cancels a Stream with hundreds of messages queued: like a cancelled unary call, its
     queued operations leave the node queues at once instead of running for nobody (holding capacity)."""
     with fresh_daemon.channel() as channel:
-        _inject(channel, NODES, "delay", 0.05)  # ~80 ops/s over the four workers: 1,000 ops take ~12 s
+        inject(channel, NODES, "delay", 0.05)  # ~80 ops/s over the four workers: 1,000 ops take ~12 s
 
         async def flood_then_cancel() -> int:
             async with grpc.aio.insecure_channel(fresh_daemon.address) as aio_channel:
@@ -152,11 +122,11 @@ def test_cancelled_stream_gives_back_its_queued_work(fresh_daemon: DaemonProcess
 
         queued_at_cancel = asyncio.run(flood_then_cancel())
         assert queued_at_cancel >= 500, "the messages never queued: the test proved nothing"
-        assert _wait_for(lambda: sum(n.queued for n in node_table(fresh_daemon).values()) == 0, 3), \
+        assert wait_for(lambda: sum(n.queued for n in node_table(fresh_daemon).values()) == 0, 3), \
             "a cancelled stream's queued operations kept running"
-        _inject(channel, NODES, "delay", 0.0)
-        assert _wait_for(lambda: _idle(fresh_daemon), 5)
-        _still_serves(channel)
+        inject(channel, NODES, "delay", 0.0)
+        assert wait_for(lambda: _idle(fresh_daemon), 5)
+        still_serves(channel)
     assert fresh_daemon.proc.poll() is None
 
 
@@ -217,7 +187,7 @@ def test_undecodable_stream_message_fails_the_stream_visibly(daemon: DaemonProce
                 replies.append(pb.StreamResponse.FromString(raw))
         assert err.value.code() != grpc.StatusCode.OK
         assert all(r.request_id != 3 for r in replies)
-        _still_serves(channel)
+        still_serves(channel)
 
 
 # ------------------------------------------------------------------ framing and deadline extremes that hold
@@ -239,21 +209,21 @@ def test_oversize_stream_message_fails_the_stream_not_the_daemon(daemon: DaemonP
         with pytest.raises(grpc.RpcError) as err:
             list(pb_grpc.OperationsStub(channel).Stream(iter([_msg(1), huge, _msg(3)]), timeout=10))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
-        _still_serves(channel)
+        still_serves(channel)
 
 
 def test_stream_deadline_with_work_in_flight_leaves_the_pools_idle(fresh_daemon: DaemonProcess) -> None:
     with fresh_daemon.channel() as channel:
-        _inject(channel, NODES, "delay", 0.2)
+        inject(channel, NODES, "delay", 0.2)
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             list(pb_grpc.OperationsStub(channel).Stream(iter([_msg(n) for n in range(40)]), timeout=0.5))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 3
-        assert _wait_for(lambda: sum(n.queued for n in node_table(fresh_daemon).values()) == 0, 2)
-        _inject(channel, NODES, "delay", 0.0)
-        assert _wait_for(lambda: _idle(fresh_daemon), 5)
-        _still_serves(channel)
+        assert wait_for(lambda: sum(n.queued for n in node_table(fresh_daemon).values()) == 0, 2)
+        inject(channel, NODES, "delay", 0.0)
+        assert wait_for(lambda: _idle(fresh_daemon), 5)
+        still_serves(channel)
 
 
 def test_many_concurrent_streams_some_cancelled_leave_no_residue(fresh_daemon: DaemonProcess) -> None:
@@ -281,6 +251,6 @@ def test_many_concurrent_streams_some_cancelled_leave_no_residue(fresh_daemon: D
 
     counts = asyncio.run(run())
     assert [c for n, c in enumerate(counts) if n % 3] == [10] * 100
-    assert _wait_for(lambda: _idle(fresh_daemon), 5), node_table(fresh_daemon)
+    assert wait_for(lambda: _idle(fresh_daemon), 5), node_table(fresh_daemon)
     with fresh_daemon.channel() as channel:
-        _still_serves(channel)
+        still_serves(channel)

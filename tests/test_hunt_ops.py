@@ -24,24 +24,13 @@ from hsmlb.clock import FakeClock
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._daemon_helpers import NIST_ECB, NIST_PLAIN, NODES, wait_for
 from tests.conftest import Cluster, DaemonProcess, start_daemon, sym
 
-NODES = ("node-a", "node-b", "node-c", "node-d")
 ONLY_A = "alias/only-node-a"
 SOLE_KEY_PLAIN = "00112233445566778899AABBCCDDEEFF"  # FIPS-197 C.1
 SOLE_KEY_CIPHER = "69C4E0D86A7B0430D8CDB78070B4C55A"
-NIST_PLAIN = "6BC1BEE22E409F96E93D7E117393172A"  # NIST SP 800-38A F.1.1, AES-128 ECB
-NIST_ECB = "3AD77BB40D7A3660A89ECAF32466EF97"
 WRONG_PIN = "735190"
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 def _nodes(admin: pb_grpc.AdminStub) -> dict[str, pb.NodeStatus]:
@@ -131,12 +120,12 @@ def test_pin_file_unreadable_at_a_respawn_is_retried_until_it_is_back(
         pin.rename(away)
         try:
             _inject(admin, "node-b", "kill_worker")
-            assert _wait_for(lambda: "pin_file" in _nodes(admin)["node-b"].detail, 10), _nodes(admin)["node-b"]
+            assert wait_for(lambda: "pin_file" in _nodes(admin)["node-b"].detail, 10), _nodes(admin)["node-b"]
             down = _nodes(admin)["node-b"]
         finally:
             away.rename(pin)
         assert down.backend_state == "down"
-        assert _wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 10), _nodes(admin)["node-b"]
+        assert wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 10), _nodes(admin)["node-b"]
         assert pb_grpc.OperationsStub(channel).EncryptData(_zek(), timeout=10).cipher_text == NIST_ECB
     assert good not in daemon.log_text()
 
@@ -151,12 +140,12 @@ def test_wrong_pin_shows_why_the_node_is_down_without_the_pin(
         pin.write_text(WRONG_PIN + "\n")
         try:
             _inject(admin, "node-b", "kill_worker")
-            assert _wait_for(lambda: "PinIncorrect" in _nodes(admin)["node-b"].detail, 10), _nodes(admin)["node-b"]
+            assert wait_for(lambda: "PinIncorrect" in _nodes(admin)["node-b"].detail, 10), _nodes(admin)["node-b"]
             down = _nodes(admin)["node-b"]
         finally:
             pin.write_text(good + "\n")
         assert down.backend_state == "down" and not down.state.startswith("healthy"), down
-        assert _wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 15), _nodes(admin)["node-b"]
+        assert wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 15), _nodes(admin)["node-b"]
     for text in (daemon.log_text(), str(down)):
         assert good not in text and WRONG_PIN not in text
 
@@ -172,7 +161,7 @@ def test_slow_token_does_not_pile_up_canaries_and_its_fault_can_be_cleared(fresh
         _inject(admin, "node-a", "delay", 1.5)
         time.sleep(3.5)  # ~7 health checks on a slow token: ~10 s of canaries if each one were run
         _inject(admin, "node-a", "delay", 0.0, timeout=20)  # at most the running op and one canary ahead
-        assert _wait_for(lambda: _nodes(admin)["node-a"].state.startswith("healthy"), 10), _nodes(admin)["node-a"]
+        assert wait_for(lambda: _nodes(admin)["node-a"].state.startswith("healthy"), 10), _nodes(admin)["node-a"]
         assert pb_grpc.OperationsStub(channel).EncryptData(_only_a(), timeout=5).cipher_text == SOLE_KEY_CIPHER
 
 
@@ -214,7 +203,7 @@ def test_hung_worker_is_killed_and_requests_without_deadline_do_not_wait_for_eve
                 only_a.result(timeout=10)
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value.details()
             assert [f.result(timeout=10).cipher_text for f in shared] == [NIST_ECB] * 8
-            assert _wait_for(lambda: _nodes(admin)["node-a"].state.startswith("healthy"), 10), _nodes(admin)
+            assert wait_for(lambda: _nodes(admin)["node-a"].state.startswith("healthy"), 10), _nodes(admin)
             assert ops.EncryptData(_only_a(), timeout=5).cipher_text == SOLE_KEY_CIPHER
             assert _nodes(admin)["node-a"].sessions_in_use == 0
         assert _worker_pid(daemon, "node-a") != stopped
@@ -241,8 +230,8 @@ def test_repeated_worker_kills_fail_no_request_and_leave_the_pool_clean(fresh_da
             _inject(admin, "node-b", "kill_worker")
             assert [c.result().cipher_text for c in calls] == [NIST_ECB] * 8
             time.sleep(0.1)
-        assert _wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 15), _nodes(admin)["node-b"]
-        assert _wait_for(lambda: all(n.sessions_in_use == n.queued == 0 and n.outstanding == 0
+        assert wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 15), _nodes(admin)["node-b"]
+        assert wait_for(lambda: all(n.sessions_in_use == n.queued == 0 and n.outstanding == 0
                                      for n in _nodes(admin).values()), 5), _nodes(admin)
         assert ops.EncryptData(_zek(), timeout=5).cipher_text == NIST_ECB
     assert fresh_daemon.proc.poll() is None

@@ -23,25 +23,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from tests.conftest import Cluster, DaemonProcess, start_daemon, sym
+from tests._daemon_helpers import NIST_ECB, NODES, inject, nist_request, set_state, still_serves, wait_for
+from tests.conftest import Cluster, DaemonProcess, start_daemon
 
-NODES = ("node-a", "node-b", "node-c", "node-d")
-NIST_PLAIN = "6BC1BEE22E409F96E93D7E117393172A"  # NIST SP 800-38A F.1.1, AES-128 ECB
-NIST_ECB = "3AD77BB40D7A3660A89ECAF32466EF97"
 IN_FLIGHT = 12
 GRACE_S = 5.0  # the generated config's shutdown_grace_s (the default)
 EXIT_MARGIN_S = 10.0  # after the grace: health checker stopped, workers closed and reaped
-
-
-def _nist_request() -> pb.EncryptDataRequest:
-    return pb.EncryptDataRequest(key_identifier="alias/zek-aes128", plain_text=NIST_PLAIN,
-                                 encryption_attributes=sym(pb.ECB))
-
-
-def _inject_everywhere(channel: grpc.Channel, fault: str, value: float) -> None:
-    admin = pb_grpc.AdminStub(channel)
-    for node in NODES:
-        admin.InjectFault(pb.InjectFaultRequest(node=node, fault=fault, value=value), timeout=10)
 
 
 def _worker_pids(daemon_pid: int) -> set[int]:
@@ -74,15 +61,6 @@ def _refuses(address: str) -> bool:
         return True
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
 # ------------------------------------------------------------------------- (1) graceful shutdown
 def test_sigterm_drains_in_flight_refuses_new_and_exits_clean(fresh_daemon: DaemonProcess) -> None:
     _sigterm_drains(fresh_daemon, lambda: fresh_daemon.proc.send_signal(signal.SIGTERM))
@@ -104,25 +82,25 @@ def _sigterm_drains(daemon: DaemonProcess, send_sigterm: Callable[[], None]) -> 
     workers = _worker_pids(daemon.proc.pid)
     assert len(workers) == len(NODES)
     with daemon.channel() as channel:
-        _inject_everywhere(channel, "delay", 0.3)
+        inject(channel, NODES, "delay", 0.3)
         admin, ops = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)
-        calls = [ops.EncryptData.future(_nist_request(), timeout=30) for _ in range(IN_FLIGHT)]
+        calls = [ops.EncryptData.future(nist_request(), timeout=30) for _ in range(IN_FLIGHT)]
 
         def all_in_daemon() -> bool:
             nodes = admin.ListNodes(pb.ListNodesRequest(), timeout=5).nodes
             return sum(n.sessions_in_use + n.queued for n in nodes) >= IN_FLIGHT
 
-        assert _wait_for(all_in_daemon, 10), "the slow requests never reached the nodes"
+        assert wait_for(all_in_daemon, 10), "the slow requests never reached the nodes"
         pending_at_signal = sum(not c.done() for c in calls)
         send_sigterm()
-        assert _wait_for(lambda: "signal received" in daemon.log_text(), 10), daemon.log_text()[-2000:]
+        assert wait_for(lambda: "signal received" in daemon.log_text(), 10), daemon.log_text()[-2000:]
         # An RPC that races the listener's close is answered CANCELLED by grpc-core; once the port
         # refuses connections, a new request must fail UNAVAILABLE.
-        assert _wait_for(lambda: _refuses(daemon.address), 5), "the daemon kept accepting connections"
+        assert wait_for(lambda: _refuses(daemon.address), 5), "the daemon kept accepting connections"
         still_running = sum(not c.done() for c in calls)
 
         with grpc.insecure_channel(daemon.address) as late_channel, pytest.raises(grpc.RpcError) as refused:
-            pb_grpc.OperationsStub(late_channel).EncryptData(_nist_request(), timeout=5)
+            pb_grpc.OperationsStub(late_channel).EncryptData(nist_request(), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
 
         results = [c.result(timeout=GRACE_S + 5) for c in calls]  # raises if any in-flight call failed
@@ -130,46 +108,32 @@ def _sigterm_drains(daemon: DaemonProcess, send_sigterm: Callable[[], None]) -> 
     assert still_running > 0, "the listener closed only after the in-flight requests were done"
     assert [r.cipher_text for r in results] == [NIST_ECB] * IN_FLIGHT
     assert daemon.proc.wait(GRACE_S + EXIT_MARGIN_S) == 0
-    assert _wait_for(lambda: not any(_is_worker(pid) for pid in workers), 5), "token workers outlived the daemon"
+    assert wait_for(lambda: not any(_is_worker(pid) for pid in workers), 5), "token workers outlived the daemon"
     assert "stopped" in daemon.log_text()
 
 
 # ------------------------------------------------------------------------- (2) client deadlines
-def _set_state(channel: grpc.Channel, nodes: list[str], action: int) -> None:
-    admin = pb_grpc.AdminStub(channel)
-    for node in nodes:
-        admin.SetNodeState(pb.SetNodeStateRequest(node=node, action=action, requested_by="test_lifecycle"), timeout=10)
-
-
-def _still_serves(channel: grpc.Channel) -> None:
-    ops = pb_grpc.OperationsStub(channel)
-    assert ops.EncryptData(_nist_request(), timeout=10).cipher_text == NIST_ECB
-    replies = list(ops.Stream(iter([pb.StreamRequest(request_id=7, timeout_ms=5000, encrypt_data=_nist_request())]),
-                              timeout=10))
-    assert [(r.request_id, r.encrypt_data.cipher_text) for r in replies] == [(7, NIST_ECB)]
-
-
 def test_unary_deadline_is_honoured(fresh_daemon: DaemonProcess) -> None:
     with fresh_daemon.channel() as channel:
-        _inject_everywhere(channel, "delay", 0.5)
+        inject(channel, NODES, "delay", 0.5)
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as late:
-            pb_grpc.OperationsStub(channel).EncryptData(_nist_request(), timeout=0.1)
+            pb_grpc.OperationsStub(channel).EncryptData(nist_request(), timeout=0.1)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 2
-        _inject_everywhere(channel, "delay", 0.0)
-        _still_serves(channel)
+        inject(channel, NODES, "delay", 0.0)
+        still_serves(channel)
     assert fresh_daemon.proc.poll() is None
 
 
 def test_stream_message_deadline_while_queued(fresh_daemon: DaemonProcess) -> None:
     """Only node-a serves; a message with timeout_ms=100 queued behind a 0.5 s op gets status 4."""
     with fresh_daemon.channel() as channel:
-        _set_state(channel, ["node-b", "node-c", "node-d"], pb.DRAIN)
-        _inject_everywhere(channel, "delay", 0.5)
+        set_state(channel, ["node-b", "node-c", "node-d"], pb.DRAIN, "test_lifecycle")
+        inject(channel, NODES, "delay", 0.5)
         started = time.monotonic()
-        requests = [pb.StreamRequest(request_id=1, encrypt_data=_nist_request()),
-                    pb.StreamRequest(request_id=2, timeout_ms=100, encrypt_data=_nist_request())]
+        requests = [pb.StreamRequest(request_id=1, encrypt_data=nist_request()),
+                    pb.StreamRequest(request_id=2, timeout_ms=100, encrypt_data=nist_request())]
         replies = {r.request_id: r for r in pb_grpc.OperationsStub(channel).Stream(iter(requests), timeout=30)}
         elapsed = time.monotonic() - started
         assert sorted(replies) == [1, 2]
@@ -177,9 +141,9 @@ def test_stream_message_deadline_while_queued(fresh_daemon: DaemonProcess) -> No
         assert replies[2].WhichOneof("result") == "status", replies[2]
         assert replies[2].status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] == 4
         assert elapsed < 5
-        _inject_everywhere(channel, "delay", 0.0)
-        _set_state(channel, ["node-b", "node-c", "node-d"], pb.RESTORE)
-        _still_serves(channel)
+        inject(channel, NODES, "delay", 0.0)
+        set_state(channel, ["node-b", "node-c", "node-d"], pb.RESTORE, "test_lifecycle")
+        still_serves(channel)
     assert fresh_daemon.proc.poll() is None
 
 
@@ -193,9 +157,9 @@ def test_stream_message_deadline_while_running(cluster: Cluster, tmp_path: Path)
     daemon = start_daemon(path, tmp_path / "daemon.log")
     try:
         with daemon.channel() as channel:
-            _inject_everywhere(channel, "delay", 0.5)
+            inject(channel, NODES, "delay", 0.5)
             started = time.monotonic()
-            request = pb.StreamRequest(request_id=42, timeout_ms=100, encrypt_data=_nist_request())
+            request = pb.StreamRequest(request_id=42, timeout_ms=100, encrypt_data=nist_request())
             replies = list(pb_grpc.OperationsStub(channel).Stream(iter([request]), timeout=30))
             elapsed = time.monotonic() - started
             assert [r.request_id for r in replies] == [42]
