@@ -86,14 +86,27 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                   backoff_max_s=rc.retry.backoff_max_ms / 1000)
 
 
+async def _start_nodes(backends: list[Backend], timeout_s: float) -> None:
+    """Start every node, waiting at most `timeout_s`; the daemon then serves from those that are up.
+
+    A node slower than that (a region that never answers, a token that hangs at open) has its start
+    cancelled; it counts as down, and its own supervisor keeps trying to bring it up."""
+    tasks = [asyncio.ensure_future(b.start()) for b in backends]
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)  # each start cleans up after itself when cancelled
+    for backend, task in zip(backends, tasks, strict=True):
+        if task in pending or task.cancelled():
+            log.error("node %s did not start within %gs; serving without it for now", backend.name, timeout_s)
+        elif (exc := task.exception()) is not None:
+            log.error("node %s did not start: %s", backend.name, getattr(exc, "message", repr(exc)))
+
+
 async def start_daemon(config: Config) -> Daemon:
     backends = [create_backend(node, fault_injection=config.fault_injection) for node in config.nodes]
     router = build_router(config, backends)
-    results = await asyncio.wait_for(asyncio.gather(*(b.start() for b in backends), return_exceptions=True),
-                                     config.start_timeout_s)
-    for backend, result in zip(backends, results, strict=True):
-        if isinstance(result, BaseException):
-            log.error("node %s did not start: %s", backend.name, getattr(result, "message", repr(result)))
+    await _start_nodes(backends, config.start_timeout_s)
     health_servicer = health.aio.HealthServicer()
 
     def on_change(_: object = None) -> None:

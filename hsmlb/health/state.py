@@ -46,6 +46,7 @@ class NodeHealth:
         self._check_fail_streak = 0
         self._fault_streak = 0
         self._window: deque[tuple[float, bool]] = deque()
+        self._window_faults = 0  # node faults in _window, kept as it changes: O(1) per request, not O(window)
         self.ejected_until: float | None = None
         self.ejections = 0
         self.would_eject = 0  # observe-only decisions
@@ -74,10 +75,12 @@ class NodeHealth:
 
     def record_result(self, node_fault: bool, now: float, may_eject: bool = True) -> bool:
         """One live request's outcome; returns True when this outcome ejects the node."""
-        self._window.append((now, node_fault))
+        window = self._window
+        window.append((now, node_fault))
+        self._window_faults += node_fault
         horizon = now - self.policy.window_s
-        while self._window and self._window[0][0] < horizon:
-            self._window.popleft()
+        while window and window[0][0] < horizon:
+            self._window_faults -= window.popleft()[1]
         if not node_fault:
             self._fault_streak = 0
             return False
@@ -105,6 +108,7 @@ class NodeHealth:
         self._check_ok_streak = 0
         self._fault_streak = 0
         self._window.clear()
+        self._window_faults = 0
         self.last_reason = reason
 
     def set_operator(self, state: OperatorState, actor: str, now: float) -> None:
@@ -152,7 +156,7 @@ class NodeHealth:
             return f"{self._fault_streak} consecutive node faults"
         total = len(self._window)
         if total >= self.policy.failure_rate_min_requests:
-            faults = sum(1 for _, fault in self._window if fault)
+            faults = self._window_faults
             if faults / total > self.policy.failure_rate:
                 return f"failure rate {faults}/{total} over {self.policy.window_s:.0f}s"
         return None

@@ -1,7 +1,9 @@
 """The cluster view (Envoy's cluster manager): members, who holds which key, who may serve now.
 
 Rebuilt when a node's state or inventory changes, never per request. A node whose KCV for an
-alias differs from the majority of holders is flagged and excluded for that alias.
+alias differs from the majority of holders is flagged and excluded for that alias. The majority is
+taken over every node's last known inventory, down nodes included: otherwise, with the agreeing
+holders down, the outlier would become the majority and serve the alias with the wrong key.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hsmlb.errors import InvalidArgument, KeyNotFound
+from hsmlb.errors import InvalidArgument, KeyNotFound, Unavailable
 from hsmlb.health import NodeHealth
 from hsmlb.ops import NATIVE_KEY_USAGE, OP_KEY_TYPES, OP_TRAITS, KeyInfo, Operation, OpKind
 from hsmlb.pool import NodePool
@@ -51,12 +53,11 @@ class Cluster:
         self.rebuild()
 
     def rebuild(self, *_: object) -> None:
-        """Recompute alias -> holders from the live inventories of nodes that are up."""
+        """Recompute alias -> holders: the nodes that are up and agree with the KCV majority."""
         kcvs: dict[str, Counter[str]] = {}
-        for member in self.members:
-            if member.up:
-                for alias, key in member.pool.backend.keys.items():
-                    kcvs.setdefault(alias, Counter())[key.kcv] += 1
+        for member in self.members:  # every known inventory votes, up or not (see the module doc)
+            for alias, key in member.pool.backend.keys.items():
+                kcvs.setdefault(alias, Counter())[key.kcv] += 1
         holders: dict[str, list[Member]] = {}
         keys: dict[str, KeyInfo] = {}
         for member in self.members:
@@ -108,6 +109,10 @@ class Cluster:
             return holders
         if any(alias in m.pool.backend.keys for m in self.members):
             return []
+        unknown = [m.name for m in self.members if not m.up and not m.pool.backend.keys]
+        if unknown:  # a node not yet discovered may hold it: NOT_FOUND would say it does not exist
+            raise Unavailable(f"no node that is up holds a key with alias {alias}; the inventory of "
+                              f"{', '.join(unknown)} is not known yet")
         raise KeyNotFound(f"no node holds a key with alias {alias}")
 
     def ejected_count(self, now: float) -> int:
