@@ -15,12 +15,34 @@
 
 Backends translate their own failures (PKCS#11 return codes, HTTP statuses) into this tree once,
 at their boundary; everything above the backend speaks only these types.
-Messages never carry PANs, PINs, PIN blocks or key material.
+Messages never carry PANs, PINs, PIN blocks or key material: every message goes through `redact`
+when the error is made, since many carry a caller's value (a key alias) that may hold one.
 """
 
 from __future__ import annotations
 
+import re
+
 import grpc
+
+# 13+ digits (any script), maybe split by single spaces, dashes or dots: a PAN spelled any way.
+_PAN_LIKE = re.compile(r"\d(?:[ .-]?\d){12,}")
+# 16+ hex digits, or 12+ with a letter among them: a PIN block or key bytes, or a piece of one (12 digits
+# alone are an AWS account). Not an ARN's key id (`key/...`), which names a key, not its bytes.
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])(?<!key/)(?:(?=\d*[A-Fa-f])[0-9A-Fa-f]{12,}|[0-9A-Fa-f]{16,})(?![0-9A-Za-z])")
+
+
+def _mask_pan(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ .-]", "", match[0])
+    return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]  # PCI DSS: first six and last four at most
+
+
+def redact(text: str) -> str:
+    """`text` with PAN-like digit runs masked to their first 6 / last 4 digits and long hex runs removed.
+
+    Why here: errors are made in many places (router, backends, workers) and their messages reach
+    callers, ListNodes and logs; one pass where every error is made covers them all."""
+    return _HEX_RUN.sub("<redacted>", _PAN_LIKE.sub(_mask_pan, text))
 
 
 class HsmlbError(Exception):
@@ -29,6 +51,7 @@ class HsmlbError(Exception):
     counts_against_node = False
 
     def __init__(self, message: str) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
 

@@ -7,6 +7,7 @@ so the daemon refuses exactly what APC would, with the same field paths.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -128,9 +129,16 @@ def decode_verify_arqc(req: pb.VerifyAuthRequestCryptogramRequest) -> Operation:
     return _payment(OpKind.VERIFY_ARQC, "VerifyAuthRequestCryptogram", req, Capability.EMV_CRYPTOGRAM)
 
 
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
 def _verdict(result: dict[str, Any]) -> tuple[bool, str]:
+    """(verified, reason). A reason is an APC enum name; anything else (a front door may answer with the
+    request's own values, a PAN or a PIN block) is reported as plain VERIFICATION_FAILED."""
     reason = result.get(VERIFICATION_FAILED, "")
-    return not reason, reason
+    if not reason:
+        return True, ""
+    return False, reason if isinstance(reason, str) and _REASON.fullmatch(reason) else "VERIFICATION_FAILED"
 
 
 def encode_encrypt_any(op: Operation, result: Any, key: KeyInfo | None) -> pb.EncryptDataResponse:

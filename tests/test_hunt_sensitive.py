@@ -1,0 +1,516 @@
+"""Bug hunt: a dynamic audit for sensitive data across every RPC and every failure path.
+
+Distinctive PANs, PIN blocks and key-like hex are planted in EVERY string field of every request
+type (valid and invalid spellings: wrong length, non-hex, separators, full-width digits), sent
+unary and over the Stream, to a token daemon and to a region daemon, both logging at DEBUG. The
+region sits behind a small aiohttp proxy on 127.0.0.1 that answers with bodies echoing the request
+(5xx, ValidationException, AccessDenied, error types made of request values); tokens fail through
+`error_rate` and `delay` faults with short deadlines; the Stream meets an undecodable message.
+Then every error text, ListNodes and the whole of both daemons' and the emulator's output are
+searched for the planted values, and for any 13-19 digit run or 16+ hex run not known to be safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from aiohttp import ClientSession, web
+from google.protobuf.descriptor import FieldDescriptor
+from yarl import URL
+
+from hsmlb.dev.regions import Emulator, dev_credentials, start_emulator
+from hsmlb.payments import pinblock
+from hsmlb.payments import primitives as P
+from hsmlb.v1 import hsmlb_pb2 as pb
+from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._payment_common import MATERIAL, h, iso_format
+from tests.conftest import Cluster, DaemonProcess, set_faults, start_daemon, sym
+from tests.test_sensitive_data import luhn_valid
+
+
+def _luhn(prefix: str) -> str:
+    """prefix + its Luhn check digit."""
+    return next(prefix + d for d in "0123456789" if luhn_valid(prefix + d))
+
+
+PAN16 = _luhn("492917350264123")
+PAN19 = _luhn("622126001234567890")
+PIN = "58204173"
+PIN_BLOCK = "04127AC3E59BDF68"
+KEY32 = "5C1E9A7F3B0D2486E4A8C6F0B2D4E6A1"
+PANS = (PAN16, PAN19)
+CLEAR_BLOCK = h(pinblock.encode_iso0(PIN, PAN16))
+ZONE_BLOCK = h(P.encrypt_ecb("TDES", MATERIAL["alias/pek-tdes"], bytes.fromhex(CLEAR_BLOCK)))
+SECRETS = {"PIN block": PIN_BLOCK, "key": KEY32, "clear ISO-0 block": CLEAR_BLOCK, "ISO-0 under pek-tdes": ZONE_BLOCK,
+           **{f"material {a}": h(m) for a, m in MATERIAL.items()}}
+FULLWIDTH = "".join(chr(0xFF10 + int(c)) for c in PAN19)
+# Each planted spelling: as is, wrong length, non-hex, separated, full-width digits, over every limit.
+VARIANTS = (PAN16, PAN19, PIN_BLOCK, KEY32, PAN16 + "Z", PIN_BLOCK[:-1], f"{PAN16[:4]} {PAN16[4:8]}-{PAN16[8:]}",
+            FULLWIDTH, "é" + PAN16, KEY32 * 20)
+RPC_S = 10
+TOKEN_NODES = ("node-a", "node-b")
+CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def _base_requests() -> dict[str, Any]:
+    """One well-formed request per RPC, carrying the planted values where the field takes them."""
+    cvv = pb.CardGenerationAttributes(card_verification_value1=pb.CardVerificationValue1(
+        card_expiry_date="2712", service_code="101"))
+    mac = pb.MacAttributes(algorithm=pb.CMAC)
+    return {
+        "EncryptData": pb.EncryptDataRequest(key_identifier="alias/zek-aes128", plain_text=KEY32,
+                                             encryption_attributes=sym(pb.ECB)),
+        "DecryptData": pb.DecryptDataRequest(key_identifier="alias/zek-aes128", cipher_text=KEY32,
+                                             decryption_attributes=sym(pb.ECB)),
+        "GenerateMac": pb.GenerateMacRequest(key_identifier="alias/cmac-aes128", message_data=PIN_BLOCK,
+                                             generation_attributes=mac),
+        "VerifyMac": pb.VerifyMacRequest(key_identifier="alias/cmac-aes128", message_data=PIN_BLOCK, mac="00000000",
+                                         verification_attributes=mac),
+        "Sign": pb.SignRequest(key_identifier="alias/sign-ec", message=PIN_BLOCK, signing_algorithm=pb.ECDSA_SHA_256),
+        "Verify": pb.VerifyRequest(key_identifier="alias/sign-ec", message=PIN_BLOCK, signature="00" * 70,
+                                   signing_algorithm=pb.ECDSA_SHA_256),
+        "ReEncryptData": pb.ReEncryptDataRequest(
+            incoming_key_identifier="alias/zek-aes128", outgoing_key_identifier="alias/dek-aes256", cipher_text=KEY32,
+            incoming_encryption_attributes=pb.ReEncryptionAttributes(symmetric=sym(pb.ECB).symmetric),
+            outgoing_encryption_attributes=pb.ReEncryptionAttributes(symmetric=sym(pb.ECB).symmetric)),
+        "GenerateCardValidationData": pb.GenerateCardValidationDataRequest(
+            key_identifier="alias/cvk-1", primary_account_number=PAN16, generation_attributes=cvv),
+        "VerifyCardValidationData": pb.VerifyCardValidationDataRequest(
+            key_identifier="alias/cvk-1", primary_account_number=PAN19, verification_attributes=cvv,
+            validation_data="123"),
+        "TranslatePinData": pb.TranslatePinDataRequest(
+            incoming_key_identifier="alias/pek-tdes", outgoing_key_identifier="alias/pek-tdes3",
+            incoming_translation_attributes=iso_format(0, PAN16), outgoing_translation_attributes=iso_format(0, PAN16),
+            encrypted_pin_block=ZONE_BLOCK),
+        "VerifyAuthRequestCryptogram": pb.VerifyAuthRequestCryptogramRequest(
+            key_identifier="alias/imk-ac", transaction_data="00" * 8 + PAN16, auth_request_cryptogram=PIN_BLOCK,
+            major_key_derivation_mode=pb.EMV_OPTION_A, session_key_derivation_attributes=pb.SessionKeyDerivation(
+                visa=pb.SessionKeyVisa(primary_account_number=PAN19, pan_sequence_number="01")),
+            auth_response_attributes=pb.CryptogramAuthResponse(
+                arpc_method1=pb.CryptogramVerificationArpcMethod1(auth_response_code="3030"))),
+    }
+
+
+def _string_paths(descriptor: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for f in descriptor.fields:
+        if f.type == FieldDescriptor.TYPE_STRING:
+            out.append((*prefix, f.name))
+        elif f.type == FieldDescriptor.TYPE_MESSAGE and len(prefix) < 5:
+            out += _string_paths(f.message_type, (*prefix, f.name))
+    return out
+
+
+def planted_requests() -> list[tuple[str, Any]]:
+    """(method, request): each base request with one string field replaced by one planted variant."""
+    out: list[tuple[str, Any]] = []
+    for method, base in _base_requests().items():
+        out.append((method, base))
+        for path in _string_paths(base.DESCRIPTOR):
+            for value in VARIANTS:
+                request = type(base)()
+                request.CopyFrom(base)
+                holder = request
+                for name in path[:-1]:
+                    holder = getattr(holder, name)
+                setattr(holder, path[-1], value)
+                out.append((method, request))
+    return out
+
+
+STREAM_FIELDS = {m.name: f.name for m in pb.DESCRIPTOR.services_by_name["Operations"].methods
+                 for f in pb.StreamRequest.DESCRIPTOR.oneofs_by_name["operation"].fields
+                 if f.message_type == m.input_type}
+
+
+def _ascii_digits(text: str) -> str:
+    return "".join(str(unicodedata.digit(c)) if not c.isascii() and c.isdigit() else c for c in text)
+
+
+# Contexts whose long runs are known to be safe: ARN key ids, grpc's loop ids, long float fractions (weights),
+# and SigV4 hashes/signatures that botocore prints at DEBUG for the control plane (a line of 64 lowercase hex).
+_SAFE_CONTEXT = re.compile(r"key/[0-9a-z]+|id\(loop\)=\d+|\d\.\d{6,}|Signature=[0-9a-f]{64}|^[0-9a-f]{64}$",
+                           re.MULTILINE)
+
+
+def leaks(text: str) -> list[str]:
+    """What `text` shows that it must not: a planted or secret value, 7+ digits of a PAN (separators
+    and full-width digits read through), or a 13+ digit / 16+ hex run not known to be safe."""
+    upper = _ascii_digits(text).upper()
+    found = [name for name, value in SECRETS.items()
+             if value.upper()[:12] in upper or value.upper()[-12:] in upper]
+    found += [f"PIN {PIN}"] if PIN in upper else []
+    runs = [re.sub(r"[ .\-]", "", r) for r in re.findall(r"\d(?:[ .\-]?\d)+", upper)]
+    for pan in PANS:
+        if any(pan[i:i + 7] in run for run in runs for i in range(len(pan) - 6)):
+            found.append(f"digits of PAN {pan[:6]}...")
+    upper = _SAFE_CONTEXT.sub("<safe>", _ascii_digits(text)).upper()
+    found += [f"digit run {r[:6]}..({len(r)})" for r in re.findall(r"(?<![0-9A-Z])\d{13,}", upper)]
+    found += [f"hex run {r[:6]}..({len(r)})" for r in re.findall(r"(?<![0-9A-Z])[0-9A-F]{16,}(?![0-9A-Z])", upper)]
+    return found
+
+
+def test_detector_sees_every_spelling() -> None:
+    assert all(luhn_valid(p) for p in PANS)
+    for value in VARIANTS:
+        assert leaks(f"bad value {value!r}"), value
+    assert not leaks(f"card {PAN16[:6]}******{PAN16[-4:]}; KCV 08D7B4; account 111122223333")
+
+
+# ------------------------------------------------------------------------------ a region front door that echoes
+
+def _echo(mode: str, body: bytes) -> web.Response:
+    """An error answer built from the request: the whole body as the message, its values as paths and codes."""
+    text = body.decode(errors="replace")
+    try:
+        values = [v for v in json.loads(body).values() if isinstance(v, str) and not v.startswith("arn:")]
+    except (ValueError, AttributeError):
+        values = []
+    value = max(values, key=len, default=text)[:200]
+    json_type = {"Content-Type": "application/json"}
+    answers: dict[str, tuple[int, dict[str, str], dict[str, Any]]] = {
+        "validation": (400, {"x-amzn-ErrorType": "ValidationException"},
+                       {"message": text, "fieldList": [{"path": v, "message": v} for v in values]}),
+        "denied": (403, {"x-amzn-ErrorType": "AccessDeniedException"}, {"Message": text}),
+        "not_found": (404, {"x-amzn-ErrorType": "ResourceNotFoundException"}, {"message": text}),
+        "conflict": (409, {"x-amzn-ErrorType": "ConflictException"}, {"message": text}),
+        "server_error": (500, {}, {"__type": "InternalServerException", "message": text}),
+        "type_header": (500, {"x-amzn-ErrorType": value}, {"message": text}),
+        "type_body": (503, {}, {"__type": f"com.amazonaws#{value}", "message": text}),
+        "teapot": (418, {}, {"code": value, "message": text}),
+        "verification": (400, {"x-amzn-ErrorType": "VerificationFailedException"},
+                         {"Reason": value, "message": text}),
+    }
+    status, headers, payload = answers[mode]
+    return web.Response(status=status, body=json.dumps(payload).encode(), headers={**json_type, **headers})
+
+
+ECHO_MODES = ("validation", "denied", "not_found", "conflict", "verification", "server_error", "type_header",
+              "type_body", "teapot")
+
+
+class EchoProxy:
+    """A reverse proxy on 127.0.0.1, on a thread of its own, in front of an emulated region."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "pass"
+        self.url = ""
+        self.hits: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._ready.wait(10), "proxy did not start"
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        async with ClientSession(auto_decompress=False) as client:
+            self._client = client
+            self._ready.set()
+            await self._stop.wait()
+        await runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        data_plane = "X-Amz-Target" not in request.headers
+        if data_plane and self.mode != "pass":
+            self.hits[self.mode] = self.hits.get(self.mode, 0) + 1
+            return _echo(self.mode, body)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "connection", "content-length", "transfer-encoding")}
+        headers["Host"] = request.headers["Host"]  # signed: the emulator must see what the node signed
+        async with self._client.request(request.method, URL(self.upstream + request.raw_path, encoded=True),
+                                        data=body, headers=headers, skip_auto_headers=("Accept-Encoding",)) as answer:
+            raw = await answer.read()
+            out = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "x-amzn-errortype")}
+            return web.Response(status=answer.status, body=raw, headers=out)
+
+
+# ------------------------------------------------------------------------------ traffic
+
+@dataclass
+class Capture:
+    errors: list[str] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)
+    replies: list[str] = field(default_factory=list)  # text fields of successful replies that are not results
+    list_nodes: list[str] = field(default_factory=list)
+
+    def error(self, code: str, text: str) -> None:
+        self.errors.append(f"{code} {text}")
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+    def reply(self, message: Any) -> None:
+        reason = getattr(message, "reason", "")
+        if reason:
+            self.replies.append(reason)
+
+
+def _unary(ops: pb_grpc.OperationsStub, cap: Capture, method: str, request: Any, timeout: float = RPC_S) -> None:
+    try:
+        cap.reply(getattr(ops, method)(request, timeout=timeout))
+    except grpc.RpcError as err:
+        cap.error(err.code().name, f"{err.details()} {err.debug_error_string()}")
+
+
+def _stream(ops: pb_grpc.OperationsStub, cap: Capture, requests: list[tuple[str, Any]], timeout_ms: int = 0) -> None:
+    messages = [pb.StreamRequest(request_id=i, timeout_ms=timeout_ms, **{STREAM_FIELDS[m]: r})
+                for i, (m, r) in enumerate(requests, start=1)]
+    try:
+        for reply in ops.Stream(iter(messages), timeout=60):
+            which = reply.WhichOneof("result")
+            if which == "status":
+                cap.error(CODE_NAMES.get(reply.status.code, str(reply.status.code)), reply.status.message)
+            else:
+                cap.reply(getattr(reply, which))
+    except grpc.RpcError as err:
+        cap.error(err.code().name, f"{err.details()} {err.debug_error_string()}")
+
+
+def _garbage_stream(channel: grpc.Channel, cap: Capture) -> None:
+    """A good message, then one whose key_identifier is not UTF-8 and carries a PAN: the reader fails."""
+    good = pb.StreamRequest(request_id=1, encrypt_data=_base_requests()["EncryptData"]).SerializeToString()
+    inner = b"\x0a" + bytes([len(PAN16) + 2]) + b"\xff\xfe" + PAN16.encode()
+    bad = b"\x08\x02" + b"\x52" + bytes([len(inner)]) + inner  # request_id 2, encrypt_data {key_identifier: ...}
+    call = channel.stream_stream("/hsmlb.v1.Operations/Stream", request_serializer=lambda b: b,
+                                 response_deserializer=pb.StreamResponse.FromString)
+    try:
+        for reply in call(iter([good, bad]), timeout=RPC_S):
+            cap.reply(reply)
+    except grpc.RpcError as err:
+        cap.error(err.code().name, f"{err.details()} {err.debug_error_string()}")
+    try:
+        channel.unary_unary("/hsmlb.v1.Operations/TranslatePinData")(inner + b"\x12\x02\xc3", timeout=RPC_S)
+    except grpc.RpcError as err:
+        cap.error(err.code().name, f"{err.details()} {err.debug_error_string()}")
+
+
+def _wait_up(channel: grpc.Channel, timeout: float) -> bool:
+    """Bounded: until every node is up again (a NotFound for a listed key sends the region to rediscovery)."""
+    admin = pb_grpc.AdminStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(n.backend_state == "up" for n in admin.ListNodes(pb.ListNodesRequest(), timeout=RPC_S).nodes):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _list_nodes(channel: grpc.Channel, cap: Capture) -> None:
+    cap.list_nodes.append(str(pb_grpc.AdminStub(channel).ListNodes(pb.ListNodesRequest(), timeout=RPC_S)))
+
+
+def _planted(ops: pb_grpc.OperationsStub, cap: Capture) -> None:
+    requests = planted_requests()
+    for method, request in requests:
+        _unary(ops, cap, method, request)
+    for start in range(0, len(requests), 200):
+        _stream(ops, cap, requests[start:start + 200])
+
+
+def drive_tokens(daemon: DaemonProcess) -> Capture:
+    cap = Capture()
+    bases = list(_base_requests().items())
+    with daemon.channel() as channel:
+        ops = pb_grpc.OperationsStub(channel)
+        _planted(ops, cap)
+        _garbage_stream(channel, cap)
+        _inject(channel, "delay", 0.5)  # timeouts: the caller's deadline passes while the token sleeps
+        for method, request in bases:
+            _unary(ops, cap, method, request, timeout=0.1)
+        _stream(ops, cap, bases, timeout_ms=50)
+        _inject(channel, "delay", 0.0)
+        time.sleep(1.0)  # the delayed ops drain
+        _list_nodes(channel, cap)
+        _inject(channel, "error_rate", 1.0)  # last: at 1.0 the worker fails the reset too
+        for method, request in bases:
+            _unary(ops, cap, method, request)
+        _stream(ops, cap, bases)
+        time.sleep(1.0)  # health checks fail too, and leave their reasons
+        _list_nodes(channel, cap)
+    return cap
+
+
+def _inject(channel: grpc.Channel, fault: str, value: float) -> None:
+    admin = pb_grpc.AdminStub(channel)
+    for node in TOKEN_NODES:
+        admin.InjectFault(pb.InjectFaultRequest(node=node, fault=fault, value=value), timeout=RPC_S)
+
+
+def drive_region(daemon: DaemonProcess, proxy: EchoProxy, region: Emulator) -> Capture:
+    cap = Capture()
+    bases = list(_base_requests().items())
+    with daemon.channel() as channel:
+        ops = pb_grpc.OperationsStub(channel)
+        _planted(ops, cap)
+        _garbage_stream(channel, cap)
+        for mode in ECHO_MODES:
+            proxy.mode = mode
+            try:
+                for method, request in bases:
+                    _unary(ops, cap, method, request)
+                _stream(ops, cap, bases)
+            finally:
+                proxy.mode = "pass"
+            _list_nodes(channel, cap)
+            assert _wait_up(channel, 15), f"the region node did not come back after {mode}"
+        for faults, timeout in (({"error_rate": 1.0}, RPC_S), ({"latency_ms": 400.0}, 0.15)):
+            set_faults(region, **faults)
+            try:
+                for method, request in bases:
+                    _unary(ops, cap, method, request, timeout=timeout)
+                _stream(ops, cap, bases, timeout_ms=int(timeout * 1000) if timeout < 1 else 0)
+            finally:
+                set_faults(region)
+            _list_nodes(channel, cap)
+    return cap
+
+
+# ------------------------------------------------------------------------------ the run
+
+@dataclass
+class Run:
+    captures: dict[str, Capture]
+    logs: dict[str, str]
+    emulator: list[str]
+    proxy_hits: dict[str, int]
+
+
+def _config(cluster: Cluster, directory: Path, name: str, tokens: tuple[str, ...], *extra: dict[str, Any],
+            **router: Any) -> Path:
+    data = yaml.safe_load(cluster.config.read_text())
+    data["listen"] = "127.0.0.1:0"
+    data["nodes"] = [n for n in data["nodes"] if n["name"] in tokens] + list(extra)
+    data["router"] = router
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    directory = tmp_path_factory.mktemp("hunt-sensitive")
+    before = os.environ.get("HSMLB_LOG_LEVEL")
+    os.environ["HSMLB_LOG_LEVEL"] = "DEBUG"  # the daemons' and the emulator's CLIs read it (--log-level default)
+    started: list[Callable[[], object]] = []
+    try:
+        region = start_emulator("apc-audit", "eu-west-1", cluster.keys_file, cluster.state_dir, fault_injection=True)
+        started.append(region.stop)
+        proxy = EchoProxy(region.endpoint_url)
+        proxy.start()
+        started.append(proxy.stop)
+        tokens = start_daemon(_config(cluster, directory, "tokens", TOKEN_NODES), directory / "tokens.log")
+        started.append(tokens.stop)
+        node = {"name": "apc-audit", "kind": "apc", "region": "eu-west-1", "endpoint_url": proxy.url,
+                "credentials_file": str(dev_credentials(cluster.state_dir)[2]), "connections": 2,
+                "request_timeout_s": 1.0}
+        # the region keeps taking requests through every failure: no ejection, a breaker that never opens
+        regional = start_daemon(_config(cluster, directory, "region", (), node, outlier={"observe_only": True},
+                                        breaker={"fail_max": 1_000_000}), directory / "region.log")
+        started.append(regional.stop)
+    except BaseException:
+        for stop in reversed(started):
+            stop()
+        raise
+    finally:
+        if before is None:
+            del os.environ["HSMLB_LOG_LEVEL"]
+        else:
+            os.environ["HSMLB_LOG_LEVEL"] = before
+    try:
+        captures = {"tokens": drive_tokens(tokens), "region": drive_region(regional, proxy, region)}
+    finally:
+        for stop in reversed(started):
+            stop()  # the daemons flush everything, shutdown included
+    deadline = time.monotonic() + 5  # the drain thread reads the rest of the emulator's output after exit
+    while time.monotonic() < deadline and not any("stopping" in line for line in region.log[-5:]):
+        time.sleep(0.05)
+    yield Run(captures, {"tokens": tokens.log_text(), "region": regional.log_text()}, list(region.log),
+              dict(proxy.hits))
+
+
+def test_traffic_reached_every_path(run: Run) -> None:
+    assert set(run.proxy_hits) == set(ECHO_MODES), run.proxy_hits
+    tokens, region = run.captures["tokens"], run.captures["region"]
+    for name, cap in run.captures.items():
+        wanted = {"INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        assert wanted <= set(cap.codes), (name, cap.codes)
+        assert len(cap.errors) > 1000, name
+        assert "DEBUG" in run.logs[name], name
+    assert "PERMISSION_DENIED" in region.codes
+    assert "InjectedDeviceError" in "\n".join(tokens.errors)
+    assert "stream message is not a valid StreamRequest" in "\n".join(tokens.errors)
+    assert "faults now" in "\n".join(run.emulator)
+
+
+@pytest.mark.parametrize("daemon", ["tokens", "region"])
+def test_errors_carry_nothing_sensitive(run: Run, daemon: str) -> None:
+    found = {e[:300]: leaks(e) for e in run.captures[daemon].errors if leaks(e)}
+    assert found == {}
+
+
+@pytest.mark.parametrize("daemon", ["tokens", "region"])
+def test_list_nodes_carries_nothing_sensitive(run: Run, daemon: str) -> None:
+    text = "\n".join(run.captures[daemon].list_nodes)
+    assert "detail" in text
+    assert leaks(text) == []
+
+
+@pytest.mark.parametrize("daemon", ["tokens", "region"])
+def test_daemon_log_carries_nothing_sensitive(run: Run, daemon: str) -> None:
+    lines = run.logs[daemon].splitlines()
+    assert len(lines) > 5
+    assert {line[:300]: leaks(line) for line in lines if leaks(line)} == {}
+
+
+def test_emulator_output_carries_nothing_sensitive(run: Run) -> None:
+    assert {line[:300]: leaks(line) for line in run.emulator if leaks(line)} == {}
+
+
+def test_verification_reasons_carry_nothing_sensitive(run: Run) -> None:
+    """A failed verification's `reason` comes from the region's answer: a front door could put anything there."""
+    reasons = run.captures["region"].replies
+    assert reasons
+    assert {r[:300]: leaks(r) for r in reasons if leaks(r)} == {}
+
+
+@pytest.mark.xfail(strict=True, reason="hsmlb/backends/apc.py _failure turns VerificationFailedException into a "
+                   "verification result for every operation; for a non-Verify op the encoder then meets no "
+                   "CipherText/ValidationData/PinBlock (KeyError -> INTERNAL) after the node was credited a success")
+def test_verification_failure_for_a_non_verify_op_is_not_internal(run: Run) -> None:
+    assert "INTERNAL" not in run.captures["region"].codes, run.captures["region"].codes
+
+
+@pytest.mark.xfail(strict=True, reason="an undecodable unary request fails in grpc's own deserializer "
+                   "(hsmlb/server.py registers the generated handlers): UNKNOWN, not INVALID_ARGUMENT")
+def test_undecodable_unary_request_is_invalid_argument(run: Run) -> None:
+    codes = run.captures["tokens"].codes
+    assert "UNKNOWN" not in codes, codes
