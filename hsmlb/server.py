@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hsmlb.api.admin import AdminServicer
 from hsmlb.api.operations import OperationsServicer
+from hsmlb.api.registration import add_service
 from hsmlb.backends import Backend, create_backend
 from hsmlb.clock import Clock, monotonic
 from hsmlb.config import Config
@@ -25,7 +26,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
-from hsmlb.v1 import hsmlb_pb2, hsmlb_pb2_grpc
+from hsmlb.v1 import hsmlb_pb2
 
 log = logging.getLogger("hsmlb.server")
 _background: set[asyncio.Future[None]] = set()
@@ -125,9 +126,9 @@ async def start_daemon(config: Config) -> Daemon:
         checker.watch(member.health, member.pool.backend.probe, on_change)
 
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-    hsmlb_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(router), server)
-    hsmlb_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(router, fault_injection=config.fault_injection, balancer_name=config.router.balancer), server)
+    add_service("Operations", OperationsServicer(router), server)
+    add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
+                                       balancer_name=config.router.balancer), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(config.listen)

@@ -254,3 +254,15 @@ def test_many_concurrent_streams_some_cancelled_leave_no_residue(fresh_daemon: D
     assert wait_for(lambda: _idle(fresh_daemon), 5), node_table(fresh_daemon)
     with fresh_daemon.channel() as channel:
         still_serves(channel)
+
+
+@pytest.mark.parametrize("method", ["/hsmlb.v1.Operations/EncryptData", "/hsmlb.v1.Admin/SetNodeState"])
+def test_undecodable_unary_request_is_invalid_argument(daemon: DaemonProcess, method: str) -> None:
+    """Field 1 (a string in both requests) holding bytes that are not UTF-8: protobuf refuses to parse it."""
+    garbage = b"\x0a\x04\xff\xfe\xfd\xfc"
+    with daemon.channel() as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(method)(garbage, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert "is not a valid hsmlb.v1." in (refused.value.details() or "")
+        still_serves(channel)

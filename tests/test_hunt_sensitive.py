@@ -502,15 +502,10 @@ def test_verification_reasons_carry_nothing_sensitive(run: Run) -> None:
     assert {r[:300]: leaks(r) for r in reasons if leaks(r)} == {}
 
 
-@pytest.mark.xfail(strict=True, reason="hsmlb/backends/apc.py _failure turns VerificationFailedException into a "
-                   "verification result for every operation; for a non-Verify op the encoder then meets no "
-                   "CipherText/ValidationData/PinBlock (KeyError -> INTERNAL) after the node was credited a success")
 def test_verification_failure_for_a_non_verify_op_is_not_internal(run: Run) -> None:
     assert "INTERNAL" not in run.captures["region"].codes, run.captures["region"].codes
 
 
-@pytest.mark.xfail(strict=True, reason="an undecodable unary request fails in grpc's own deserializer "
-                   "(hsmlb/server.py registers the generated handlers): UNKNOWN, not INVALID_ARGUMENT")
 def test_undecodable_unary_request_is_invalid_argument(run: Run) -> None:
     codes = run.captures["tokens"].codes
     assert "UNKNOWN" not in codes, codes

@@ -63,6 +63,7 @@ class RestJsonTemplate:
     uri_members: frozenset[str] = frozenset()
     out_required: tuple[str, ...] = ()  # output members a success answer must carry
     out_strings: frozenset[str] = frozenset()  # top-level output members modelled as strings
+    errors: frozenset[str] = frozenset()  # the error shapes the model lists for this operation
 
     @classmethod
     def compile(cls, model: OperationModel) -> RestJsonTemplate:
@@ -91,7 +92,8 @@ class RestJsonTemplate:
         return cls(model.name, http.get("method", "POST"), path_format, tuple(labels), body, bool(body),
                    frozenset(by_wire.values()),
                    tuple(output.required_members) if output is not None else (),
-                   frozenset(name for name, member in out_members.items() if member.type_name == "string"))
+                   frozenset(name for name, member in out_members.items() if member.type_name == "string"),
+                   frozenset(error.name for error in model.error_shapes))
 
     def bad_answer(self, answer: Any) -> str | None:
         """The first way a 2xx body misses the modelled output (a member name, never a value), else None.

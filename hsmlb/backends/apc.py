@@ -250,6 +250,9 @@ class ApcRegionBackend(BackendState):
         self.counts[code] += 1
         message = scrub(failure.message)
         if code == "VerificationFailedException":
+            template = self.templates.get(operation)
+            if template is None or code not in template.errors:  # only Verify* model it: any other is garbled
+                raise NodeFault(f"node {self.name}: {operation} answered {code}, which it does not model")
             return {VERIFICATION_FAILED: str(failure.members.get("Reason") or "VERIFICATION_FAILED")}
         if code == "ValidationException":
             paths = failure.field_paths
