@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("botocore", "boto3", "urllib3"):  # at DEBUG they log whole signed requests: credentials
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         return int(args.func(args))
     except ConfigError as exc:

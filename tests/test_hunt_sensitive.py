@@ -471,6 +471,12 @@ def test_traffic_reached_every_path(run: Run) -> None:
     assert "faults now" in "\n".join(run.emulator)
 
 
+def test_debug_logs_carry_no_signed_requests(run: Run) -> None:
+    """botocore at DEBUG prints whole signed control-plane requests (Authorization, session tokens)."""
+    for name, text in run.logs.items():
+        assert "AWS4-HMAC-SHA256 Credential=" not in text and "X-Amz-Security-Token" not in text, name
+
+
 @pytest.mark.parametrize("daemon", ["tokens", "region"])
 def test_errors_carry_nothing_sensitive(run: Run, daemon: str) -> None:
     found = {e[:300]: leaks(e) for e in run.captures[daemon].errors if leaks(e)}
