@@ -111,6 +111,21 @@ async def test_a_kcv_outlier_never_serves_the_alias_when_the_agreeing_holders_go
     assert c.calls == 0
 
 
+async def test_a_kcv_tie_serves_nobody() -> None:
+    """Two holders, two different keys under one alias: no majority says which is right, so neither serves
+    (UNAVAILABLE, both flagged) until a third holder breaks the tie."""
+    a, b = Scripted("a", [_key("AAAAAA")]), Scripted("b", [_key("BBBBBB")])
+    router, _ = _router(a, b)
+    assert [router.cluster.by_name[n].kcv_conflicts for n in ("a", "b")] == [["alias/k"], ["alias/k"]]
+    with pytest.raises(Unavailable):
+        await router.execute(_encrypt())
+    assert a.calls == b.calls == 0
+    c = Scripted("c", [_key("BBBBBB")])
+    router, _ = _router(a, b, c)
+    assert (await router.execute(_encrypt()))[0] == b"ok"
+    assert a.calls == 0 and router.cluster.by_name["a"].kcv_conflicts == ["alias/k"]
+
+
 async def test_a_node_whose_inventory_is_unknown_makes_an_unknown_alias_unavailable_not_not_found() -> None:
     """A node that never came up may hold the alias: NOT_FOUND would tell the caller it does not exist."""
     up, never = Scripted("up", [_key("AAAAAA")]), Scripted("never", [])

@@ -1,9 +1,10 @@
 """The cluster view (Envoy's cluster manager): members, who holds which key, who may serve now.
 
 Rebuilt when a node's state or inventory changes, never per request. A node whose KCV for an
-alias differs from the majority of holders is flagged and excluded for that alias. The majority is
-taken over every node's last known inventory, down nodes included: otherwise, with the agreeing
-holders down, the outlier would become the majority and serve the alias with the wrong key.
+alias differs from the majority of holders is flagged and excluded for that alias; on a tie every
+holder is (fail closed). The majority is taken over every node's last known inventory, down nodes
+included: otherwise, with the agreeing holders down, the outlier would become the majority and
+serve the alias with the wrong key.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Cluster:
         for member in self.members:  # every known inventory votes, up or not (see the module doc)
             for alias, key in member.pool.backend.keys.items():
                 kcvs.setdefault(alias, Counter())[key.kcv] += 1
+        agreed = {alias: _majority(counts) for alias, counts in kcvs.items()}
         holders: dict[str, list[Member]] = {}
         keys: dict[str, KeyInfo] = {}
         for member in self.members:
@@ -65,11 +67,11 @@ class Cluster:
             if not member.up:
                 continue
             for alias, key in member.pool.backend.keys.items():
-                majority = kcvs[alias].most_common(1)[0][0]
-                if key.kcv != majority:
+                if key.kcv != agreed[alias]:
                     member.kcv_conflicts.append(alias)
-                    log.error("node %s: KCV of %s differs from the other holders; excluded for it", member.name,
-                              alias)
+                    log.error("node %s: KCV of %s %s; excluded for it", member.name, alias,
+                              "differs from the other holders" if agreed[alias] is not None
+                              else "ties with a different one elsewhere: no majority")
                     continue
                 holders.setdefault(alias, []).append(member)
                 keys.setdefault(alias, key)
@@ -164,3 +166,12 @@ def check_tr31_usage(op: Operation, key: KeyInfo) -> None:
         raise InvalidArgument(f"key {key.alias} has usage {key.key_usage}; {what} needs {' or '.join(sorted(allowed))}")
     if family == "HMAC" and key.algorithm.startswith("HMAC") and op.args[0] != key.algorithm:
         raise InvalidArgument(f"key {key.alias} is an {key.algorithm} key; it cannot compute {op.args[0]}")
+
+
+def _majority(counts: Counter[str]) -> str | None:
+    """The KCV most holders report; None on a tie, which nobody may serve: with no majority there is
+    no telling which key is the right one, and a wrong key answers with wrong crypto, not an error."""
+    ranked = counts.most_common(2)
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return None
+    return ranked[0][0]
