@@ -12,13 +12,8 @@ searched for the planted values, and for any 13-19 digit run or 16+ hex run not 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import re
-import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,140 +22,18 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from aiohttp import ClientSession, web
-from google.protobuf.descriptor import FieldDescriptor
-from yarl import URL
 
 from hsmlb.dev.regions import Emulator, dev_credentials, start_emulator
-from hsmlb.payments import pinblock
-from hsmlb.payments import primitives as P
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from tests._payment_common import MATERIAL, h, iso_format
-from tests.conftest import Cluster, DaemonProcess, set_faults, start_daemon, sym
+from tests._echo_proxy import ECHO_MODES, EchoProxy
+from tests._sensitive_plant import PAN16, PANS, STREAM_FIELDS, VARIANTS, base_requests, leaks, planted_requests
+from tests.conftest import Cluster, DaemonProcess, set_faults, start_daemon
 from tests.test_sensitive_data import luhn_valid
 
-
-def _luhn(prefix: str) -> str:
-    """prefix + its Luhn check digit."""
-    return next(prefix + d for d in "0123456789" if luhn_valid(prefix + d))
-
-
-PAN16 = _luhn("492917350264123")
-PAN19 = _luhn("622126001234567890")
-PIN = "58204173"
-PIN_BLOCK = "04127AC3E59BDF68"
-KEY32 = "5C1E9A7F3B0D2486E4A8C6F0B2D4E6A1"
-PANS = (PAN16, PAN19)
-CLEAR_BLOCK = h(pinblock.encode_iso0(PIN, PAN16))
-ZONE_BLOCK = h(P.encrypt_ecb("TDES", MATERIAL["alias/pek-tdes"], bytes.fromhex(CLEAR_BLOCK)))
-SECRETS = {"PIN block": PIN_BLOCK, "key": KEY32, "clear ISO-0 block": CLEAR_BLOCK, "ISO-0 under pek-tdes": ZONE_BLOCK,
-           **{f"material {a}": h(m) for a, m in MATERIAL.items()}}
-FULLWIDTH = "".join(chr(0xFF10 + int(c)) for c in PAN19)
-# Each planted spelling: as is, wrong length, non-hex, separated, full-width digits, over every limit.
-VARIANTS = (PAN16, PAN19, PIN_BLOCK, KEY32, PAN16 + "Z", PIN_BLOCK[:-1], f"{PAN16[:4]} {PAN16[4:8]}-{PAN16[8:]}",
-            FULLWIDTH, "é" + PAN16, KEY32 * 20)
 RPC_S = 10
 TOKEN_NODES = ("node-a", "node-b")
 CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
-
-
-def _base_requests() -> dict[str, Any]:
-    """One well-formed request per RPC, carrying the planted values where the field takes them."""
-    cvv = pb.CardGenerationAttributes(card_verification_value1=pb.CardVerificationValue1(
-        card_expiry_date="2712", service_code="101"))
-    mac = pb.MacAttributes(algorithm=pb.CMAC)
-    return {
-        "EncryptData": pb.EncryptDataRequest(key_identifier="alias/zek-aes128", plain_text=KEY32,
-                                             encryption_attributes=sym(pb.ECB)),
-        "DecryptData": pb.DecryptDataRequest(key_identifier="alias/zek-aes128", cipher_text=KEY32,
-                                             decryption_attributes=sym(pb.ECB)),
-        "GenerateMac": pb.GenerateMacRequest(key_identifier="alias/cmac-aes128", message_data=PIN_BLOCK,
-                                             generation_attributes=mac),
-        "VerifyMac": pb.VerifyMacRequest(key_identifier="alias/cmac-aes128", message_data=PIN_BLOCK, mac="00000000",
-                                         verification_attributes=mac),
-        "Sign": pb.SignRequest(key_identifier="alias/sign-ec", message=PIN_BLOCK, signing_algorithm=pb.ECDSA_SHA_256),
-        "Verify": pb.VerifyRequest(key_identifier="alias/sign-ec", message=PIN_BLOCK, signature="00" * 70,
-                                   signing_algorithm=pb.ECDSA_SHA_256),
-        "ReEncryptData": pb.ReEncryptDataRequest(
-            incoming_key_identifier="alias/zek-aes128", outgoing_key_identifier="alias/dek-aes256", cipher_text=KEY32,
-            incoming_encryption_attributes=pb.ReEncryptionAttributes(symmetric=sym(pb.ECB).symmetric),
-            outgoing_encryption_attributes=pb.ReEncryptionAttributes(symmetric=sym(pb.ECB).symmetric)),
-        "GenerateCardValidationData": pb.GenerateCardValidationDataRequest(
-            key_identifier="alias/cvk-1", primary_account_number=PAN16, generation_attributes=cvv),
-        "VerifyCardValidationData": pb.VerifyCardValidationDataRequest(
-            key_identifier="alias/cvk-1", primary_account_number=PAN19, verification_attributes=cvv,
-            validation_data="123"),
-        "TranslatePinData": pb.TranslatePinDataRequest(
-            incoming_key_identifier="alias/pek-tdes", outgoing_key_identifier="alias/pek-tdes3",
-            incoming_translation_attributes=iso_format(0, PAN16), outgoing_translation_attributes=iso_format(0, PAN16),
-            encrypted_pin_block=ZONE_BLOCK),
-        "VerifyAuthRequestCryptogram": pb.VerifyAuthRequestCryptogramRequest(
-            key_identifier="alias/imk-ac", transaction_data="00" * 8 + PAN16, auth_request_cryptogram=PIN_BLOCK,
-            major_key_derivation_mode=pb.EMV_OPTION_A, session_key_derivation_attributes=pb.SessionKeyDerivation(
-                visa=pb.SessionKeyVisa(primary_account_number=PAN19, pan_sequence_number="01")),
-            auth_response_attributes=pb.CryptogramAuthResponse(
-                arpc_method1=pb.CryptogramVerificationArpcMethod1(auth_response_code="3030"))),
-    }
-
-
-def _string_paths(descriptor: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out: list[tuple[str, ...]] = []
-    for f in descriptor.fields:
-        if f.type == FieldDescriptor.TYPE_STRING:
-            out.append((*prefix, f.name))
-        elif f.type == FieldDescriptor.TYPE_MESSAGE and len(prefix) < 5:
-            out += _string_paths(f.message_type, (*prefix, f.name))
-    return out
-
-
-def planted_requests() -> list[tuple[str, Any]]:
-    """(method, request): each base request with one string field replaced by one planted variant."""
-    out: list[tuple[str, Any]] = []
-    for method, base in _base_requests().items():
-        out.append((method, base))
-        for path in _string_paths(base.DESCRIPTOR):
-            for value in VARIANTS:
-                request = type(base)()
-                request.CopyFrom(base)
-                holder = request
-                for name in path[:-1]:
-                    holder = getattr(holder, name)
-                setattr(holder, path[-1], value)
-                out.append((method, request))
-    return out
-
-
-STREAM_FIELDS = {m.name: f.name for m in pb.DESCRIPTOR.services_by_name["Operations"].methods
-                 for f in pb.StreamRequest.DESCRIPTOR.oneofs_by_name["operation"].fields
-                 if f.message_type == m.input_type}
-
-
-def _ascii_digits(text: str) -> str:
-    return "".join(str(unicodedata.digit(c)) if not c.isascii() and c.isdigit() else c for c in text)
-
-
-# Contexts whose long runs are known to be safe: ARN key ids, grpc's loop ids, long float fractions (weights),
-# and SigV4 hashes/signatures that botocore prints at DEBUG for the control plane (a line of 64 lowercase hex).
-_SAFE_CONTEXT = re.compile(r"key/[0-9a-z]+|id\(loop\)=\d+|\d\.\d{6,}|Signature=[0-9a-f]{64}|^[0-9a-f]{64}$",
-                           re.MULTILINE)
-
-
-def leaks(text: str) -> list[str]:
-    """What `text` shows that it must not: a planted or secret value, 7+ digits of a PAN (separators
-    and full-width digits read through), or a 13+ digit / 16+ hex run not known to be safe."""
-    upper = _ascii_digits(text).upper()
-    found = [name for name, value in SECRETS.items()
-             if value.upper()[:12] in upper or value.upper()[-12:] in upper]
-    found += [f"PIN {PIN}"] if PIN in upper else []
-    runs = [re.sub(r"[ .\-]", "", r) for r in re.findall(r"\d(?:[ .\-]?\d)+", upper)]
-    for pan in PANS:
-        if any(pan[i:i + 7] in run for run in runs for i in range(len(pan) - 6)):
-            found.append(f"digits of PAN {pan[:6]}...")
-    upper = _SAFE_CONTEXT.sub("<safe>", _ascii_digits(text)).upper()
-    found += [f"digit run {r[:6]}..({len(r)})" for r in re.findall(r"(?<![0-9A-Z])\d{13,}", upper)]
-    found += [f"hex run {r[:6]}..({len(r)})" for r in re.findall(r"(?<![0-9A-Z])[0-9A-F]{16,}(?![0-9A-Z])", upper)]
-    return found
 
 
 def test_detector_sees_every_spelling() -> None:
@@ -168,91 +41,6 @@ def test_detector_sees_every_spelling() -> None:
     for value in VARIANTS:
         assert leaks(f"bad value {value!r}"), value
     assert not leaks(f"card {PAN16[:6]}******{PAN16[-4:]}; KCV 08D7B4; account 111122223333")
-
-
-# ------------------------------------------------------------------------------ a region front door that echoes
-
-def _echo(mode: str, body: bytes) -> web.Response:
-    """An error answer built from the request: the whole body as the message, its values as paths and codes."""
-    text = body.decode(errors="replace")
-    try:
-        values = [v for v in json.loads(body).values() if isinstance(v, str) and not v.startswith("arn:")]
-    except (ValueError, AttributeError):
-        values = []
-    value = max(values, key=len, default=text)[:200]
-    json_type = {"Content-Type": "application/json"}
-    answers: dict[str, tuple[int, dict[str, str], dict[str, Any]]] = {
-        "validation": (400, {"x-amzn-ErrorType": "ValidationException"},
-                       {"message": text, "fieldList": [{"path": v, "message": v} for v in values]}),
-        "denied": (403, {"x-amzn-ErrorType": "AccessDeniedException"}, {"Message": text}),
-        "not_found": (404, {"x-amzn-ErrorType": "ResourceNotFoundException"}, {"message": text}),
-        "conflict": (409, {"x-amzn-ErrorType": "ConflictException"}, {"message": text}),
-        "server_error": (500, {}, {"__type": "InternalServerException", "message": text}),
-        "type_header": (500, {"x-amzn-ErrorType": value}, {"message": text}),
-        "type_body": (503, {}, {"__type": f"com.amazonaws#{value}", "message": text}),
-        "teapot": (418, {}, {"code": value, "message": text}),
-        "verification": (400, {"x-amzn-ErrorType": "VerificationFailedException"},
-                         {"Reason": value, "message": text}),
-    }
-    status, headers, payload = answers[mode]
-    return web.Response(status=status, body=json.dumps(payload).encode(), headers={**json_type, **headers})
-
-
-ECHO_MODES = ("validation", "denied", "not_found", "conflict", "verification", "server_error", "type_header",
-              "type_body", "teapot")
-
-
-class EchoProxy:
-    """A reverse proxy on 127.0.0.1, on a thread of its own, in front of an emulated region."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.mode = "pass"
-        self.url = ""
-        self.hits: dict[str, int] = {}
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(10), "proxy did not start"
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        async with ClientSession(auto_decompress=False) as client:
-            self._client = client
-            self._ready.set()
-            await self._stop.wait()
-        await runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        data_plane = "X-Amz-Target" not in request.headers
-        if data_plane and self.mode != "pass":
-            self.hits[self.mode] = self.hits.get(self.mode, 0) + 1
-            return _echo(self.mode, body)
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "connection", "content-length", "transfer-encoding")}
-        headers["Host"] = request.headers["Host"]  # signed: the emulator must see what the node signed
-        async with self._client.request(request.method, URL(self.upstream + request.raw_path, encoded=True),
-                                        data=body, headers=headers, skip_auto_headers=("Accept-Encoding",)) as answer:
-            raw = await answer.read()
-            out = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "x-amzn-errortype")}
-            return web.Response(status=answer.status, body=raw, headers=out)
 
 
 # ------------------------------------------------------------------------------ traffic
@@ -297,7 +85,7 @@ def _stream(ops: pb_grpc.OperationsStub, cap: Capture, requests: list[tuple[str,
 
 def _garbage_stream(channel: grpc.Channel, cap: Capture) -> None:
     """A good message, then one whose key_identifier is not UTF-8 and carries a PAN: the reader fails."""
-    good = pb.StreamRequest(request_id=1, encrypt_data=_base_requests()["EncryptData"]).SerializeToString()
+    good = pb.StreamRequest(request_id=1, encrypt_data=base_requests()["EncryptData"]).SerializeToString()
     inner = b"\x0a" + bytes([len(PAN16) + 2]) + b"\xff\xfe" + PAN16.encode()
     bad = b"\x08\x02" + b"\x52" + bytes([len(inner)]) + inner  # request_id 2, encrypt_data {key_identifier: ...}
     call = channel.stream_stream("/hsmlb.v1.Operations/Stream", request_serializer=lambda b: b,
@@ -338,7 +126,7 @@ def _planted(ops: pb_grpc.OperationsStub, cap: Capture) -> None:
 
 def drive_tokens(daemon: DaemonProcess) -> Capture:
     cap = Capture()
-    bases = list(_base_requests().items())
+    bases = list(base_requests().items())
     with daemon.channel() as channel:
         ops = pb_grpc.OperationsStub(channel)
         _planted(ops, cap)
@@ -367,7 +155,7 @@ def _inject(channel: grpc.Channel, fault: str, value: float) -> None:
 
 def drive_region(daemon: DaemonProcess, proxy: EchoProxy, region: Emulator) -> Capture:
     cap = Capture()
-    bases = list(_base_requests().items())
+    bases = list(base_requests().items())
     with daemon.channel() as channel:
         ops = pb_grpc.OperationsStub(channel)
         _planted(ops, cap)
