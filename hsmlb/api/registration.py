@@ -8,6 +8,7 @@ and ends the RPC with INVALID_ARGUMENT at the first bad one: see operations.Oper
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hsmlb.v1 import hsmlb_pb2 as pb
+
+log = logging.getLogger("hsmlb.api")
 
 
 class Undecodable:
@@ -58,6 +61,7 @@ def _decoder(message: Any) -> Callable[[bytes], Any]:
 def _guarded(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Undecodable):
+            log.debug("refused a request that is not a valid %s", request.type_name)  # the type, never the bytes
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.type_name}")
         return await behaviour(request, context)
 
