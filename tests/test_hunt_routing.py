@@ -236,11 +236,11 @@ def _listening(config: Path, log_path: Path) -> Iterator[DaemonProcess]:
         daemon.stop(signal.SIGTERM, 20)
 
 
-async def _code(call: Any) -> str:
+async def _code(call: Any, verbose: bool = False) -> str:
     try:
         await call
     except grpc.aio.AioRpcError as exc:
-        return exc.code().name
+        return exc.code().name if not verbose else f"{exc.code().name}: {exc.details()}"
     return "OK"
 
 
@@ -301,7 +301,9 @@ async def test_a_token_missing_at_start_is_unavailable_then_picked_up(cluster: D
         with _listening(_write(_config(cluster, tmp_path), tmp_path), tmp_path / "d.log") as daemon:
             async with grpc.aio.insecure_channel(daemon.address) as channel:
                 admin, stub = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)
-                shared = await _code(stub.EncryptData(encrypt_request(DEK), timeout=RPC_S))
+                # wait_for_ready: the first call on a fresh channel must not fail on connecting
+                shared = await _code(stub.EncryptData(encrypt_request(DEK), timeout=RPC_S, wait_for_ready=True),
+                                     verbose=True)
                 only_a = await _code(stub.EncryptData(encrypt_request(ONLY_A), timeout=RPC_S))
                 state = (await nodes(admin))["node-a"].backend_state
                 dirs.back()
