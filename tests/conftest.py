@@ -53,6 +53,15 @@ class DaemonProcess:
         return stop_child(self.proc, sig, timeout)
 
 
+@contextlib.contextmanager
+def debug_logging() -> Iterator[None]:
+    """Daemons and emulators started inside log at DEBUG (their CLIs take HSMLB_LOG_LEVEL as the
+    --log-level default): what the sensitive-data tests search must include the most verbose output."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HSMLB_LOG_LEVEL", "DEBUG")
+        yield
+
+
 def start_daemon(config: Path, log_path: Path, new_session: bool = False) -> DaemonProcess:
     """Run `hsmlb serve` as a child process and wait until it prints its address.
 

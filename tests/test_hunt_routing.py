@@ -25,12 +25,11 @@ import grpc
 import pytest
 import yaml
 
-from hsmlb.backends.base import NodeStats
 from hsmlb.clock import FakeClock
 from hsmlb.dev.regions import dev_credentials
 from hsmlb.errors import NodeFault, Unavailable
 from hsmlb.health import HealthPolicy, NodeHealth
-from hsmlb.ops import NATIVE_CAPABILITIES, KeyInfo, Operation, OpKind
+from hsmlb.ops import KeyInfo, Operation, OpKind
 from hsmlb.pool import NodePool
 from hsmlb.router import LeastOutstanding, RetryBudget
 from hsmlb.router.breaker import NodeBreaker
@@ -38,6 +37,7 @@ from hsmlb.router.cluster import Cluster, Member
 from hsmlb.router.router import Router
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 from tests._routing_helpers import DEK, ONLY_A, encrypt_request, inject, nodes, token_dirs, wait_state
+from tests._scripted import ScriptedBackend
 from tests.conftest import Cluster as DevCluster
 from tests.conftest import DaemonProcess, start_daemon
 
@@ -48,38 +48,11 @@ RPC_S = 5.0
 # ------------------------------------------------------------------------------ pure policy
 
 
-class Scripted:
-    """A stand-in node: answers `outcome` (a value or an exception), or waits for `gate` first."""
-
-    def __init__(self, name: str, keys: list[KeyInfo], outcome: Any = b"ok") -> None:
-        self.name, self.kind, self.state = name, "scripted", "up"
-        self.capabilities = NATIVE_CAPABILITIES
-        self.on_change: list[Any] = []
-        self.keys = {k.alias: k for k in keys}
-        self.stats = NodeStats()
-        self.outcome = outcome
-        self.gate: asyncio.Event | None = None
-        self.calls = 0
-
-    async def perform(self, op: Operation, slot: int) -> Any:
-        self.calls += 1
-        if self.gate is not None:
-            await asyncio.wait_for(self.gate.wait(), 5)
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
-
-    async def probe(self) -> None: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def inject_fault(self, fault: str, value: float = 0.0) -> None: ...
-
-
 def _key(kcv: str) -> KeyInfo:
     return KeyInfo("alias/k", "alias/k", "AES", kcv, frozenset({"encrypt", "decrypt"}))
 
 
-def _router(*backends: Scripted, **kwargs: Any) -> tuple[Router, FakeClock]:
+def _router(*backends: ScriptedBackend, **kwargs: Any) -> tuple[Router, FakeClock]:
     clock = FakeClock()
     members = [Member(NodePool(b, size=4, queue_limit=64), NodeHealth(b.name, HealthPolicy(), clock()),
                       NodeBreaker(b.name, clock, fail_max=2, reset_timeout_s=1.0)) for b in backends]
@@ -93,7 +66,7 @@ def _encrypt(alias: str = "alias/k") -> Operation:
 async def test_a_kcv_outlier_never_serves_the_alias_when_the_agreeing_holders_go_down() -> None:
     """a and b agree on the key; c holds another key under the alias. With a and b down, c must not
     become the holder: its answers would be made with the wrong key (silently wrong crypto)."""
-    a, b, c = Scripted("a", [_key("AAAAAA")]), Scripted("b", [_key("AAAAAA")]), Scripted("c", [_key("CCCCCC")])
+    a, b, c = (ScriptedBackend(n, [_key(kcv)]) for n, kcv in (("a", "AAAAAA"), ("b", "AAAAAA"), ("c", "CCCCCC")))
     router, _ = _router(a, b, c)
     assert router.cluster.by_name["c"].kcv_conflicts == ["alias/k"]
     for _ in range(6):
@@ -114,13 +87,13 @@ async def test_a_kcv_outlier_never_serves_the_alias_when_the_agreeing_holders_go
 async def test_a_kcv_tie_serves_nobody() -> None:
     """Two holders, two different keys under one alias: no majority says which is right, so neither serves
     (UNAVAILABLE, both flagged) until a third holder breaks the tie."""
-    a, b = Scripted("a", [_key("AAAAAA")]), Scripted("b", [_key("BBBBBB")])
+    a, b = ScriptedBackend("a", [_key("AAAAAA")]), ScriptedBackend("b", [_key("BBBBBB")])
     router, _ = _router(a, b)
     assert [router.cluster.by_name[n].kcv_conflicts for n in ("a", "b")] == [["alias/k"], ["alias/k"]]
     with pytest.raises(Unavailable):
         await router.execute(_encrypt())
     assert a.calls == b.calls == 0
-    c = Scripted("c", [_key("BBBBBB")])
+    c = ScriptedBackend("c", [_key("BBBBBB")])
     router, _ = _router(a, b, c)
     assert (await router.execute(_encrypt()))[0] == b"ok"
     assert a.calls == 0 and router.cluster.by_name["a"].kcv_conflicts == ["alias/k"]
@@ -128,7 +101,7 @@ async def test_a_kcv_tie_serves_nobody() -> None:
 
 async def test_a_node_whose_inventory_is_unknown_makes_an_unknown_alias_unavailable_not_not_found() -> None:
     """A node that never came up may hold the alias: NOT_FOUND would tell the caller it does not exist."""
-    up, never = Scripted("up", [_key("AAAAAA")]), Scripted("never", [])
+    up, never = ScriptedBackend("up", [_key("AAAAAA")]), ScriptedBackend("never", [])
     never.state = "down"
     router, _ = _router(up, never)
     with pytest.raises(Unavailable, match="alias/elsewhere"):
@@ -141,8 +114,8 @@ async def test_a_node_whose_inventory_is_unknown_makes_an_unknown_alias_unavaila
 
 
 async def test_half_open_breaker_admits_exactly_one_probe_under_concurrency() -> None:
-    slow = Scripted("slow", [_key("AAAAAA")], outcome=NodeFault("node slow: broken"))
-    steady = Scripted("steady", [_key("AAAAAA")])
+    slow = ScriptedBackend("slow", [_key("AAAAAA")], outcome=NodeFault("node slow: broken"))
+    steady = ScriptedBackend("steady", [_key("AAAAAA")])
     router, clock = _router(slow, steady, max_attempts=1)
     breaker = router.cluster.by_name["slow"].breaker
     for _ in range(40):  # bounded: until the breaker has opened on two faults
@@ -164,7 +137,7 @@ async def test_half_open_breaker_admits_exactly_one_probe_under_concurrency() ->
 
 
 async def test_retries_never_return_to_a_node_that_failed_and_end_with_the_node_fault() -> None:
-    nodes_ = [Scripted(n, [_key("AAAAAA")], outcome=NodeFault(f"node {n}: broken")) for n in "abc"]
+    nodes_ = [ScriptedBackend(n, [_key("AAAAAA")], outcome=NodeFault(f"node {n}: broken")) for n in "abc"]
     router, _ = _router(*nodes_, max_attempts=5, backoff_base_s=0.0, backoff_max_s=0.0)
     with pytest.raises(NodeFault) as raised:
         await router.execute(_encrypt())
@@ -173,7 +146,8 @@ async def test_retries_never_return_to_a_node_that_failed_and_end_with_the_node_
 
 
 async def test_an_empty_retry_budget_fails_at_once_without_a_retry_storm() -> None:
-    bad, good = Scripted("bad", [_key("AAAAAA")], outcome=NodeFault("node bad: broken")), Scripted("good", [])
+    bad = ScriptedBackend("bad", [_key("AAAAAA")], outcome=NodeFault("node bad: broken"))
+    good = ScriptedBackend("good", [])
     router, _ = _router(bad, good, budget=RetryBudget(ratio=0.0, min_per_s=0.0, window_s=10.0))
     for _ in range(5):
         with pytest.raises(NodeFault):

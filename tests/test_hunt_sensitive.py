@@ -12,7 +12,6 @@ searched for the planted values, and for any 13-19 digit run or 16+ hex run not 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ import yaml
 from hsmlb.dev.regions import Emulator, dev_credentials, start_emulator
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._daemon_helpers import inject
 from tests._echo_proxy import ECHO_MODES, EchoProxy
 from tests._sensitive_plant import PAN16, PANS, STREAM_FIELDS, VARIANTS, base_requests, leaks, planted_requests
-from tests.conftest import Cluster, DaemonProcess, set_faults, start_daemon
+from tests.conftest import Cluster, DaemonProcess, debug_logging, set_faults, start_daemon
 from tests.test_sensitive_data import luhn_valid
 
 RPC_S = 10
@@ -131,26 +131,20 @@ def drive_tokens(daemon: DaemonProcess) -> Capture:
         ops = pb_grpc.OperationsStub(channel)
         _planted(ops, cap)
         _garbage_stream(channel, cap)
-        _inject(channel, "delay", 0.5)  # timeouts: the caller's deadline passes while the token sleeps
+        inject(channel, TOKEN_NODES, "delay", 0.5)  # timeouts: the caller's deadline passes while the token sleeps
         for method, request in bases:
             _unary(ops, cap, method, request, timeout=0.1)
         _stream(ops, cap, bases, timeout_ms=50)
-        _inject(channel, "delay", 0.0)
+        inject(channel, TOKEN_NODES, "delay", 0.0)
         time.sleep(1.0)  # the delayed ops drain
         _list_nodes(channel, cap)
-        _inject(channel, "error_rate", 1.0)  # last: at 1.0 the worker fails the reset too
+        inject(channel, TOKEN_NODES, "error_rate", 1.0)  # last: at 1.0 the worker fails the reset too
         for method, request in bases:
             _unary(ops, cap, method, request)
         _stream(ops, cap, bases)
         time.sleep(1.0)  # health checks fail too, and leave their reasons
         _list_nodes(channel, cap)
     return cap
-
-
-def _inject(channel: grpc.Channel, fault: str, value: float) -> None:
-    admin = pb_grpc.AdminStub(channel)
-    for node in TOKEN_NODES:
-        admin.InjectFault(pb.InjectFaultRequest(node=node, fault=fault, value=value), timeout=RPC_S)
 
 
 def drive_region(daemon: DaemonProcess, proxy: EchoProxy, region: Emulator) -> Capture:
@@ -206,33 +200,28 @@ def _config(cluster: Cluster, directory: Path, name: str, tokens: tuple[str, ...
 @pytest.fixture(scope="module")
 def run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     directory = tmp_path_factory.mktemp("hunt-sensitive")
-    before = os.environ.get("HSMLB_LOG_LEVEL")
-    os.environ["HSMLB_LOG_LEVEL"] = "DEBUG"  # the daemons' and the emulator's CLIs read it (--log-level default)
-    started: list[Callable[[], object]] = []
-    try:
-        region = start_emulator("apc-audit", "eu-west-1", cluster.keys_file, cluster.state_dir, fault_injection=True)
-        started.append(region.stop)
-        proxy = EchoProxy(region.endpoint_url)
-        proxy.start()
-        started.append(proxy.stop)
-        tokens = start_daemon(_config(cluster, directory, "tokens", TOKEN_NODES), directory / "tokens.log")
-        started.append(tokens.stop)
-        node = {"name": "apc-audit", "kind": "apc", "region": "eu-west-1", "endpoint_url": proxy.url,
-                "credentials_file": str(dev_credentials(cluster.state_dir)[2]), "connections": 2,
-                "request_timeout_s": 1.0}
-        # the region keeps taking requests through every failure: no ejection, a breaker that never opens
-        regional = start_daemon(_config(cluster, directory, "region", (), node, outlier={"observe_only": True},
-                                        breaker={"fail_max": 1_000_000}), directory / "region.log")
-        started.append(regional.stop)
-    except BaseException:
-        for stop in reversed(started):
-            stop()
-        raise
-    finally:
-        if before is None:
-            del os.environ["HSMLB_LOG_LEVEL"]
-        else:
-            os.environ["HSMLB_LOG_LEVEL"] = before
+    with debug_logging():  # the daemons and the emulator log everything
+        started: list[Callable[[], object]] = []
+        try:
+            region = start_emulator("apc-audit", "eu-west-1", cluster.keys_file, cluster.state_dir,
+                                    fault_injection=True)
+            started.append(region.stop)
+            proxy = EchoProxy(region.endpoint_url)
+            proxy.start()
+            started.append(proxy.stop)
+            tokens = start_daemon(_config(cluster, directory, "tokens", TOKEN_NODES), directory / "tokens.log")
+            started.append(tokens.stop)
+            node = {"name": "apc-audit", "kind": "apc", "region": "eu-west-1", "endpoint_url": proxy.url,
+                    "credentials_file": str(dev_credentials(cluster.state_dir)[2]), "connections": 2,
+                    "request_timeout_s": 1.0}
+            # the region keeps taking requests through every failure: no ejection, a breaker that never opens
+            regional = start_daemon(_config(cluster, directory, "region", (), node, outlier={"observe_only": True},
+                                            breaker={"fail_max": 1_000_000}), directory / "region.log")
+            started.append(regional.stop)
+        except BaseException:
+            for stop in reversed(started):
+                stop()
+            raise
     try:
         captures = {"tokens": drive_tokens(tokens), "region": drive_region(regional, proxy, region)}
     finally:

@@ -10,7 +10,6 @@ an error at most masked (first 6 / last 4 digits): no run of 7 digits of a PAN m
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from hsmlb.payments import primitives as P
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 from tests._payment_common import MATERIAL, h, iso_format
-from tests.conftest import DaemonProcess, PaymentCluster, set_faults, start_daemon
+from tests.conftest import DaemonProcess, PaymentCluster, debug_logging, set_faults, start_daemon
 from tests.test_sensitive_data import luhn_valid
 
 # Card-network test PANs (Luhn-valid, not real accounts) and PINs long enough never to occur by chance.
@@ -213,26 +212,21 @@ def run(strict_payment_cluster: PaymentCluster, tmp_path_factory: pytest.TempPat
         secrets.add(alias, h(material))
     for pin in PINS:
         secrets.add(f"PIN {pin}", pin)
-    before = os.environ.get("HSMLB_LOG_LEVEL")
-    os.environ["HSMLB_LOG_LEVEL"] = "DEBUG"
-    daemons: dict[str, DaemonProcess] = {}
-    region = start_emulator("apc-sensitive", "us-east-2", cluster.keys_file, cluster.state_dir, fault_injection=True)
-    try:
-        daemons["tokens"] = start_daemon(cluster.variant(["node-a", "node-d"], "sens-tokens"),
-                                         logs_dir / "tokens.log")
-        region_node = region_node_config(region, cluster.state_dir)
-        daemons["region"] = start_daemon(cluster.variant([], "sens-region", extra_nodes=[region_node]),
-                                         logs_dir / "region.log")
-    except BaseException:  # a daemon that did not start must not leave the others running
-        for daemon in daemons.values():
-            daemon.stop()
-        region.stop()
-        raise
-    finally:
-        if before is None:
-            del os.environ["HSMLB_LOG_LEVEL"]
-        else:
-            os.environ["HSMLB_LOG_LEVEL"] = before
+    with debug_logging():
+        daemons: dict[str, DaemonProcess] = {}
+        region = start_emulator("apc-sensitive", "us-east-2", cluster.keys_file, cluster.state_dir,
+                                fault_injection=True)
+        try:
+            daemons["tokens"] = start_daemon(cluster.variant(["node-a", "node-d"], "sens-tokens"),
+                                             logs_dir / "tokens.log")
+            region_node = region_node_config(region, cluster.state_dir)
+            daemons["region"] = start_daemon(cluster.variant([], "sens-region", extra_nodes=[region_node]),
+                                             logs_dir / "region.log")
+        except BaseException:  # a daemon that did not start must not leave the others running
+            for daemon in daemons.values():
+                daemon.stop()
+            region.stop()
+            raise
     try:
         traffic = {"tokens": drive(daemons["tokens"], secrets, None),
                    "region": drive(daemons["region"], secrets, region)}

@@ -7,7 +7,6 @@ messages, its Admin node details and its whole log are searched for the PANs, th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import yaml
 from hsmlb.keys import load_keys
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from tests.conftest import Cluster, DaemonProcess, start_daemon, sym
+from tests.conftest import Cluster, DaemonProcess, debug_logging, start_daemon, sym
 
 # Card-network test PANs (Luhn-valid, not real accounts).
 PANS = ("4111111111111111", "5500005555555559", "4012888888881881")
@@ -127,15 +126,8 @@ def _drive(daemon: DaemonProcess) -> Traffic:
 
 @pytest.fixture(scope="module")
 def debug_daemon(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    before = os.environ.get("HSMLB_LOG_LEVEL")
-    os.environ["HSMLB_LOG_LEVEL"] = "DEBUG"
-    try:
+    with debug_logging():
         proc = start_daemon(cluster.config, tmp_path_factory.mktemp("sensitive") / "daemon.log")
-    finally:
-        if before is None:
-            del os.environ["HSMLB_LOG_LEVEL"]
-        else:
-            os.environ["HSMLB_LOG_LEVEL"] = before
     yield proc
     proc.stop()
 

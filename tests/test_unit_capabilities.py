@@ -17,7 +17,7 @@ from hsmlb.apc.model import SERVICE
 from hsmlb.apc.validation import load_service
 from hsmlb.api.payment_codec import apc_params
 from hsmlb.backends.apc import ApcRegionBackend
-from hsmlb.backends.base import Backend, BackendState, NodeStats
+from hsmlb.backends.base import Backend, BackendState
 from hsmlb.backends.pkcs11 import Pkcs11Backend
 from hsmlb.clock import FakeClock
 from hsmlb.config import ApcRegionConfig, Pkcs11NodeConfig, parse_config
@@ -30,34 +30,11 @@ from hsmlb.router.breaker import NodeBreaker
 from hsmlb.router.cluster import Cluster, Member
 from hsmlb.router.router import Router
 from hsmlb.v1 import hsmlb_pb2 as pb
+from tests._scripted import ScriptedBackend
 
 AES = KeyInfo("alias/zek", "alias/zek", "AES", "ABCDEF", frozenset({"encrypt", "decrypt"}))
 PEK = KeyInfo("alias/pek", "alias/pek", "DES3", "08D7B4", frozenset({"encrypt", "decrypt"}))
 BDK = KeyInfo("alias/bdk", "alias/bdk", "DES3", "123456", frozenset({"encrypt"}))
-
-
-class ScriptedBackend:
-    """Answers every op with `outcome` (a value, or an exception to raise)."""
-
-    def __init__(self, name: str, capabilities: frozenset[str], keys: list[KeyInfo], outcome: Any = b"ok") -> None:
-        self.name, self.kind, self.state = name, "scripted", "up"
-        self.capabilities = capabilities
-        self.on_change: list[Any] = []
-        self.keys = {k.alias: k for k in keys}
-        self.stats = NodeStats()
-        self.outcome = outcome
-        self.calls = 0
-
-    async def perform(self, op: Operation, slot: int) -> Any:
-        self.calls += 1
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
-
-    async def probe(self) -> None: ...
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def inject_fault(self, fault: str, value: float = 0.0) -> None: ...
 
 
 def _router(*backends: ScriptedBackend) -> tuple[Router, FakeClock]:
@@ -73,8 +50,8 @@ def _translate() -> Operation:
 
 
 async def test_payment_ops_go_only_to_capable_nodes_and_the_others_count_skips():
-    strict = ScriptedBackend("strict-token", NATIVE_CAPABILITIES, [AES, PEK, BDK])
-    derive = ScriptedBackend("host-side", NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES, [AES, PEK, BDK])
+    strict = ScriptedBackend("strict-token", [AES, PEK, BDK], capabilities=NATIVE_CAPABILITIES)
+    derive = ScriptedBackend("host-side", [AES, PEK, BDK], capabilities=NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES)
     router, _ = _router(strict, derive)
     for _ in range(10):
         await router.execute(_translate())
@@ -85,8 +62,8 @@ async def test_payment_ops_go_only_to_capable_nodes_and_the_others_count_skips()
 
 
 async def test_a_translation_needs_a_node_holding_both_keys():
-    only_pek = ScriptedBackend("a", NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES, [PEK])
-    both = ScriptedBackend("b", NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES, [PEK, BDK])
+    only_pek = ScriptedBackend("a", [PEK], capabilities=NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES)
+    both = ScriptedBackend("b", [PEK, BDK], capabilities=NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES)
     router, _ = _router(only_pek, both)
     for _ in range(5):
         await router.execute(_translate())
@@ -98,15 +75,15 @@ async def test_a_translation_needs_a_node_holding_both_keys():
 
 
 async def test_nothing_capable_is_unavailable_not_a_caller_error():
-    strict = ScriptedBackend("strict-token", NATIVE_CAPABILITIES, [PEK, BDK])
+    strict = ScriptedBackend("strict-token", [PEK, BDK], capabilities=NATIVE_CAPABILITIES)
     router, _ = _router(strict)
     with pytest.raises(Unavailable):
         await router.execute(_translate())
 
 
 async def test_throttled_node_passes_the_request_on_and_is_never_ejected():
-    throttled = ScriptedBackend("region", NATIVE_CAPABILITIES, [AES], outcome=Throttled("slow down"))
-    token = ScriptedBackend("token", NATIVE_CAPABILITIES, [AES])
+    throttled = ScriptedBackend("region", [AES], capabilities=NATIVE_CAPABILITIES, outcome=Throttled("slow down"))
+    token = ScriptedBackend("token", [AES], capabilities=NATIVE_CAPABILITIES)
     router, _ = _router(throttled, token)
     op = Operation(OpKind.ENCRYPT, "alias/zek", ("ECB", b"", b"\0" * 16))
     for _ in range(60):
@@ -118,8 +95,8 @@ async def test_throttled_node_passes_the_request_on_and_is_never_ejected():
 
 
 async def test_all_nodes_throttled_is_resource_exhausted():
-    router, _ = _router(ScriptedBackend("r1", NATIVE_CAPABILITIES, [AES], outcome=Throttled("quota")),
-                        ScriptedBackend("r2", NATIVE_CAPABILITIES, [AES], outcome=Throttled("quota")))
+    router, _ = _router(ScriptedBackend("r1", [AES], capabilities=NATIVE_CAPABILITIES, outcome=Throttled("quota")),
+                        ScriptedBackend("r2", [AES], capabilities=NATIVE_CAPABILITIES, outcome=Throttled("quota")))
     with pytest.raises(Overloaded) as raised:
         await router.execute(Operation(OpKind.ENCRYPT, "alias/zek", ("ECB", b"", b"\0" * 16)))
     assert raised.value.status.name == "RESOURCE_EXHAUSTED"
@@ -128,7 +105,7 @@ async def test_all_nodes_throttled_is_resource_exhausted():
 async def test_native_key_checks_do_not_apply_to_payment_ops():
     # A BDK carries no `decrypt` attribute, but DUKPT decryption with it is legitimate: the engine
     # (or APC) checks its TR-31 usage, not the token attribute.
-    node = ScriptedBackend("n", NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES, [BDK])
+    node = ScriptedBackend("n", [BDK], capabilities=NATIVE_CAPABILITIES | HOST_SIDE_CAPABILITIES)
     router, _ = _router(node)
     dukpt = Operation(OpKind.DECRYPT, "alias/bdk", ("DecryptData", {}), capability=Capability.DUKPT)
     assert (await router.execute(dukpt))[0] == b"ok"
