@@ -21,6 +21,7 @@ from hsmlb.api.registration import add_service
 from hsmlb.backends import Backend, create_backend
 from hsmlb.clock import Clock, monotonic
 from hsmlb.config import Config
+from hsmlb.errors import HsmlbError
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.health.checker import HealthChecker
 from hsmlb.ops import CostClass
@@ -101,7 +102,8 @@ async def _start_nodes(backends: list[Backend], timeout_s: float) -> None:
         if task in pending or task.cancelled():
             log.error("node %s did not start within %gs; serving without it for now", backend.name, timeout_s)
         elif (exc := task.exception()) is not None:
-            log.error("node %s did not start: %s", backend.name, getattr(exc, "message", repr(exc)))
+            log.error("node %s did not start: %s", backend.name,
+                      exc.message if isinstance(exc, HsmlbError) else type(exc).__name__)
 
 
 async def start_daemon(config: Config) -> Daemon:

@@ -36,7 +36,7 @@ SECRETS = {"PIN block": PIN_BLOCK, "key": KEY32, "clear ISO-0 block": CLEAR_BLOC
 FULLWIDTH = "".join(chr(0xFF10 + int(c)) for c in PAN19)
 # Each planted spelling: as is, wrong length, non-hex, separated, full-width digits, over every limit.
 VARIANTS = (PAN16, PAN19, PIN_BLOCK, KEY32, PAN16 + "Z", PIN_BLOCK[:-1], f"{PAN16[:4]} {PAN16[4:8]}-{PAN16[8:]}",
-            FULLWIDTH, "é" + PAN16, KEY32 * 20)
+            FULLWIDTH, "é" + PAN16, KEY32 * 20, "C" + PAN16, "AC3E59BDF6804127")  # letter-led too
 
 
 def base_requests() -> dict[str, Any]:

@@ -185,7 +185,8 @@ def test_undecodable_stream_message_fails_the_stream_visibly(daemon: DaemonProce
         with pytest.raises(grpc.RpcError) as err:
             for raw in call:
                 replies.append(pb.StreamResponse.FromString(raw))
-        assert err.value.code() != grpc.StatusCode.OK
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "not a valid StreamRequest" in (err.value.details() or "")
         assert all(r.request_id != 3 for r in replies)
         still_serves(channel)
 

@@ -15,6 +15,7 @@ from google.protobuf import descriptor
 from hsmlb.apc.discovery import Discovery, key_info
 from hsmlb.apc.model import SERVICE
 from hsmlb.apc.validation import load_service
+from hsmlb.apc.wire import ApiFailure
 from hsmlb.api.payment_codec import apc_params
 from hsmlb.backends.apc import ApcRegionBackend
 from hsmlb.backends.base import Backend, BackendState
@@ -23,7 +24,15 @@ from hsmlb.clock import FakeClock
 from hsmlb.config import ApcRegionConfig, Pkcs11NodeConfig, parse_config
 from hsmlb.errors import InvalidArgument, KeyNotFound, Overloaded, Throttled, Unavailable
 from hsmlb.health import HealthPolicy, NodeHealth
-from hsmlb.ops import HOST_SIDE_CAPABILITIES, NATIVE_CAPABILITIES, Capability, KeyInfo, Operation, OpKind
+from hsmlb.ops import (
+    HOST_SIDE_CAPABILITIES,
+    NATIVE_CAPABILITIES,
+    VERIFICATION_FAILED,
+    Capability,
+    KeyInfo,
+    Operation,
+    OpKind,
+)
 from hsmlb.pool import NodePool
 from hsmlb.router import LeastOutstanding
 from hsmlb.router.breaker import NodeBreaker
@@ -238,3 +247,12 @@ def test_apc_canary_takes_the_hmac_algorithm_from_key_info():
                         "GenerationAttributes": {"Algorithm": "HMAC_SHA256"}})
     # an HMAC key whose algorithm the region did not report gives no MAC canary (GetKey is used instead)
     assert ApcRegionBackend._pick_canary(found(_hmac_key("alias/bare", ""))) is None
+
+
+@pytest.mark.parametrize("reason", ["INVALID_MAC", "AC3E59BDF6804127", "C4111111111111111", "", None])
+def test_region_verification_reasons_pass_only_the_model_enum(reason: str | None) -> None:
+    """A front door may answer VerificationFailedException with request values as the Reason."""
+    _, region = _real_backends(host_side=False)
+    members = {} if reason is None else {"Reason": reason}
+    result = region._failure(ApiFailure(400, "VerificationFailedException", "", members), "VerifyMac", None, None)
+    assert result == {VERIFICATION_FAILED: "INVALID_MAC" if reason == "INVALID_MAC" else "VERIFICATION_FAILED"}

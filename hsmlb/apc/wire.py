@@ -147,6 +147,12 @@ def _encode_label(value: str, greedy: bool) -> str:
     return encoded
 
 
+@cache
+def verification_reasons() -> frozenset[str]:
+    """VerificationFailedReason's enum in the model: the only reasons a region's answer may pass on."""
+    return frozenset(service_model(DATA_SERVICE).shape_for("VerificationFailedReason").enum)
+
+
 def compile_data_plane() -> dict[str, RestJsonTemplate]:
     model = service_model(DATA_SERVICE)
     return {name: RestJsonTemplate.compile(model.operation_model(name)) for name in model.operation_names}

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from hsmlb.errors import HsmlbError
+from hsmlb.errors import HsmlbError, redact
 from hsmlb.health.state import OperatorState
 from hsmlb.router import Member, Router
 from hsmlb.v1 import hsmlb_pb2 as pb
@@ -41,7 +41,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         if request.action not in ACTIONS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action: must be FAIL, DRAIN or RESTORE")
         # printable only: a newline in it could forge a line in the log or the audit trail
-        who = "".join(c if c.isprintable() else "?" for c in request.requested_by.strip()[:128]) or "unknown"
+        who = redact("".join(c if c.isprintable() else "?" for c in request.requested_by.strip()[:128])) or "unknown"
         state = ACTIONS[request.action]
         before = member.health.operator
         member.health.set_operator(state, who, self.router.clock())

@@ -2,8 +2,9 @@
 
 grpc's generated registration decodes with `FromString`: a unary request that does not parse then
 fails inside grpc as UNKNOWN, with the exception's text. Here it reaches a guard as `Undecodable`,
-which answers INVALID_ARGUMENT naming the message type. (The Stream decodes each message itself
-and ends the RPC with INVALID_ARGUMENT at the first bad one: see operations.OperationsServicer.Stream.)
+which answers INVALID_ARGUMENT naming the message type. (A Stream message that does not parse fails
+grpc's deserializer inside the request reader; OperationsServicer.Stream then ends the RPC with
+INVALID_ARGUMENT.)
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from hsmlb.apc.wire import (
     parse_failure,
     read_answer,
     scrub,
+    verification_reasons,
 )
 from hsmlb.backends.base import BackendState
 from hsmlb.clock import Clock, monotonic
@@ -253,7 +254,8 @@ class ApcRegionBackend(BackendState):
             template = self.templates.get(operation)
             if template is None or code not in template.errors:  # only Verify* model it: any other is garbled
                 raise NodeFault(f"node {self.name}: {operation} answered {code}, which it does not model")
-            return {VERIFICATION_FAILED: str(failure.members.get("Reason") or "VERIFICATION_FAILED")}
+            reason = failure.members.get("Reason")  # a front door could echo request values here: enum only
+            return {VERIFICATION_FAILED: reason if reason in verification_reasons() else "VERIFICATION_FAILED"}
         if code == "ValidationException":
             paths = failure.field_paths
             fields = f"; fields: {', '.join(paths)}" if paths else ""
@@ -358,7 +360,7 @@ class ApcRegionBackend(BackendState):
     async def _supervise(self) -> None:
         """Down: reconnect with back-off. Up: refresh the frozen credentials now and then, and re-read
         the credential chain (with back-off) when the region rejects them: a rotated file, say."""
-        delay = RETRY_FIRST_S
+        delay = reread_delay = RETRY_FIRST_S  # reconnects; credential re-reads while up
         while not self._closing:
             if self._state == "up":
                 self._resync.clear()
@@ -368,8 +370,9 @@ class ApcRegionBackend(BackendState):
                     await self._refresh_credentials()
                     continue
                 if self._state == "up":
-                    await asyncio.sleep(delay)
-                    delay = RETRY_FIRST_S if await self._reload_credentials() else min(delay * 2, RETRY_MAX_S)
+                    await asyncio.sleep(reread_delay)
+                    fresh = await self._reload_credentials()
+                    reread_delay = RETRY_FIRST_S if fresh else min(reread_delay * 2, RETRY_MAX_S)
                 continue
             await asyncio.sleep(delay)
             try:

@@ -331,15 +331,20 @@ class Pkcs11Backend(BackendState):
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> int:
         """Wait for the worker to exit; kill it first if it hangs (a C call that never returns,
-        a stopped process), so that its requests fail over instead of waiting for ever."""
+        a stopped process), so that its requests fail over instead of waiting for ever. Sets down_reason."""
         limit_s = self.config.worker_timeout_s
         exited = asyncio.ensure_future(proc.wait())
+        killed = False
         try:
             while True:
                 done, _ = await asyncio.wait({exited}, timeout=min(1.0, limit_s / 4))
                 if done:
-                    return exited.result()
+                    code = exited.result()
+                    if not killed:
+                        self.down_reason = f"token worker exited with {code}"
+                    return code
                 if self._hung(limit_s) and proc.returncode is None:
+                    killed = True
                     self.down_reason = f"token worker answered nothing for {limit_s:g}s: killed as hung"
                     log.error("node %s: %s (pid %s)", self.name, self.down_reason, proc.pid)
                     with contextlib.suppress(ProcessLookupError):
@@ -355,8 +360,6 @@ class Pkcs11Backend(BackendState):
                 code = await self._watch(self._proc)
                 if self._closing:
                     return
-                if not self.down_reason.endswith("killed as hung"):
-                    self.down_reason = f"token worker exited with {code}"
                 self._set_state("down")
                 log.warning("node %s: token worker exited with %s; restarting", self.name, code)
             while not self._closing:

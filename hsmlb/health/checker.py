@@ -14,6 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from hsmlb.clock import Clock
+from hsmlb.errors import HsmlbError
 from hsmlb.health.state import NodeHealth
 
 log = logging.getLogger("hsmlb.health")
@@ -40,7 +41,7 @@ class HealthChecker:
         except TimeoutError:
             reason = f"no answer within {self.timeout_s:g}s"
         except Exception as exc:  # any failure of the canary is a failed check
-            reason = getattr(exc, "message", None) or type(exc).__name__  # our errors carry safe messages
+            reason = exc.message if isinstance(exc, HsmlbError) else type(exc).__name__  # ours are redacted
         if reason:
             log.debug("health check %s failed: %s", health.name, reason)
         health.record_check(not reason, self.clock(), reason)
