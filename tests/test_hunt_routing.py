@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -24,7 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from hsmlb.clock import FakeClock
 from hsmlb.dev.regions import dev_credentials
@@ -43,7 +39,6 @@ from tests.conftest import Cluster as DevCluster
 from tests.conftest import DaemonProcess, start_daemon
 
 ZEK = "alias/zek-aes128"  # all four tokens
-LISTEN_S = 30.0
 RPC_S = 5.0
 
 # ------------------------------------------------------------------------------ pure policy
@@ -112,6 +107,11 @@ async def test_a_node_whose_inventory_is_unknown_makes_an_unknown_alias_unavaila
     with pytest.raises(Exception, match="no node holds") as raised:
         await router.execute(_encrypt("alias/elsewhere"))
     assert raised.value.status.name == "NOT_FOUND"
+    never.state = "down"  # down again, but its (empty) inventory was read: still NOT_FOUND, not a retry
+    router.cluster.rebuild()
+    with pytest.raises(Exception, match="no node holds") as again:
+        await router.execute(_encrypt("alias/elsewhere"))
+    assert again.value.status.name == "NOT_FOUND"
 
 
 async def test_half_open_breaker_admits_exactly_one_probe_under_concurrency() -> None:
@@ -173,39 +173,11 @@ def test_slow_start_weight_stays_in_range_at_its_boundaries_and_with_the_clock_g
 # ------------------------------------------------------------------------------ real daemons
 
 
-def _config(cluster: DevCluster, directory: Path, **top: Any) -> dict[str, Any]:
-    data = yaml.safe_load(cluster.config.read_text())
-    data["listen"] = "127.0.0.1:0"
-    data.update(top)
-    return data
-
-
-def _write(data: dict[str, Any], directory: Path) -> Path:
-    path = directory / "hsmlb-hunt-routing.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @contextlib.contextmanager
 def _listening(config: Path, log_path: Path) -> Iterator[DaemonProcess]:
     """A daemon that need not have every node up: waits only for it to listen (bounded)."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "hsmlb", "serve", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    daemon = DaemonProcess(proc, "", log_path, config)
+    daemon = start_daemon(config, log_path, wait_nodes_up=False)
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + LISTEN_S
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline().decode()
-            if line.startswith("hsmlb listening on "):
-                daemon.address = line.split()[-1]
-                break
-            if not line and proc.poll() is not None:
-                break
-        if not daemon.address:
-            tail = log_path.read_text(errors="replace")[-1500:]
-            raise AssertionError(f"daemon did not start listening (exit {proc.poll()}):\n{tail}")
         yield daemon
     finally:
         daemon.stop(signal.SIGTERM, 20)
@@ -234,11 +206,13 @@ async def test_kcv_outlier_token_is_excluded_and_stays_excluded_when_the_others_
         cluster: DevCluster, tmp_path: Path) -> None:
     """node-c's config maps zek-aes128 and dek-aes256 to each other's labels (a mislabelled token):
     it must be flagged and serve neither alias, also once node-a and node-b are down."""
-    data = _config(cluster, tmp_path)
-    for node in data["nodes"]:
-        if node["name"] == "node-c":
-            node["key_labels"] = {ZEK: DEK, DEK: ZEK}
-    daemon = start_daemon(_write(data, tmp_path), tmp_path / "d.log")
+    def mislabel_node_c(data: dict[str, Any]) -> None:
+        for node in data["nodes"]:
+            if node["name"] == "node-c":
+                node["key_labels"] = {ZEK: DEK, DEK: ZEK}
+
+    config = cluster.write_variant(tmp_path / "hsmlb-hunt-routing.yaml", mutate=mislabel_node_c)
+    daemon = start_daemon(config, tmp_path / "d.log")
     try:
         async with grpc.aio.insecure_channel(daemon.address) as channel:
             admin, stub = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)
@@ -273,7 +247,7 @@ async def test_a_token_missing_at_start_is_unavailable_then_picked_up(cluster: D
     (not NOT_FOUND: the key exists, its node is down), and node-a joins once the token is back."""
     with token_dirs(cluster, ("node-a",)) as dirs:
         dirs.away()
-        with _listening(_write(_config(cluster, tmp_path), tmp_path), tmp_path / "d.log") as daemon:
+        with _listening(cluster.write_variant(tmp_path / "hsmlb-hunt-routing.yaml"), tmp_path / "d.log") as daemon:
             async with grpc.aio.insecure_channel(daemon.address) as channel:
                 admin, stub = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)
                 # wait_for_ready: the first call on a fresh channel must not fail on connecting
@@ -295,7 +269,7 @@ async def test_every_token_missing_at_start_fails_fast_with_unavailable_and_reco
     labels = ("node-a", "node-b", "node-c", "node-d")
     with token_dirs(cluster, labels) as dirs:
         dirs.away()
-        with _listening(_write(_config(cluster, tmp_path), tmp_path), tmp_path / "d.log") as daemon:
+        with _listening(cluster.write_variant(tmp_path / "hsmlb-hunt-routing.yaml"), tmp_path / "d.log") as daemon:
             async with grpc.aio.insecure_channel(daemon.address) as channel:
                 stub = pb_grpc.OperationsStub(channel)
                 started = time.monotonic()
@@ -319,10 +293,9 @@ async def test_a_region_slower_than_start_timeout_does_not_stop_the_daemon_servi
     region = {"name": "apc-void", "kind": "apc", "region": "us-east-2", "endpoint_url": f"http://127.0.0.1:{port}",
               "credentials_file": str(dev_credentials(tmp_path / "creds")[2]), "connections": 1,
               "request_timeout_s": 4.0, "connect_timeout_s": 2.0}
-    data = _config(cluster, tmp_path, start_timeout_s=1.0)
-    data["nodes"].append(region)
+    config = cluster.write_variant(tmp_path / "hsmlb-hunt-routing.yaml", extra_nodes=[region], start_timeout_s=1.0)
     try:
-        with _listening(_write(data, tmp_path), tmp_path / "d.log") as daemon:
+        with _listening(config, tmp_path / "d.log") as daemon:
             hole.close()  # the half-open connections are reset: the region's discovery ends now
             async with grpc.aio.insecure_channel(daemon.address) as channel:
                 admin, stub = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)

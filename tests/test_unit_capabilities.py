@@ -14,6 +14,7 @@ from google.protobuf import descriptor
 
 from hsmlb.apc.discovery import Discovery, key_info
 from hsmlb.apc.model import SERVICE
+from hsmlb.apc.native import pick_canary
 from hsmlb.apc.validation import load_service
 from hsmlb.apc.wire import ApiFailure
 from hsmlb.api.payment_codec import apc_params
@@ -242,11 +243,11 @@ def test_apc_canary_takes_the_hmac_algorithm_from_key_info():
         return Discovery(Credentials("test", "test"), ReadOnlyCredentials("test", "test", None),
                          "http://127.0.0.1:1", "http://127.0.0.1:1", {k.alias: k for k in keys})
 
-    assert ApcRegionBackend._pick_canary(found(key)) == (
+    assert pick_canary(found(key).keys) == (
         "GenerateMac", {"KeyIdentifier": key.label, "MessageData": "00",
                         "GenerationAttributes": {"Algorithm": "HMAC_SHA256"}})
     # an HMAC key whose algorithm the region did not report gives no MAC canary (GetKey is used instead)
-    assert ApcRegionBackend._pick_canary(found(_hmac_key("alias/bare", ""))) is None
+    assert pick_canary(found(_hmac_key("alias/bare", "")).keys) is None
 
 
 @pytest.mark.parametrize("reason", ["INVALID_MAC", "AC3E59BDF6804127", "C4111111111111111", "", None])

@@ -234,8 +234,9 @@ class _StreamCall:
         self._retries.discard(retry)
         if not self._claim(seq):
             return
-        if retry.cancelled():  # by close() (then _answer drops it), or a backend that gave up: never unanswered
-            self._answer(_status(request_id, Unavailable(f"{field} was cancelled before it completed")))
+        if retry.cancelled():  # by close() (nobody to answer), or a backend that gave up: never unanswered
+            if not self.closed:
+                self._answer(_status(request_id, Unavailable(f"{field} was cancelled before it completed")))
             return
         exc = retry.exception()
         if isinstance(exc, HsmlbError):

@@ -61,9 +61,9 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 WARM_ROUNDS = 3
 URL_CACHE_MAX = 4096
 _JSON_HEADERS = {"Content-Type": JSON}
-# Unsigned, added after signing: aiohttp would offer gzip/deflate by default, but we read bodies raw
+# A session default, so unsigned: aiohttp would offer gzip/deflate, but we read bodies raw
 # (auto_decompress off), so a front door that honoured that offer would turn every answer into a fault.
-_ACCEPT = "identity"
+_SESSION_HEADERS = {"Accept-Encoding": "identity"}
 
 
 class ApcRegionBackend(BackendState):
@@ -224,7 +224,6 @@ class ApcRegionBackend(BackendState):
         else:
             url = URL(found.control_url + path, encoded=True)
             signed = signer.sign(method, found.control_url + path, headers, body)
-        signed["Accept-Encoding"] = _ACCEPT
         clipped = timeout < self.config.request_timeout_s
         try:
             async with session.request(method, url, data=body, headers=signed,
@@ -309,18 +308,14 @@ class ApcRegionBackend(BackendState):
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.config.connections, keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
-                                                  auto_decompress=False)
-        self._canary = self._pick_canary(found)
+                                                  auto_decompress=False, headers=_SESSION_HEADERS)
+        self._canary = pick_canary(found.keys)
         self._keys = found.keys
         self._arns = {alias: key.label for alias, key in found.keys.items()}  # alias -> key ARN
         await self._warm()
         self._set_state("up")
         log.info("node %s up: region %s, %d keys, %d/%d warm connections", self.name, self.config.region,
                  len(self._keys), self.warm_connections, self.config.connections)
-
-    @staticmethod
-    def _pick_canary(found: Discovery) -> tuple[str, dict[str, Any]] | None:
-        return pick_canary(found.keys)
 
     async def _warm(self) -> None:
         """Open `connections` keep-alive connections now (that many concurrent signed canaries), so the

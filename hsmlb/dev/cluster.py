@@ -135,8 +135,9 @@ def _asymmetric_material(state_dir: Path, entry: KeyEntry) -> bytes:
     if entry.material_hex:
         return bytes.fromhex(entry.material_hex)
     path = state_dir / "generated" / (entry.alias.replace("/", "_") + ".der")
-    if path.exists() and _fits(path.read_bytes(), entry.algorithm):
-        return path.read_bytes()
+    kept = path.read_bytes() if path.exists() else None
+    if kept is not None and _fits(kept, entry.algorithm):
+        return kept
     path.parent.mkdir(mode=0o700, exist_ok=True)
     key = rsa.generate_private_key(65537, 2048) if entry.algorithm == "RSA_2048" \
         else ec.generate_private_key(ec.SECP256R1())

@@ -52,10 +52,15 @@ class Emulator:
     process: subprocess.Popen[str]
     endpoint_url: str
     log: list[str] = field(default_factory=list)  # its stdout and stderr: the first lines and a bounded tail
+    drain: threading.Thread | None = field(default=None, repr=False)  # the thread that fills `log`
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
-        """SIGTERM (in-flight requests finish), kill if it is not gone in time; its exit status."""
-        return stop(self.process, timeout=timeout_s)
+        """SIGTERM (in-flight requests finish), kill if it is not gone in time; its exit status. On
+        return `log` is complete: the drain thread has read the output to its end (bounded wait)."""
+        code = stop(self.process, timeout=timeout_s)
+        if self.drain is not None:
+            self.drain.join(timeout_s)
+        return code
 
 
 def spawn_emulator(name: str, keys_file: str | Path, *flags: str, port: int = 0, env: Mapping[str, str] | None = None,
@@ -69,11 +74,12 @@ def spawn_emulator(name: str, keys_file: str | Path, *flags: str, port: int = 0,
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=None if env is None else dict(env))
     output = _Output()
-    threading.Thread(target=output.drain, args=(process,), daemon=True, name=f"drain-{name}").start()
+    drain = threading.Thread(target=output.drain, args=(process,), daemon=True, name=f"drain-{name}")
+    drain.start()
     ready = output.wait_ready(timeout_s)
     if ready is not None:
         url, region = ready
-        return Emulator(name, region, process, url, output.lines)
+        return Emulator(name, region, process, url, output.lines, drain)
     stop(process, signal.SIGKILL, timeout=5.0)
     raise ConfigError(f"emulated region {name} did not start: {' | '.join(output.lines[-5:]) or 'no output'}")
 

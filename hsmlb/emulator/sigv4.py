@@ -60,9 +60,6 @@ class _ReceivedSigner(SigV4Auth):
     def headers_to_sign(self, request: Any) -> _SignedHeaders:
         return _SignedHeaders((name, request.headers.getall(name, [])) for name in self._signed)
 
-    def payload(self, request: Any) -> str:
-        return sha256(request.body).hexdigest()
-
     def canonical_request(self, request: Any) -> str:
         """botocore's canonical request, but hashing the body as received.
 
@@ -72,7 +69,7 @@ class _ReceivedSigner(SigV4Auth):
         headers = self.headers_to_sign(request)
         return "\n".join((request.method.upper(), self._normalize_url_path(urlsplit(request.url).path),
                           self.canonical_query_string(request), self.canonical_headers(headers) + "\n",
-                          self.signed_headers(headers), self.payload(request)))
+                          self.signed_headers(headers), sha256(request.body).hexdigest()))
 
 
 def _parse_amz_date(value: str) -> datetime:

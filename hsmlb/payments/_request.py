@@ -20,7 +20,6 @@ TDES = frozenset({"TDES_2KEY", "TDES_3KEY"})
 AES = frozenset({"AES_128", "AES_192", "AES_256"})
 BLOCK_CIPHERS = TDES | AES
 HMAC_HASH = {"HMAC_SHA224": "SHA224", "HMAC_SHA256": "SHA256", "HMAC_SHA384": "SHA384", "HMAC_SHA512": "SHA512"}
-_STRENGTH = dukpt.STRENGTH  # "derived key no stronger than the BDK": one table for the request and the derivation
 
 
 def invalid(path: str, message: str) -> PaymentValidationError:
@@ -152,7 +151,7 @@ def dukpt_key(bdk: KeyMaterial, attrs: Mapping[str, Any], path: str, purpose: st
     """(algorithm, family, working key) for a DUKPT request; purpose is PIN, MAC or DATA."""
     variant = string(attrs, "DukptKeyVariant", f"{path}.DukptKeyVariant", required=False, choices=VARIANTS)
     variant = variant or "BIDIRECTIONAL"
-    derived = string(attrs, type_member, f"{path}.{type_member}", required=False, choices=tuple(_STRENGTH))
+    derived = string(attrs, type_member, f"{path}.{type_member}", required=False, choices=tuple(dukpt.STRENGTH))
     if bdk.algorithm == "TDES_2KEY":
         ksn = hexbytes(attrs, "KeySerialNumber", f"{path}.KeySerialNumber", lengths=(8, 10))
         if derived not in (None, "TDES_2KEY"):
@@ -164,7 +163,7 @@ def dukpt_key(bdk: KeyMaterial, attrs: Mapping[str, Any], path: str, purpose: st
         raise invalid("KeyIdentifier", f"DUKPT with a {bdk.algorithm} BDK is not supported")
     ksn = hexbytes(attrs, "KeySerialNumber", f"{path}.KeySerialNumber", lengths=(12,))
     derived = derived or bdk.algorithm
-    if _STRENGTH[derived] > _STRENGTH[bdk.algorithm]:
+    if dukpt.STRENGTH[derived] > dukpt.STRENGTH[bdk.algorithm]:
         raise invalid(f"{path}.{type_member}", "must not be stronger than the BDK")
     usage = "PIN" if purpose == "PIN" else _AES_USAGE[(purpose, variant)]
     assert ksn is not None

@@ -119,10 +119,10 @@ USAGES: dict[str, int] = {
     "KEY_DERIVATION_INITIAL": 0x8001,
 }
 _AES_TYPES = {16: "AES_128", 24: "AES_192", 32: "AES_256"}
-# Key strength order for "a working key is no stronger than the key it is derived from" (X9.24-3:2017 6.1).
-# Not key length: the standard's test-vector supplement derives 3-key TDEA (192-bit) working keys from an
-# AES-128 BDK.
-STRENGTH: dict[str, int] = {"TDES_2KEY": 0, "TDES_3KEY": 1, "AES_128": 2, "AES_192": 3, "AES_256": 4}
+# Key strength order for "a working key is no stronger than the key it is derived from" (X9.24-3:2017 6.1):
+# the algorithm indicator's order, not key length (the standard's test-vector supplement derives 3-key
+# TDEA, 192-bit, working keys from an AES-128 BDK).
+STRENGTH: dict[str, int] = {name: indicator for name, (indicator, _) in KEY_TYPES.items()}
 
 
 def aes_bdk_type(bdk: bytes) -> str:

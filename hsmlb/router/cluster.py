@@ -51,10 +51,14 @@ class Cluster:
         self.by_name = {m.name: m for m in members}
         self._holders: dict[str, list[Member]] = {}
         self._keys: dict[str, KeyInfo] = {}
+        self._unread: list[str] = []  # nodes never up yet: their inventory is unknown, not empty
+        self._ever_up: set[str] = set()
         self.rebuild()
 
     def rebuild(self, *_: object) -> None:
         """Recompute alias -> holders: the nodes that are up and agree with the KCV majority."""
+        self._ever_up.update(m.name for m in self.members if m.up)
+        self._unread = [m.name for m in self.members if m.name not in self._ever_up]
         kcvs: dict[str, Counter[str]] = {}
         for member in self.members:  # every known inventory votes, up or not (see the module doc)
             for alias, key in member.pool.backend.keys.items():
@@ -111,10 +115,9 @@ class Cluster:
             return holders
         if any(alias in m.pool.backend.keys for m in self.members):
             return []
-        unknown = [m.name for m in self.members if not m.up and not m.pool.backend.keys]
-        if unknown:  # a node not yet discovered may hold it: NOT_FOUND would say it does not exist
+        if self._unread:  # a node not yet discovered may hold it: NOT_FOUND would say it does not exist
             raise Unavailable(f"no node that is up holds a key with alias {alias}; the inventory of "
-                              f"{', '.join(unknown)} is not known yet")
+                              f"{', '.join(self._unread)} is not known yet")
         raise KeyNotFound(f"no node holds a key with alias {alias}")
 
     def ejected_count(self, now: float) -> int:
