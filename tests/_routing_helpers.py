@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
@@ -44,12 +43,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def write_config(cluster: Cluster, directory: Path, router: dict[str, Any]) -> Path:
     """The dev cluster's config with `listen: 127.0.0.1:0` and `router` merged over the defaults."""
-    data = yaml.safe_load(cluster.config.read_text())
-    data["listen"] = "127.0.0.1:0"
-    data["router"] = _merge(data.get("router") or {}, router)
-    path = directory / "hsmlb-router.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    def merge_router(data: dict[str, Any]) -> None:
+        data["router"] = _merge(data.get("router") or {}, router)
+
+    return cluster.write_variant(directory / "hsmlb-router.yaml", mutate=merge_router)
 
 
 @contextlib.contextmanager

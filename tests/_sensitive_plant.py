@@ -13,18 +13,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from hsmlb.payments import pinblock
 from hsmlb.payments import primitives as P
 from hsmlb.v1 import hsmlb_pb2 as pb
+from loadtest.payloads import luhn_check_digit
 from tests._payment_common import MATERIAL, h, iso_format
 from tests.conftest import sym
-from tests.test_sensitive_data import luhn_valid
 
-
-def _luhn(prefix: str) -> str:
-    """prefix + its Luhn check digit."""
-    return next(prefix + d for d in "0123456789" if luhn_valid(prefix + d))
-
-
-PAN16 = _luhn("492917350264123")
-PAN19 = _luhn("622126001234567890")
+PAN16 = "492917350264123" + luhn_check_digit("492917350264123")
+PAN19 = "622126001234567890" + luhn_check_digit("622126001234567890")
 PIN = "58204173"
 PIN_BLOCK = "04127AC3E59BDF68"
 KEY32 = "5C1E9A7F3B0D2486E4A8C6F0B2D4E6A1"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,22 @@ class Cluster:
     state_dir: Path
     config: Path
     keys_file: Path
+
+    def write_variant(self, path: Path, nodes: Iterable[str] | None = None, extra_nodes: Iterable[dict[str, Any]] = (),
+                      mutate: Callable[[dict[str, Any]], None] | None = None, **top: Any) -> Path:
+        """The cluster's config listening on a free port, with only `nodes` (all if None) plus
+        `extra_nodes`, top-level keys replaced by `top`, then `mutate` applied; written to `path`."""
+        data = yaml.safe_load(self.config.read_text())
+        data["listen"] = "127.0.0.1:0"
+        if nodes is not None:
+            keep = set(nodes)
+            data["nodes"] = [n for n in data["nodes"] if n["name"] in keep]
+        data["nodes"] += list(extra_nodes)
+        data.update(top)
+        if mutate is not None:
+            mutate(data)
+        path.write_text(yaml.safe_dump(data))
+        return path
 
 
 @dataclass
@@ -62,11 +78,12 @@ def debug_logging() -> Iterator[None]:
         yield
 
 
-def start_daemon(config: Path, log_path: Path, new_session: bool = False) -> DaemonProcess:
+def start_daemon(config: Path, log_path: Path, new_session: bool = False, wait_nodes_up: bool = True) -> DaemonProcess:
     """Run `hsmlb serve` as a child process and wait until it prints its address.
 
     new_session: the daemon leads a process group of its own (with its token workers), as under a
-    service manager, so a test can signal the whole group."""
+    service manager, so a test can signal the whole group. wait_nodes_up=False: return once it
+    listens, for tests of a daemon serving with some nodes down."""
     with log_path.open("wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "hsmlb", "serve", "--config", str(config)],
                                 stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -79,7 +96,8 @@ def start_daemon(config: Path, log_path: Path, new_session: bool = False) -> Dae
             if line.startswith("hsmlb listening on "):
                 address = line.split()[-1]
                 daemon = DaemonProcess(proc, address, log_path, config)
-                _wait_nodes_up(daemon, deadline)
+                if wait_nodes_up:
+                    _wait_nodes_up(daemon, deadline)
                 return daemon
             if not line and proc.poll() is not None:
                 break
@@ -150,12 +168,7 @@ class PaymentCluster(Cluster):
                 **overrides: object) -> Path:
         """The same cluster config restricted to some nodes (to run an op on one backend kind), plus
         `extra_nodes` (e.g. a region of the test's own), with top-level `overrides`."""
-        data = yaml.safe_load(self.config.read_text())
-        data["nodes"] = [n for n in data["nodes"] if n["name"] in nodes] + list(extra_nodes)
-        data.update(overrides)
-        path = self.state_dir / f"hsmlb-{name}.yaml"
-        path.write_text(yaml.safe_dump(data))
-        return path
+        return self.write_variant(self.state_dir / f"hsmlb-{name}.yaml", nodes, extra_nodes, **overrides)
 
 
 def set_faults(emulator: Emulator, **faults: float) -> None:

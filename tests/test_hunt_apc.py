@@ -151,15 +151,6 @@ def region_node(name: str, url: str, credentials: Path, **extra: Any) -> dict[st
             "connections": 2, **extra}
 
 
-def config_with(cluster: Cluster, directory: Path, tokens: list[str], *regions: dict[str, Any]) -> Path:
-    data = yaml.safe_load(cluster.config.read_text())
-    data["listen"] = "127.0.0.1:0"
-    data["nodes"] = [n for n in data["nodes"] if n["name"] in tokens] + list(regions)
-    path = directory / "hsmlb-hunt.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 async def launch(config: Path, log: Path) -> DaemonProcess:
     """In a thread: the peer runs on this event loop and must answer the daemon's discovery."""
     return await asyncio.to_thread(start_daemon, config, log)
@@ -196,7 +187,7 @@ async def peer_daemon(cluster: Cluster, peer: Peer, tmp_path_factory: pytest.Tem
     """A daemon whose only node is the region behind the peer: a node fault answers UNAVAILABLE."""
     directory = tmp_path_factory.mktemp("hunt-peer")
     node = region_node("apc-peer", peer.url, dev_credentials(cluster.state_dir)[2], request_timeout_s=0.5)
-    daemon = await launch(config_with(cluster, directory, [], node), directory / "d.log")
+    daemon = await launch(cluster.write_variant(directory / "hsmlb-hunt.yaml", [], [node]), directory / "d.log")
     yield daemon
     await asyncio.to_thread(daemon.stop)
 
@@ -287,7 +278,7 @@ async def test_region_restarted_without_a_key_does_not_answer_not_found(cluster:
     own = start_emulator("apc-stale", REGION, cluster.keys_file, cluster.state_dir)
     port = int(own.endpoint_url.rsplit(":", 1)[1])
     node = region_node("apc-stale", own.endpoint_url, dev_credentials(cluster.state_dir)[2])
-    daemon = await launch(config_with(cluster, tmp_path, ["node-a"], node), tmp_path / "d.log")
+    daemon = await launch(cluster.write_variant(tmp_path / "hsmlb-hunt.yaml", ["node-a"], [node]), tmp_path / "d.log")
     try:
         async with grpc.aio.insecure_channel(daemon.address) as channel:
             ops, admin = pb_grpc.OperationsStub(channel), pb_grpc.AdminStub(channel)
@@ -326,8 +317,9 @@ async def test_rotated_credentials_are_picked_up(cluster: Cluster, tmp_path: Pat
 
     own = region_with("first-secret")
     port = int(own.endpoint_url.rsplit(":", 1)[1])
-    daemon = await launch(config_with(cluster, tmp_path, ["node-a"],
-                                      region_node("apc-rot", own.endpoint_url, credentials)), tmp_path / "d.log")
+    daemon = await launch(cluster.write_variant(tmp_path / "hsmlb-hunt.yaml", ["node-a"],
+                                                [region_node("apc-rot", own.endpoint_url, credentials)]),
+                          tmp_path / "d.log")
     try:
         async with grpc.aio.insecure_channel(daemon.address) as channel:
             ops, admin = pb_grpc.OperationsStub(channel), pb_grpc.AdminStub(channel)

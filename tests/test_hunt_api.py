@@ -10,47 +10,42 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from tests._daemon_helpers import NIST_ECB, NIST_PLAIN, NODES, inject, set_state, still_serves, wait_for
+from tests._daemon_helpers import (
+    NIST_ECB,
+    NIST_KEY,
+    NIST_PLAIN,
+    NODES,
+    inject,
+    nist_request,
+    set_state,
+    still_serves,
+    wait_for,
+)
 from tests.conftest import Cluster, DaemonProcess, node_table, start_daemon, sym
 
-AES = "alias/zek-aes128"
 STREAM = "/hsmlb.v1.Operations/Stream"
 
 
-def _enc() -> pb.EncryptDataRequest:
-    return pb.EncryptDataRequest(key_identifier=AES, plain_text=NIST_PLAIN, encryption_attributes=sym(pb.ECB))
-
-
 def _msg(request_id: int, timeout_ms: int = 0) -> pb.StreamRequest:
-    return pb.StreamRequest(request_id=request_id, timeout_ms=timeout_ms, encrypt_data=_enc())
+    return pb.StreamRequest(request_id=request_id, timeout_ms=timeout_ms, encrypt_data=nist_request())
 
 
 def _idle(daemon: DaemonProcess) -> bool:
     return all(n.sessions_in_use == 0 and n.queued == 0 and n.outstanding == 0 for n in node_table(daemon).values())
 
 
-def _variant(cluster: Cluster, tmp_path: Path, name: str, **router: Any) -> Path:
-    config = yaml.safe_load(cluster.config.read_text())
-    config["listen"] = "127.0.0.1:0"
-    config["router"] = router
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture
 def probe_daemon(cluster: Cluster, tmp_path: Path) -> Iterator[DaemonProcess]:
     """Breaker opens on one fault and half-opens after 0.3 s; no ejection, no active checks (idle worker)."""
-    path = _variant(cluster, tmp_path, "probe", breaker={"fail_max": 1, "reset_timeout_s": 0.3},
-                    outlier={"observe_only": True}, health_check={"interval_s": 60})
+    path = cluster.write_variant(tmp_path / "probe.yaml", router={
+        "breaker": {"fail_max": 1, "reset_timeout_s": 0.3}, "outlier": {"observe_only": True},
+        "health_check": {"interval_s": 60}})
     daemon = start_daemon(path, tmp_path / "daemon.log")
     yield daemon
     daemon.stop()
@@ -69,7 +64,7 @@ def test_stream_cancelled_during_a_breaker_probe_does_not_strand_the_breaker(pro
         set_state(channel, others, pb.DRAIN, "test_hunt_api")
         inject(channel, ("node-a",), "error_rate", 1.0)
         with pytest.raises(grpc.RpcError):
-            ops.EncryptData(_enc(), timeout=10)
+            ops.EncryptData(nist_request(), timeout=10)
         assert node_table(probe_daemon)["node-a"].breaker == "open"
         inject(channel, ("node-a",), "delay", 1.0)
         time.sleep(0.4)  # past reset_timeout_s: the next request is the half-open probe
@@ -94,7 +89,7 @@ def test_stream_cancelled_during_a_breaker_probe_does_not_strand_the_breaker(pro
             if node_table(probe_daemon)["node-a"].breaker == "closed" or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-            assert ops.EncryptData(_enc(), timeout=10).cipher_text == NIST_ECB
+            assert ops.EncryptData(nist_request(), timeout=10).cipher_text == NIST_ECB
         table = node_table(probe_daemon)
         assert table["node-a"].breaker == "closed", table["node-a"]
 
@@ -176,7 +171,7 @@ def test_undecodable_stream_message_fails_the_stream_visibly(daemon: DaemonProce
     """A message that does not parse (bad UTF-8 in a string) ends the Stream with an error status:
     a clean OK end would let the client believe the messages after it were all answered."""
     good = _msg(1).SerializeToString()
-    bad = pb.StreamRequest(request_id=2, encrypt_data=_enc()).SerializeToString() + b"\x08\x02" \
+    bad = pb.StreamRequest(request_id=2, encrypt_data=nist_request()).SerializeToString() + b"\x08\x02" \
         + b"\x52\x04\x12\x02\xff\xfe"  # encrypt_data again (merged), with plain_text as invalid UTF-8
     later = _msg(3).SerializeToString()
     with daemon.channel() as channel:
@@ -205,7 +200,7 @@ def test_duplicate_request_ids_and_extreme_timeouts_are_each_answered(daemon: Da
 def test_oversize_stream_message_fails_the_stream_not_the_daemon(daemon: DaemonProcess) -> None:
     """A message beyond gRPC's 4 MiB receive limit: RESOURCE_EXHAUSTED for that stream only."""
     huge = pb.StreamRequest(request_id=2, encrypt_data=pb.EncryptDataRequest(
-        key_identifier=AES, plain_text="00" * (3 * 2**20), encryption_attributes=sym(pb.ECB)))
+        key_identifier=NIST_KEY, plain_text="00" * (3 * 2**20), encryption_attributes=sym(pb.ECB)))
     with daemon.channel() as channel:
         with pytest.raises(grpc.RpcError) as err:
             list(pb_grpc.OperationsStub(channel).Stream(iter([_msg(1), huge, _msg(3)]), timeout=10))

@@ -24,7 +24,7 @@ from hsmlb.clock import FakeClock
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from tests._daemon_helpers import NIST_ECB, NIST_PLAIN, NODES, wait_for
+from tests._daemon_helpers import NIST_ECB, NODES, nist_request, wait_for
 from tests.conftest import Cluster, DaemonProcess, start_daemon, sym
 
 ONLY_A = "alias/only-node-a"
@@ -37,26 +37,12 @@ def _nodes(admin: pb_grpc.AdminStub) -> dict[str, pb.NodeStatus]:
     return {n.name: n for n in admin.ListNodes(pb.ListNodesRequest(), timeout=5).nodes}
 
 
-def _zek() -> pb.EncryptDataRequest:
-    return pb.EncryptDataRequest(key_identifier="alias/zek-aes128", plain_text=NIST_PLAIN,
-                                 encryption_attributes=sym(pb.ECB))
-
-
 def _only_a() -> pb.EncryptDataRequest:
     return pb.EncryptDataRequest(key_identifier=ONLY_A, plain_text=SOLE_KEY_PLAIN, encryption_attributes=sym(pb.ECB))
 
 
 def _inject(admin: pb_grpc.AdminStub, node: str, fault: str, value: float = 0.0, timeout: float = 10) -> None:
     admin.InjectFault(pb.InjectFaultRequest(node=node, fault=fault, value=value), timeout=timeout)
-
-
-def _config_copy(cluster: Cluster, tmp_path: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:
-    data = yaml.safe_load(cluster.config.read_text())
-    data["listen"] = "127.0.0.1:0"
-    mutate(data)
-    path = tmp_path / "hsmlb.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +87,7 @@ def own_pin_daemon(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[DaemonPro
     def mutate(data: dict[str, Any]) -> None:
         next(n for n in data["nodes"] if n["name"] == "node-b")["pin_file"] = str(pin)
 
-    daemon = start_daemon(_config_copy(cluster, tmp_path, mutate), tmp_path / "daemon.log")
+    daemon = start_daemon(cluster.write_variant(tmp_path / "hsmlb.yaml", mutate=mutate), tmp_path / "daemon.log")
     try:
         yield daemon, pin, good
     finally:
@@ -126,7 +112,7 @@ def test_pin_file_unreadable_at_a_respawn_is_retried_until_it_is_back(
             away.rename(pin)
         assert down.backend_state == "down"
         assert wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 10), _nodes(admin)["node-b"]
-        assert pb_grpc.OperationsStub(channel).EncryptData(_zek(), timeout=10).cipher_text == NIST_ECB
+        assert pb_grpc.OperationsStub(channel).EncryptData(nist_request(), timeout=10).cipher_text == NIST_ECB
     assert good not in daemon.log_text()
 
 
@@ -191,14 +177,14 @@ def test_hung_worker_is_killed_and_requests_without_deadline_do_not_wait_for_eve
         for node in data["nodes"]:
             node["worker_timeout_s"] = 1.5
 
-    daemon = start_daemon(_config_copy(cluster, tmp_path, mutate), tmp_path / "daemon.log")
+    daemon = start_daemon(cluster.write_variant(tmp_path / "hsmlb.yaml", mutate=mutate), tmp_path / "daemon.log")
     stopped = _worker_pid(daemon, "node-a")
     try:
         with daemon.channel() as channel:
             admin, ops = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)
             os.kill(stopped, signal.SIGSTOP)
             only_a = ops.EncryptData.future(_only_a())  # no deadline
-            shared = [ops.EncryptData.future(_zek()) for _ in range(8)]  # some land on node-a
+            shared = [ops.EncryptData.future(nist_request()) for _ in range(8)]  # some land on node-a
             with pytest.raises(grpc.RpcError) as failed:
                 only_a.result(timeout=10)
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value.details()
@@ -226,14 +212,14 @@ def test_repeated_worker_kills_fail_no_request_and_leave_the_pool_clean(fresh_da
     with fresh_daemon.channel() as channel:
         admin, ops = pb_grpc.AdminStub(channel), pb_grpc.OperationsStub(channel)
         for _ in range(5):
-            calls = [ops.EncryptData.future(_zek(), timeout=10) for _ in range(8)]
+            calls = [ops.EncryptData.future(nist_request(), timeout=10) for _ in range(8)]
             _inject(admin, "node-b", "kill_worker")
             assert [c.result().cipher_text for c in calls] == [NIST_ECB] * 8
             time.sleep(0.1)
         assert wait_for(lambda: _nodes(admin)["node-b"].state.startswith("healthy"), 15), _nodes(admin)["node-b"]
         assert wait_for(lambda: all(n.sessions_in_use == n.queued == 0 and n.outstanding == 0
                                      for n in _nodes(admin).values()), 5), _nodes(admin)
-        assert ops.EncryptData(_zek(), timeout=5).cipher_text == NIST_ECB
+        assert ops.EncryptData(nist_request(), timeout=5).cipher_text == NIST_ECB
     assert fresh_daemon.proc.poll() is None
 
 
@@ -260,13 +246,13 @@ def test_drills_refuse_bad_requests_and_restore_recovers_every_node(fresh_daemon
         for node in NODES:
             admin.SetNodeState(pb.SetNodeStateRequest(node=node, action=pb.FAIL, requested_by="t"), timeout=5)
         with pytest.raises(grpc.RpcError) as none_left:
-            ops.EncryptData(_zek(), timeout=5)
+            ops.EncryptData(nist_request(), timeout=5)
         assert none_left.value.code() == grpc.StatusCode.UNAVAILABLE
         for node in NODES:
             admin.SetNodeState(pb.SetNodeStateRequest(node=node, action=pb.RESTORE, requested_by="t"), timeout=5)
         warming = _nodes(admin)
         assert all(0.1 <= n.weight < 1.0 and n.state == "healthy (slow start)" for n in warming.values()), warming
-        assert ops.EncryptData(_zek(), timeout=5).cipher_text == NIST_ECB
+        assert ops.EncryptData(nist_request(), timeout=5).cipher_text == NIST_ECB
         assert ops.EncryptData(_only_a(), timeout=5).cipher_text == SOLE_KEY_CIPHER
 
 

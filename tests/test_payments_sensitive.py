@@ -11,7 +11,6 @@ an error at most masked (first 6 / last 4 digits): no run of 7 digits of a PAN m
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,9 +233,6 @@ def run(strict_payment_cluster: PaymentCluster, tmp_path_factory: pytest.TempPat
         for daemon in daemons.values():
             daemon.stop()  # flushes everything, shutdown included
         region.stop()
-    deadline = time.monotonic() + 5  # the drain thread reads the rest of the output after exit
-    while time.monotonic() < deadline and not any("stopping" in line for line in region.log[-5:]):
-        time.sleep(0.05)
     yield Run(secrets, traffic, {name: d.log_text() for name, d in daemons.items()}, list(region.log))
 
 
