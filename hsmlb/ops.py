@@ -126,6 +126,8 @@ class Operation:
     cost: CostClass = CostClass.SYMMETRIC
     capability: str = ""  # empty: the kind's own native capability
     other_keys: tuple[str, ...] = ()  # further keys the serving node must hold (incoming, for translations)
+    node: str = ""  # the node of the latest attempt, set by the router (for logs, audit, spans)
+    attempts: int = 0  # attempts started so far, set by the router
 
     @property
     def needs(self) -> str:

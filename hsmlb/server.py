@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hsmlb.api.admin import AdminServicer
+from hsmlb.api.filters import Filter, FilterChain
 from hsmlb.api.operations import OperationsServicer
 from hsmlb.api.registration import add_service
 from hsmlb.backends import Backend, create_backend
@@ -88,6 +89,14 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                   backoff_max_s=rc.retry.backoff_max_ms / 1000)
 
 
+def build_filters(config: Config, router: Router) -> list[Filter]:
+    """The per-operation seam's filters, in their stated order (see api/filters.py):
+    authentication and authorization, then rate limits, then audit, then telemetry.
+    admit() runs in this order and done() in reverse. Empty: the servicers skip the seam."""
+    filters: list[Filter] = []
+    return filters
+
+
 async def _start_nodes(backends: list[Backend], timeout_s: float) -> None:
     """Start every node, waiting at most `timeout_s`; the daemon then serves from those that are up.
 
@@ -127,10 +136,11 @@ async def start_daemon(config: Config) -> Daemon:
     for member in router.cluster.members:
         checker.watch(member.health, member.pool.backend.probe, on_change)
 
+    filters = FilterChain(build_filters(config, router))
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-    add_service("Operations", OperationsServicer(router), server)
+    add_service("Operations", OperationsServicer(router, filters), server)
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
-                                       balancer_name=config.router.balancer), server)
+                                       balancer_name=config.router.balancer, filters=filters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(config.listen)

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hsmlb.api import operations
+from hsmlb.api import stream as operations
 from hsmlb.api.operations import OperationsServicer
 from hsmlb.backends import pkcs11 as pkcs11_backend
 from hsmlb.backends import wire

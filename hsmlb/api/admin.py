@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from hsmlb.api.filters import Call, FilterChain
 from hsmlb.errors import HsmlbError, redact
 from hsmlb.health.state import OperatorState
 from hsmlb.router import Member, Router
@@ -19,10 +20,27 @@ ACTIONS: dict[int, OperatorState] = {pb.FAIL: "failed", pb.DRAIN: "draining", pb
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, router: Router, fault_injection: bool = False, balancer_name: str = "") -> None:
+    def __init__(self, router: Router, fault_injection: bool = False, balancer_name: str = "",
+                 filters: FilterChain | None = None) -> None:
         self.router = router
         self.fault_injection = fault_injection
         self.balancer_name = balancer_name
+        self.filters = filters if filters else None
+
+    async def _open(self, context: Any, method: str) -> Call | None:
+        """The seam's per-RPC step (authorization of the Admin service lives in a filter's open)."""
+        if self.filters is None:
+            return None
+        call = Call.from_context("/hsmlb.v1.Admin/" + method, context)
+        try:
+            self.filters.open(call)
+        except HsmlbError as exc:
+            await context.abort(exc.status, exc.message)
+        return call
+
+    def _audit(self, call: Call | None, action: str, target: str, detail: str = "") -> None:
+        if self.filters is not None and call is not None:
+            self.filters.admin(call, action, target, grpc.StatusCode.OK, detail)
 
     async def _member(self, name: str, context: Any) -> Member:
         member = self.router.cluster.by_name.get(name)
@@ -33,10 +51,12 @@ class AdminServicer(pb_grpc.AdminServicer):
         return member
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Any) -> pb.ListNodesResponse:
+        await self._open(context, "ListNodes")
         now = self.router.clock()
         return pb.ListNodesResponse(nodes=[node_status(m, now) for m in self.router.cluster.members])
 
     async def SetNodeState(self, request: pb.SetNodeStateRequest, context: Any) -> pb.SetNodeStateResponse:
+        call = await self._open(context, "SetNodeState")
         member = await self._member(request.node, context)
         if request.action not in ACTIONS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action: must be FAIL, DRAIN or RESTORE")
@@ -47,14 +67,17 @@ class AdminServicer(pb_grpc.AdminServicer):
         member.health.set_operator(state, who, self.router.clock())
         log.warning("drill: node %s %s -> %s, requested by %s (peer %s)", member.name, before, state, who,
                     context.peer())
+        self._audit(call, "set_node_state", member.name, f"{before} -> {state}")
         return pb.SetNodeStateResponse(node=node_status(member, self.router.clock()))
 
     async def GetRouterStatus(self, request: pb.GetRouterStatusRequest, context: Any) -> pb.RouterStatus:
+        await self._open(context, "GetRouterStatus")
         budget = self.router.budget
         return pb.RouterStatus(balancer=self.balancer_name, retries_in_window=budget.retries_in_window,
                                retries_refused=budget.refused)
 
     async def InjectFault(self, request: pb.InjectFaultRequest, context: Any) -> pb.InjectFaultResponse:
+        call = await self._open(context, "InjectFault")
         if not self.fault_injection:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "fault injection is disabled in this daemon's config")
@@ -67,6 +90,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             await member.pool.backend.inject_fault(request.fault, request.value)
         except HsmlbError as exc:
             await context.abort(exc.status, exc.message)
+        self._audit(call, "inject_fault", member.name, request.fault)
         return pb.InjectFaultResponse()
 
 

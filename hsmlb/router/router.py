@@ -101,6 +101,8 @@ class Router:
                 if member.panic_routes == 1 or member.panic_routes % 1000 == 0:
                     log.warning("panic routing: %s is served by %s although it is %s", op.key_alias, member.name,
                                 member.health.describe(now))
+            op.node = member.name
+            op.attempts += 1
             return member
 
     def _admit(self, op: Operation) -> tuple[list[Member], float]:

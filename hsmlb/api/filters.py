@@ -1,0 +1,144 @@
+"""The per-operation seam: cross-cutting concerns beside the request path, one filter each.
+
+Authorization, rate limits, audit, telemetry (and whatever comes next) are not written into the
+servicers. Each is a `Filter` in its own module, and the servicers call the chain at three points:
+
+    open(call)              once per RPC: a unary call, a Stream, a StreamBatch, a Batch. What a
+                            batch can pay once (the caller's identity, its policy) is paid here.
+    admit(call, item)       once per operation, after decoding and before routing. Raise an
+                            HsmlbError to refuse this one operation (its neighbours go on).
+    done(call, item)        once per operation, whatever happened to it: decoded or not, refused,
+                            failed, answered, timed out, cancelled. `item.code` is its gRPC status.
+    admin(call, action)     once per Admin action (drills, fault injection, route changes).
+
+Order is stated where the chain is built (server.py): admit runs first to last (auth before audit
+before telemetry), done runs last to first, like a Finagle filter stack or tower layers. A filter
+must not raise from `done`; the chain logs and swallows such a bug rather than lose an answer.
+
+Cost: with no filters configured the servicers skip the chain entirely (`if chain:`), so the hot
+path pays one truth test per operation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from hsmlb.ops import KeyInfo, Operation
+
+log = logging.getLogger("hsmlb.filters")
+ANONYMOUS = "anonymous"
+
+
+@dataclass(slots=True)
+class Call:
+    """One RPC as the filters see it. `identity` is set by the authentication filter (mTLS)."""
+
+    method: str  # the RPC's full method name: "/hsmlb.v1.Operations/EncryptData"
+    peer: str
+    context: grpc.aio.ServicerContext | None = None
+    identity: str = ANONYMOUS
+    traceparent: str = ""  # the RPC's W3C trace context from metadata, where the caller sent one
+    state: dict[str, Any] = field(default_factory=dict)  # per-filter, per-call scratch (policy, span)
+
+    @classmethod
+    def from_context(cls, method: str, context: grpc.aio.ServicerContext | None) -> Call:
+        if context is None:
+            return cls(method, "")
+        traceparent = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                traceparent = value if isinstance(value, str) else ""
+                break
+        return cls(method, context.peer() or "", context, traceparent=traceparent)
+
+
+@dataclass(slots=True)
+class Item:
+    """One operation through the seam: what it was, and (at `done`) how it ended.
+
+    Never holds request data beyond the decoded Operation, which filters must treat as sensitive:
+    only `op.kind`, `op.key_alias`, `op.other_keys`, `op.node` and `op.attempts` may leave the process."""
+
+    field: str  # the proto's operation name: "encrypt_data", "translate_pin_data", ...
+    request_id: int = 0  # the Stream/batch item's id; 0 for unary calls
+    op: Operation | None = None  # None when the request did not decode
+    traceparent: str = ""  # the item's own trace context (batched streams), else the call's
+    started: float = field(default_factory=time.monotonic)
+    ended: float = 0.0
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""  # the status message (already redacted) when code is not OK
+    key: KeyInfo | None = None  # the key the response reports, on success
+    state: dict[str, Any] | None = None  # per-filter scratch for this item (a span), made on demand
+
+    @property
+    def latency_s(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+
+class Filter(Protocol):
+    """One concern beside the path. Every method is optional in spirit: FilterBase gives no-ops."""
+
+    def open(self, call: Call) -> None: ...
+    def admit(self, call: Call, item: Item) -> None: ...
+    def done(self, call: Call, item: Item) -> None: ...
+    def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None: ...
+
+
+class FilterBase:
+    """No-op defaults, so a filter implements only the points it cares about."""
+
+    def open(self, call: Call) -> None:
+        return None
+
+    def admit(self, call: Call, item: Item) -> None:
+        return None
+
+    def done(self, call: Call, item: Item) -> None:
+        return None
+
+    def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None:
+        return None
+
+
+class FilterChain:
+    """The filters in their stated order. Falsy when empty: servicers then skip it altogether."""
+
+    def __init__(self, filters: list[Filter] | tuple[Filter, ...] = ()) -> None:
+        self.filters: tuple[Filter, ...] = tuple(filters)
+        self._reversed = tuple(reversed(self.filters))
+
+    def __bool__(self) -> bool:
+        return bool(self.filters)
+
+    def open(self, call: Call) -> None:
+        """Raises an HsmlbError to refuse the whole RPC (an unauthenticated caller)."""
+        for f in self.filters:
+            f.open(call)
+
+    def admit(self, call: Call, item: Item) -> None:
+        for f in self.filters:
+            f.admit(call, item)
+
+    def done(self, call: Call, item: Item, code: grpc.StatusCode, message: str = "",
+             key: KeyInfo | None = None) -> None:
+        item.ended = time.monotonic()
+        item.code = code
+        item.message = message
+        item.key = key
+        for f in self._reversed:
+            try:
+                f.done(call, item)
+            except Exception:  # a filter bug must not lose the caller's answer
+                log.exception("filter %s failed in done()", type(f).__name__)
+
+    def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str = "") -> None:
+        for f in self._reversed:
+            try:
+                f.admin(call, action, target, code, detail)
+            except Exception:
+                log.exception("filter %s failed in admin()", type(f).__name__)
