@@ -188,13 +188,19 @@ def test_undecodable_stream_message_fails_the_stream_visibly(daemon: DaemonProce
 
 # ------------------------------------------------------------------ framing and deadline extremes that hold
 def test_duplicate_request_ids_and_extreme_timeouts_are_each_answered(daemon: DaemonProcess) -> None:
-    """request_id is the client's to choose: duplicates are answered once per message; timeout_ms at
+    """Every message is answered once; a request_id still in flight is refused for that message
+    (INVALID_ARGUMENT naming request_id), and one already answered may be used again; timeout_ms at
     uint32's maximum is a deadline like any other."""
     requests = [_msg(5), _msg(5), _msg(5, 2**32 - 1), _msg(0, 2**32 - 1), _msg(2**64 - 1, 30_000)]
     with daemon.channel() as channel:
         replies = list(pb_grpc.OperationsStub(channel).Stream(iter(requests), timeout=10))
     assert sorted(r.request_id for r in replies) == [0, 5, 5, 5, 2**64 - 1]
-    assert all(r.encrypt_data.cipher_text == NIST_ECB for r in replies), replies
+    served = [r for r in replies if r.WhichOneof("result") == "encrypt_data"]
+    refused = [r for r in replies if r.WhichOneof("result") == "status"]
+    assert all(r.encrypt_data.cipher_text == NIST_ECB for r in served), replies
+    assert {r.request_id for r in served} >= {0, 5, 2**64 - 1}
+    assert all(r.request_id == 5 and r.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+               and "request_id" in r.status.message for r in refused), replies
 
 
 def test_oversize_stream_message_fails_the_stream_not_the_daemon(daemon: DaemonProcess) -> None:
