@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from hsmlb.config import ConfigError, load_config
+from hsmlb.call_cli import add_parser as add_call_parser
+from hsmlb.config import ConfigError, check_node_sources, load_config
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
@@ -34,8 +35,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    for node in config.nodes:
-        node.read_pin()  # the PIN source must resolve too
+    for index, node in enumerate(config.nodes):
+        problem = check_node_sources(node)
+        if problem:
+            raise ConfigError(f"nodes.{index}.{problem}")
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
     return 0
 
@@ -48,6 +51,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     """
     from hsmlb.dev.cluster import default_keys_file, dev_up
     from hsmlb.dev.regions import region_node_config, start_dev_regions
+    from hsmlb.locate import remember
 
     keys = args.keys or default_keys_file()
     regions = start_dev_regions(keys, args.state_dir.resolve(), args.fault_injection) \
@@ -56,6 +60,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
                       regions=[region_node_config(r, args.state_dir.resolve()) for r in regions])
         print(path, flush=True)
+        if args.serve:
+            remember(path, args.listen)  # so `hsmlb nodes` finds it from any directory (hsmlb/locate.py)
         for region in regions:
             print(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}", flush=True)
         if args.serve:
@@ -67,15 +73,9 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
 
 def _address(args: argparse.Namespace) -> str:
-    if args.address:
-        return str(args.address)
-    config_path = args.config or (DEFAULT_STATE_DIR / "hsmlb.yaml")
-    listen = load_config(config_path).listen
-    host, port = listen.rsplit(":", 1)
-    if int(port) == 0:  # the daemon took whatever port it was given: the config cannot say which
-        raise ConfigError(f"{config_path}: listen {listen} is a port chosen at start; pass --address HOST:PORT "
-                          "(the daemon prints it: 'hsmlb listening on ...')")
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
+    from hsmlb.locate import find_address
+
+    return find_address(args.address, args.config)
 
 
 def _admin_call(args: argparse.Namespace, method: str, request: object) -> object | None:
@@ -142,8 +142,9 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def _target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--config", type=Path, help="find the daemon from its config (default .hsmlb/dev/hsmlb.yaml)")
-    target.add_argument("--address", help="HOST:PORT of the daemon")
+    target.add_argument("--config", type=Path, help="find the daemon from its config (else $HSMLB_CONFIG)")
+    target.add_argument("--address", help="HOST:PORT of the daemon (else $HSMLB_ADDRESS, ./.hsmlb/dev/hsmlb.yaml, "
+                        "or where `hsmlb dev up --serve` last served)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_dev_up)
 
     add_apc_emulator_parser(sub)
+    add_call_parser(sub)
     return parser
 
 

@@ -49,6 +49,8 @@ from hsmlb.errors import (
     NodeFault,
     PermissionDenied,
     Throttled,
+    field_text,
+    proto_name,
 )
 from hsmlb.ops import VERIFICATION_FAILED, Capability, Operation, map_key_identifiers
 
@@ -257,9 +259,12 @@ class ApcRegionBackend(BackendState):
             return {VERIFICATION_FAILED: reason if reason in verification_reasons() else "VERIFICATION_FAILED"}
         if code == "ValidationException":
             paths = failure.field_paths
-            fields = f"; fields: {', '.join(paths)}" if paths else ""
             # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only
-            raise InvalidArgument(f"the region refused the request as invalid{fields}")
+            rule = "the region refused this value"
+            if paths:
+                raise InvalidArgument("; ".join(field_text(path, rule) for path in paths),
+                                      [(proto_name(path), rule) for path in paths])
+            raise InvalidArgument("(request): the region refused the request as invalid")
         if code == "ResourceNotFoundException":
             if op is not None and op.key_alias in self._keys and all(a in self._keys for a in op.other_keys):
                 # we sent ARNs discovery found here: the inventory is stale, not the caller wrong
