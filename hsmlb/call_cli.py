@@ -76,6 +76,7 @@ def _parse(method: Any, text: str) -> list[Any]:
 
 def _print(message: Any) -> None:
     from google.protobuf import json_format
+    from google.rpc import error_details_pb2  # noqa: F401  (registers BadRequest for a Status's details)
 
     print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None))
 

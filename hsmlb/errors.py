@@ -47,7 +47,8 @@ def redact(text: str) -> str:
 
 # A message that names a node ("node node-a: ...") shows topology: callers get the class's `public` text
 # instead, and the full message stays in logs, traces and the Admin service.
-_NODE_NAMED = re.compile(r"^node [A-Za-z0-9_.-]+\b")
+_NODE_NAMED = re.compile(r"^node [A-Za-z0-9_.-]+")
+_REGION = re.compile(r"\bregion [a-z]{2}(?:-[a-z]+)+-\d+")
 # "field.path: rule" (the proto's snake_case names, maybe with " (APC Member.Path)") or APC's "Member.Path: rule".
 _PROTO_FIELD = re.compile(r"^([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)((?: \(APC [A-Za-z0-9_.]+\))?): (.+)$", re.S)
 _APC_FIELD = re.compile(r"^([A-Z][A-Za-z0-9]*(?:\.[A-Z][A-Za-z0-9]*)*): (.+)$", re.S)
@@ -78,8 +79,16 @@ class HsmlbError(Exception):
 
     @property
     def public_message(self) -> str:
-        """What a caller of the Operations service is told: no node names (they stay in the logs)."""
-        return self.public if _NODE_NAMED.match(self.message) else self.message
+        """What a caller of the Operations service is told: no node or region names (they stay in the logs).
+        Overload says only that (sessions and queue sizes are topology); other faults keep their reason."""
+        named = _NODE_NAMED.match(self.message)
+        if named is None:
+            return self.message
+        if isinstance(self, Overloaded):
+            return self.public
+        rest = self.message[named.end():]
+        reason = _REGION.sub("the region", rest[1:].strip() if rest.startswith(":") else f"the node{rest}".strip())
+        return f"{self.public}: {reason}" if reason else self.public
 
 
 class CallerError(HsmlbError):
@@ -135,7 +144,7 @@ class DeadlineExceeded(HsmlbError):
 
 class NodeFault(HsmlbError):
     status = grpc.StatusCode.UNAVAILABLE
-    public = "the node serving this request failed and no other could take it"
+    public = "the node serving this request failed"
     retryable = True
     counts_against_node = True
 

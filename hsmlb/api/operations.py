@@ -187,8 +187,10 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             reading.cancel()
         failed = reading.exception() if reading.done() and not reading.cancelled() else None
         if failed is not None:  # what was read is answered; the rest was never read: say so, not OK
-            log.warning("stream request reader failed: %s", type(failed).__name__)
             kind = "BatchRequest" if batched else "StreamRequest"
+            # a client's garbage is its own fault (INFO, else a hostile client floods the log); anything else is ours
+            log.log(logging.INFO if isinstance(failed, DecodeError) else logging.WARNING,
+                    "stream request reader failed: %s", type(failed).__name__)
             if isinstance(failed, DecodeError):
                 await abort(context, InvalidArgument(f"{WHOLE_REQUEST}: a stream message is not a valid {kind}; "
                                                      "messages after it were not read"))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections import Counter
 from typing import Any
 
@@ -54,6 +55,7 @@ from hsmlb.errors import (
 )
 from hsmlb.ops import VERIFICATION_FAILED, Capability, Operation, map_key_identifiers
 
+_MEMBER_PATH = re.compile(r"[A-Za-z0-9_.]*")
 log = logging.getLogger("hsmlb.backends.apc")
 
 THROTTLE_PAUSE_S = 0.1  # after a ThrottlingException, grant nothing locally for this long
@@ -258,8 +260,9 @@ class ApcRegionBackend(BackendState):
             reason = failure.members.get("Reason")  # a front door could echo request values here: enum only
             return {VERIFICATION_FAILED: reason if reason in verification_reasons() else "VERIFICATION_FAILED"}
         if code == "ValidationException":
-            paths = failure.field_paths
-            # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only
+            # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only,
+            # each cut at its first character that cannot be in a member path
+            paths = [_MEMBER_PATH.match(path)[0] or "(request)" for path in failure.field_paths]  # type: ignore[index]
             rule = "the region refused this value"
             if paths:
                 raise InvalidArgument("; ".join(field_text(path, rule) for path in paths),
