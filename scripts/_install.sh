@@ -13,4 +13,14 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   # shellcheck disable=SC1091
   . .venv/bin/activate
 fi
-python -m pip install -q --disable-pip-version-check -e ".[test]"
+# pip only when what it installs from changed: a stamp in the virtualenv holds the hash of the build inputs
+# (dependencies, build hook, protos) and of this checkout's path. A second start then takes no pip time.
+_hsmlb_stamp="$VIRTUAL_ENV/.hsmlb-installed"
+_hsmlb_inputs="$( { pwd; python -V; cat pyproject.toml setup.py; find proto -name '*.proto' | sort | xargs cat; } \
+  | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$_hsmlb_stamp" 2>/dev/null)" != "$_hsmlb_inputs" ] \
+    || ! python -c 'import hsmlb.v1.hsmlb_pb2_grpc, pytest' >/dev/null 2>&1; then
+  python -m pip install -q --disable-pip-version-check -e ".[test]"
+  echo "$_hsmlb_inputs" > "$_hsmlb_stamp"
+fi
+unset _hsmlb_stamp _hsmlb_inputs

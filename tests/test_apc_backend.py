@@ -46,7 +46,7 @@ from tests._payment_common import MATERIAL  # the dev keys file's clear material
 from tests.conftest import set_faults
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS_FILE = ROOT / "config" / "dev-keys.yaml"
+KEYS_FILE = ROOT / "hsmlb" / "dev" / "dev-keys.yaml"
 VECTORS = ROOT / "tests" / "vectors" / "public_kat.json"
 REGION = "us-east-1"
 ACCESS, SECRET = "AKIDEXAMPLEHSMLB", "emulator-secret-for-tests"
