@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from hsmlb.audit.config import AuditConfig
+from hsmlb.auth.config import AuthConfig, TlsConfig
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -179,6 +182,9 @@ class Config(_Frozen):
     fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
     router: RouterConfig = RouterConfig()
     nodes: list[NodeConfig] = Field(min_length=1)
+    tls: TlsConfig | None = Field(None, description="TLS (mTLS with client_ca_file); none: plaintext, dev only")
+    auth: AuthConfig = AuthConfig()
+    audit: AuditConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -223,4 +229,10 @@ def load_config(path: str | Path) -> Config:
             for field in ("pin_file", "credentials_file"):
                 if isinstance(node, dict) and node.get(field) and not Path(node[field]).is_absolute():
                     node[field] = str(base / node[field])
+        for section, fields in (("tls", ("cert_file", "key_file", "client_ca_file")),
+                                ("audit", ("dir", "signing_key_file"))):
+            part = data.get(section)
+            for field in fields if isinstance(part, dict) else ():
+                if part.get(field) and not Path(part[field]).is_absolute():
+                    part[field] = str(base / part[field])
     return parse_config(data)
