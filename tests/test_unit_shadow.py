@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 from hsmlb.errors import NodeFault, Throttled
 from hsmlb.ops import NATIVE_CAPABILITIES, VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind
 from hsmlb.router.routes_config import RouteConfig
