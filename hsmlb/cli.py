@@ -57,7 +57,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         if args.serve and args.regions else []
     try:
         path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
-                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions])
+                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions],
+                      shadow=args.shadow)
         pki = None
         if args.tls:
             from hsmlb.auth.devtls import secure_dev_config
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--serve", action="store_true", help="then run the daemon on it (with emulated regions)")
     up.add_argument("--no-regions", dest="regions", action="store_false",
                     help="with --serve: tokens only, no emulated APC regions")
+    up.add_argument("--shadow", action="store_true",
+                    help="with --serve: shadow every token answer to the regions and compare (hsmlb shadow report)")
     up.set_defaults(func=cmd_dev_up)
 
     add_apc_emulator_parser(sub)

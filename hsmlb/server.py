@@ -31,6 +31,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
+from hsmlb.router.wiring import attach_routes
 from hsmlb.v1 import hsmlb_pb2
 
 log = logging.getLogger("hsmlb.server")
@@ -86,13 +87,16 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                           slow_start_s=o.slow_start_s, observe_only=o.observe_only)
     members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights),
                       health=NodeHealth(b.name, policy, clock()),
-                      breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s))
+                      breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s),
+                      pool_name=c.pool)
                for b, c in zip(backends, config.nodes, strict=True)]
     balancer: Balancer = KeyAffinity(rc.hash_balance_factor) if rc.balancer == "key_affinity" else LeastOutstanding()
     budget = RetryBudget(rc.retry.budget_ratio, rc.retry.min_retries_per_s, rc.retry.window_s)
-    return Router(Cluster(members), balancer, clock, max_attempts=rc.retry.max_attempts, budget=budget,
-                  max_ejected_nodes=o.max_ejected_nodes, backoff_base_s=rc.retry.backoff_base_ms / 1000,
-                  backoff_max_s=rc.retry.backoff_max_ms / 1000)
+    router = Router(Cluster(members), balancer, clock, max_attempts=rc.retry.max_attempts, budget=budget,
+                    max_ejected_nodes=o.max_ejected_nodes, backoff_base_s=rc.retry.backoff_base_ms / 1000,
+                    backoff_max_s=rc.retry.backoff_max_ms / 1000)
+    attach_routes(router, config)
+    return router
 
 
 def build_filters(config: Config, router: Router) -> list[Filter]:
