@@ -222,12 +222,15 @@ def test_a_broken_connection_fails_sync_calls_clearly_and_the_next_call_succeeds
             proxy.hold_answers()
             sent = proxy.sent_upstream
             calls = [pool.submit(_nist, client) for _ in range(8)]
-            _wait(lambda: proxy.sent_upstream > sent and client.in_flight == 8)
+            _wait(lambda: proxy.sent_upstream > sent and client.operations == 9)
             proxy.cut()
-            errors = [call.exception(timeout=WAIT_S) for call in calls]
-            assert all(isinstance(e, hsmlb_client.Unavailable) and "may or may not have run" in e.message
-                       for e in errors), errors
             proxy.release_answers()
+            # A batch on the cut connection fails; one that gRPC had not yet written may go out on the next.
+            outcomes = [call.exception(timeout=WAIT_S) or call.result() for call in calls]
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            assert failed and all(isinstance(e, hsmlb_client.Unavailable) and "may or may not have run" in e.message
+                                  for e in failed), failed
+            assert all(o.cipher_text == NIST_ECB for o in outcomes if not isinstance(o, BaseException))
             assert _nist(client).cipher_text == NIST_ECB
     finally:
         proxy.close()
