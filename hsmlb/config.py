@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from hsmlb.telemetry.config import LoggingConfig, MetricsConfig, TracingConfig
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -178,6 +180,9 @@ class Config(_Frozen):
     start_timeout_s: float = Field(30.0, gt=0, le=600)
     fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
     router: RouterConfig = RouterConfig()
+    metrics: MetricsConfig | None = Field(None, description="Prometheus /metrics and the status page; off when absent")
+    tracing: TracingConfig = TracingConfig()
+    logging: LoggingConfig = LoggingConfig()
     nodes: list[NodeConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
+from hsmlb.telemetry.service import Telemetry
 from hsmlb.v1 import hsmlb_pb2
 
 log = logging.getLogger("hsmlb.server")
@@ -54,6 +55,7 @@ class Daemon:
     checker: HealthChecker
     health: health.aio.HealthServicer
     port: int
+    telemetry: Telemetry | None = None
 
     @property
     def nodes(self) -> list[NodePool]:
@@ -63,6 +65,8 @@ class Daemon:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_s)
         await self.checker.close()
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         await asyncio.gather(*(n.backend.close() for n in self.nodes), return_exceptions=True)
         log.info("stopped")
 
@@ -89,11 +93,13 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                   backoff_max_s=rc.retry.backoff_max_ms / 1000)
 
 
-def build_filters(config: Config, router: Router) -> list[Filter]:
+def build_filters(config: Config, router: Router, telemetry: Telemetry | None = None) -> list[Filter]:
     """The per-operation seam's filters, in their stated order (see api/filters.py):
     authentication and authorization, then rate limits, then audit, then telemetry.
     admit() runs in this order and done() in reverse. Empty: the servicers skip the seam."""
     filters: list[Filter] = []
+    if telemetry is not None:
+        filters.extend(telemetry.filters)
     return filters
 
 
@@ -136,7 +142,8 @@ async def start_daemon(config: Config) -> Daemon:
     for member in router.cluster.members:
         checker.watch(member.health, member.pool.backend.probe, on_change)
 
-    filters = FilterChain(build_filters(config, router))
+    telemetry = Telemetry(config, router)
+    filters = FilterChain(build_filters(config, router, telemetry))
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
     add_service("Operations", OperationsServicer(router, filters), server)
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
@@ -148,9 +155,10 @@ async def start_daemon(config: Config) -> Daemon:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
     on_change()
+    telemetry.url = await telemetry.start()
     up = sum(b.state == "up" for b in backends)
     log.info("serving on port %d with %d/%d nodes up (balancer %s)", port, up, len(backends), config.router.balancer)
-    return Daemon(config, server, router, checker, health_servicer, port)
+    return Daemon(config, server, router, checker, health_servicer, port, telemetry)
 
 
 async def serve(config: Config) -> None:
@@ -159,6 +167,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if daemon.telemetry is not None and daemon.telemetry.url:
+        print(f"hsmlb metrics and status page on {daemon.telemetry.url}", flush=True)
     print(f"hsmlb listening on {config.listen.rsplit(':', 1)[0]}:{daemon.port}", flush=True)
     await stop.wait()
     log.info("signal received: draining (grace %.1fs)", config.shutdown_grace_s)
