@@ -9,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from hsmlb.audit.cli import add_parser as add_audit_parser
+from hsmlb.auth.cli import add_parser as add_health_parser
+from hsmlb.auth.cli import add_tls_args
 from hsmlb.config import ConfigError, load_config
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
 from hsmlb.telemetry.cli import add_parser as add_status_parser
@@ -59,10 +62,19 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         if args.serve and args.regions else []
     try:
         path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
-                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions])
+                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions],
+                      shadow=args.shadow)
+        pki = None
+        if args.tls:
+            from hsmlb.auth.devtls import secure_dev_config
+
+            pki = secure_dev_config(path, args.state_dir)
         if args.serve:  # the dev daemon's metrics and status page (it prints the URL)
             _with_metrics(path, args.metrics_listen)
         print(path, flush=True)
+        if pki is not None:
+            print(f"mTLS: CA {pki['ca']}; clients app ({pki['app_cert']}) and operator ({pki['operator_cert']})",
+                  flush=True)
         for region in regions:
             print(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}", flush=True)
         if args.serve:
@@ -96,10 +108,11 @@ def _address(args: argparse.Namespace) -> str:
 def _admin_call(args: argparse.Namespace, method: str, request: object) -> object | None:
     import grpc
 
+    from hsmlb.auth.cli import client_channel
     from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
     address = _address(args)
-    with grpc.insecure_channel(address) as channel:
+    with client_channel(address, args) as channel:
         try:
             return getattr(pb_grpc.AdminStub(channel), method)(request, timeout=5)
         except grpc.RpcError as exc:
@@ -164,6 +177,7 @@ def _target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--config", type=Path, help="find the daemon from its config (default .hsmlb/dev/hsmlb.yaml)")
     target.add_argument("--address", help="HOST:PORT of the daemon")
+    add_tls_args(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,14 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keys", type=Path)
     up.add_argument("--listen", default="127.0.0.1:50051")
     up.add_argument("--fault-injection", action="store_true", help="enable test-only fault hooks")
+    up.add_argument("--tls", action="store_true", help="a dev CA, server and client certificates (app, operator), "
+                    "a config that requires them (mTLS), caller policies and the signed audit log")
     up.add_argument("--serve", action="store_true", help="then run the daemon on it (with emulated regions)")
     up.add_argument("--no-regions", dest="regions", action="store_false",
                     help="with --serve: tokens only, no emulated APC regions")
+    up.add_argument("--shadow", action="store_true",
+                    help="with --serve: shadow every token answer to the regions and compare (hsmlb shadow report)")
     up.add_argument("--metrics-listen", default="127.0.0.1:0",
                     help="with --serve: the metrics and status page listener (default: any free port, printed)")
     up.set_defaults(func=cmd_dev_up)
 
     add_apc_emulator_parser(sub)
+    add_audit_parser(sub)
+    add_health_parser(sub)
     add_status_parser(sub)
     return parser
 
