@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsmlb.api.filters import Filter
 from hsmlb.config import Config
 from hsmlb.router import Router
-from hsmlb.telemetry.hardware import HardwareInfo
-from hsmlb.telemetry.history import History
-from hsmlb.telemetry.http import TelemetryServer
-from hsmlb.telemetry.metrics import Metrics, MetricsFilter
-from hsmlb.telemetry.status import DrillLog, status_document
 from hsmlb.telemetry.tracing import Tracing, build_tracing
+
+if TYPE_CHECKING:  # imported when metrics are configured: a daemon without them loads no prometheus_client
+    from hsmlb.telemetry.hardware import HardwareInfo
+    from hsmlb.telemetry.history import History
+    from hsmlb.telemetry.http import TelemetryServer
+    from hsmlb.telemetry.metrics import Metrics, MetricsFilter
+    from hsmlb.telemetry.status import DrillLog
 
 log = logging.getLogger("hsmlb.telemetry")
 
@@ -38,6 +40,12 @@ class Telemetry:
         self.tracing: Tracing | None = build_tracing(config.tracing.with_env(), router,
                                                      config.listen.rsplit(":", 1)[0].strip("[]"))
         if config.metrics is not None:
+            from hsmlb.telemetry.hardware import HardwareInfo
+            from hsmlb.telemetry.history import History
+            from hsmlb.telemetry.http import TelemetryServer
+            from hsmlb.telemetry.metrics import Metrics
+            from hsmlb.telemetry.status import DrillLog
+
             self.metrics = Metrics(router)
             self.history = History(self.metrics, config.metrics.history_s)
             self.drills = DrillLog(router)
@@ -50,10 +58,14 @@ class Telemetry:
                 self.metrics.register(self.tracing.collector())
 
     def metrics_filter(self) -> MetricsFilter:
+        from hsmlb.telemetry.metrics import MetricsFilter
+
         assert self.metrics is not None
         return MetricsFilter(self.metrics)
 
     def status(self) -> dict[str, Any]:
+        from hsmlb.telemetry.status import status_document
+
         return status_document(self.router, self.history, self.drills,
                                self.hardware.snapshot if self.hardware is not None else None, self.extras,
                                balancer=self.config.router.balancer)

@@ -16,6 +16,7 @@ Never a request's data: only the op's kind and key aliases, node names, counts a
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from functools import partial
@@ -35,6 +36,7 @@ from hsmlb.telemetry.config import TracingConfig
 from hsmlb.telemetry.export import BoundedSpanProcessor, make_exporter, otlp_endpoint
 from hsmlb.telemetry.logs import current_trace_id
 
+log = logging.getLogger("hsmlb.telemetry")
 SERVICE = "hsmlb.v1.Operations"
 _METHODS: dict[str, str] = {}  # proto field -> RPC method name ("encrypt_data" -> "EncryptData")
 _LOW64 = (1 << 64) - 1
@@ -216,4 +218,9 @@ def build_tracing(config: TracingConfig, router: Router, server_address: str = "
     """None when tracing is off: disabled, no exporter, or a sampler that never samples."""
     if not config.enabled or config.exporter == "none" or Sampler(config.sampler, config.sampler_arg).never:
         return None
-    return Tracing(config, server_address)
+    try:
+        return Tracing(config, server_address)
+    except ImportError as exc:  # an install without the OTLP exporter packages: serve, untraced, and say so once
+        log.error("tracing is off: the %s exporter cannot be loaded (%s); install hsmlb's dependencies",
+                  config.exporter, exc.name)
+        return None
