@@ -137,6 +137,32 @@ async def test_a_calls_timeout_reaches_the_daemon_as_the_items_timeout_ms(fresh_
         assert _nist(sync_client).cipher_text == NIST_ECB
 
 
+async def test_a_call_whose_answer_never_comes_ends_at_its_local_deadline(daemon: DaemonProcess) -> None:
+    """The answers stop at a proxy: each client gives up at the call's timeout (plus a small grace) with
+    DeadlineExceeded, and the stream stays usable once answers flow again."""
+    proxy = TcpProxy(daemon.address)
+    try:
+        async with hsmlb_client.AsyncClient(proxy.address) as client:
+            assert (await _nist(client)).cipher_text == NIST_ECB
+            proxy.hold_answers()
+            async with asyncio.timeout(WAIT_S):
+                outcomes = await asyncio.gather(*(_nist(client, timeout=0.2) for _ in range(3)),
+                                                return_exceptions=True)
+            assert all(isinstance(o, hsmlb_client.DeadlineExceeded) for o in outcomes), outcomes
+            assert client.in_flight == 0
+            proxy.release_answers()
+            async with asyncio.timeout(WAIT_S):
+                assert (await _nist(client)).cipher_text == NIST_ECB
+        with hsmlb_client.Client(proxy.address) as sync_client:
+            assert _nist(sync_client).cipher_text == NIST_ECB
+            proxy.hold_answers()
+            with pytest.raises(hsmlb_client.DeadlineExceeded):
+                _nist(sync_client, timeout=0.2)
+            assert sync_client.in_flight == 0
+    finally:
+        proxy.close()
+
+
 # -------------------------------------------------------------------------------- back-pressure
 async def test_async_back_pressure_fails_fast_beyond_max_in_flight(daemon: DaemonProcess) -> None:
     async with hsmlb_client.AsyncClient(daemon.address, max_in_flight=4, wait_when_full=False) as client:

@@ -65,7 +65,7 @@ def _gevent_patched() -> bool:
 class Client(Operations):
     """hsmlb for threads and gevent with transparent batching. Use as `with Client(target) as client:`.
 
-    Same parameters as AsyncClient, less `streams`; `linger` defaults to 0.5 ms. Under gevent
+    Same parameters as AsyncClient (wait_for_ready included), less `streams`; `linger` defaults to 0.5 ms. Under gevent
     monkey-patching, gRPC is made cooperative (`grpc.experimental.gevent.init_gevent()`) before the
     channel is made.
     """
@@ -74,7 +74,7 @@ class Client(Operations):
                  max_in_flight: int = 4096, wait_when_full: bool = True, timeout: float | None = DEFAULT_TIMEOUT_S,
                  tls: bool = False, root_certificates: Pem = None, certificate_chain: Pem = None,
                  private_key: Pem = None, server_name: str | None = None, metadata: Sequence[tuple[str, str]] = (),
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+                 options: Sequence[tuple[str, Any]] = (), wait_for_ready: bool = True) -> None:
         if max_in_flight < 1 or not 1 <= max_batch <= MAX_BATCH_ITEMS or linger < 0:
             raise ValueError(f"need max_in_flight >= 1, 1 <= max_batch <= {MAX_BATCH_ITEMS}, linger >= 0")
         if _gevent_patched():
@@ -85,6 +85,7 @@ class Client(Operations):
         self._max_batch, self._linger, self._timeout = max_batch, linger, timeout
         self._max_in_flight, self._wait_when_full = max_in_flight, wait_when_full
         self._metadata = tuple(metadata) or None
+        self._wait_for_ready = wait_for_ready
         tls_settings = Tls.of(tls, root_certificates, certificate_chain, private_key, server_name)
         self._channel = sync_channel(target, tls_settings, options)
         self._batch = pb_grpc.OperationsStub(self._channel).Batch
@@ -197,7 +198,8 @@ class Client(Operations):
         if not live:
             return
         rpc_timeout = None if latest is None else latest - now + GRACE_S
-        future = self._batch.future(request, timeout=rpc_timeout, metadata=self._metadata)
+        future = self._batch.future(request, timeout=rpc_timeout, metadata=self._metadata,
+                                    wait_for_ready=self._wait_for_ready)
         self.batches += 1
         self.operations += len(live)
         future.add_done_callback(partial(self._answered, live))
