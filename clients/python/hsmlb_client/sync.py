@@ -92,7 +92,8 @@ class Client(Operations):
         self._lock = threading.Lock()
         self._buffer: list[_Waiter] = []
         self._wake = threading.Event()
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._room = threading.Condition(self._lock)  # calls waiting for in_flight < max_in_flight
+        self._room_waiters = 0
         self._in_flight = 0
         self._closed = False
         self.batches = 0  # Batch calls sent, and the operations they carried: the batching's effect
@@ -129,25 +130,20 @@ class Client(Operations):
         request = build_request(field, request, fields)
         timeout = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout if timeout else None
-        if not self._wait_when_full:
-            if not self._slots.acquire(blocking=False):
-                raise ResourceExhausted(f"the client already has {self._max_in_flight} operations in flight "
-                                        "(max_in_flight); wait_when_full=False refuses more at once")
-        elif not self._slots.acquire(timeout=timeout or None):
-            raise DeadlineExceeded(f"the call's timeout passed while {self._max_in_flight} operations were "
-                                   "in flight (max_in_flight)")
         waiter = _Waiter(field, request, deadline, traceparent)
         with self._lock:
+            if self._closed:
+                raise Cancelled("the client is closed")
+            if self._in_flight >= self._max_in_flight:
+                self._wait_for_room(deadline)
             self._in_flight += 1
+            self._buffer.append(waiter)
+            first = len(self._buffer) == 1
         try:
-            with self._lock:
-                if self._closed:
-                    raise Cancelled("the client is closed")
-                self._buffer.append(waiter)
-                first = len(self._buffer) == 1
             if first:
                 self._wake.set()
-            if not waiter.event.wait(None if deadline is None else deadline + GRACE_S - time.monotonic()):
+            # The Batch call's own deadline (its latest item's plus GRACE_S) ends the wait; this one is a backstop.
+            if not waiter.event.wait(None if deadline is None else deadline + 2 * GRACE_S - time.monotonic()):
                 waiter.abandoned = True
                 raise DeadlineExceeded(f"no answer within the call's timeout of {timeout:g} s")
             if waiter.error is not None:
@@ -156,7 +152,23 @@ class Client(Operations):
         finally:
             with self._lock:
                 self._in_flight -= 1
-            self._slots.release()
+                if self._room_waiters:
+                    self._room.notify()
+
+    def _wait_for_room(self, deadline: float | None) -> None:
+        """Under the lock: wait until fewer than max_in_flight calls are in flight, or refuse (see the module)."""
+        if not self._wait_when_full:
+            raise ResourceExhausted(f"the client already has {self._max_in_flight} operations in flight "
+                                    "(max_in_flight); wait_when_full=False refuses more at once")
+        self._room_waiters += 1
+        try:
+            while self._in_flight >= self._max_in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not self._room.wait(left):
+                    raise DeadlineExceeded(f"the call's timeout passed while {self._max_in_flight} operations "
+                                           "were in flight (max_in_flight)")
+        finally:
+            self._room_waiters -= 1
 
     # -- the batcher ------------------------------------------------------------------------------
     def _run(self) -> None:
