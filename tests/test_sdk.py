@@ -163,6 +163,31 @@ async def test_a_call_whose_answer_never_comes_ends_at_its_local_deadline(daemon
         proxy.close()
 
 
+async def test_calls_queue_behind_the_pipeline_and_leave_in_one_message(daemon: DaemonProcess) -> None:
+    """pipeline=1: while a message waits for its answers (held at a proxy), calls made in later event-loop
+    turns queue, and all of them leave together once it is answered."""
+    proxy = TcpProxy(daemon.address)
+    try:
+        async with hsmlb_client.AsyncClient(proxy.address, streams=1, pipeline=1) as client:
+            assert (await _nist(client)).cipher_text == NIST_ECB  # message 1
+            proxy.hold_answers()
+            first = asyncio.ensure_future(_nist(client))  # message 2, its answer held
+            while client.batches < 2:
+                await asyncio.sleep(0)
+            later = []
+            for _ in range(10):  # ten separate flushes
+                later.append(asyncio.ensure_future(_nist(client)))
+                await asyncio.sleep(0.001)
+            assert client.batches == 2 and client.operations == 12
+            proxy.release_answers()
+            async with asyncio.timeout(WAIT_S):
+                results = await asyncio.gather(first, *later)
+            assert [r.cipher_text for r in results] == [NIST_ECB] * 11
+            assert client.batches == 3
+    finally:
+        proxy.close()
+
+
 # -------------------------------------------------------------------------------- back-pressure
 async def test_async_back_pressure_fails_fast_beyond_max_in_flight(daemon: DaemonProcess) -> None:
     async with hsmlb_client.AsyncClient(daemon.address, max_in_flight=4, wait_when_full=False) as client:

@@ -58,17 +58,20 @@ class _Entry:
 
 
 class _BatchStream:
-    """One StreamBatch call. Calls queue here and one writer task sends them: while a write is in flight the
-    queue fills, so the next message carries everything that arrived meanwhile (up to max_batch): batches
-    grow with the load by themselves. Answers are matched by request_id."""
+    """One StreamBatch call. Calls queue here and one writer task sends them. At most `pipeline` messages
+    wait for answers at once (a message waits until its last item is answered); meanwhile calls queue,
+    and the next message carries all of them (up to max_batch): batches grow with the load and the
+    round trip by themselves, as Kafka's max.in.flight does. Answers are matched by request_id."""
 
     def __init__(self, stub: pb_grpc.OperationsStub, metadata: Sequence[tuple[str, str]] | None,
-                 loop: asyncio.AbstractEventLoop, max_batch: int, wait_for_ready: bool) -> None:
+                 loop: asyncio.AbstractEventLoop, max_batch: int, wait_for_ready: bool, pipeline: int) -> None:
         self.loop = loop
         self.call = stub.StreamBatch(metadata=metadata, wait_for_ready=wait_for_ready)
-        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[Any], int]] = {}  # request_id -> (future, message number)
         self.broken = False
         self.batches = 0
+        self._open: dict[int, int] = {}  # message number -> its items not yet answered
+        self._pipeline = pipeline
         self._max_batch = max_batch
         self._next_id = 0
         self._queue: list[_Entry] = []
@@ -78,6 +81,9 @@ class _BatchStream:
 
     def send(self, entries: list[_Entry]) -> None:
         self._queue.extend(entries)
+        self._wakeup()
+
+    def _wakeup(self) -> None:
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
@@ -91,21 +97,24 @@ class _BatchStream:
         batch = pb.BatchRequest()
         add = batch.items.add
         pending = self.pending
-        request_id = self._next_id
+        message = self.batches + 1
+        request_id = first = self._next_id
         for e in taken:
             if e.future.done():  # timed out (or cancelled) while queued
                 continue
             request_id += 1
             add(request_id=request_id, timeout_ms=timeout_ms(e.deadline - now) if e.deadline is not None else 0,
                 traceparent=e.traceparent, **{e.field: e.request})
-            pending[request_id] = e.future
+            pending[request_id] = (e.future, message)
         self._next_id = request_id
+        if request_id > first:
+            self._open[message] = request_id - first
         return batch
 
     async def _write(self) -> None:
         try:
             while True:
-                while self._queue:
+                while self._queue and (len(self._open) < self._pipeline or len(self._queue) >= self._max_batch):
                     batch = self._take()
                     if batch.items:
                         self.batches += 1
@@ -126,11 +135,23 @@ class _BatchStream:
                 if message is grpc.aio.EOF:
                     self.fail(Unavailable(f"{BROKEN} (the daemon ended the stream)"))
                     return
-                pending = self.pending
+                pending, opened = self.pending, self._open
+                closed = False
                 for reply in message.items:
-                    future = pending.pop(reply.request_id, None)
-                    if future is not None and not future.done():
+                    entry = pending.pop(reply.request_id, None)
+                    if entry is None:
+                        continue
+                    future, number = entry
+                    if not future.done():
                         future.set_result(reply)
+                    left = opened[number] - 1
+                    if left:
+                        opened[number] = left
+                    else:
+                        del opened[number]
+                        closed = True
+                if closed and self._queue:
+                    self._wakeup()
         except asyncio.CancelledError:
             raise
         except grpc.RpcError as exc:
@@ -145,7 +166,7 @@ class _BatchStream:
         self.broken = True
         pending, self.pending = self.pending, {}
         queued, self._queue = self._queue, []
-        for future in (*pending.values(), *(e.future for e in queued)):
+        for future in (*(f for f, _ in pending.values()), *(e.future for e in queued)):
             if not future.done():
                 future.set_exception(error_for(error.code, error.message))
         self.call.cancel()
@@ -211,6 +232,7 @@ class AsyncClient(Operations):
     mutual TLS; each PEM bytes, a PEM string or a file path. metadata: sent on every stream.
     wait_for_ready (default True): a new stream waits for the connection (re)established, within the calls'
     timeouts, instead of failing at once while the channel is reconnecting; False fails fast with Unavailable.
+    pipeline: messages per stream awaiting their answers before further calls queue for the next message.
     """
 
     def __init__(self, target: str = "127.0.0.1:50051", *, streams: int = 2, max_batch: int = 256,
@@ -218,7 +240,9 @@ class AsyncClient(Operations):
                  timeout: float | None = DEFAULT_TIMEOUT_S, tls: bool = False, root_certificates: Pem = None,
                  certificate_chain: Pem = None, private_key: Pem = None, server_name: str | None = None,
                  metadata: Sequence[tuple[str, str]] = (), options: Sequence[tuple[str, Any]] = (),
-                 wait_for_ready: bool = True) -> None:
+                 wait_for_ready: bool = True, pipeline: int = 4) -> None:
+        if pipeline < 1:
+            raise ValueError("need pipeline >= 1")
         if streams < 1 or max_in_flight < 1 or not 1 <= max_batch <= MAX_BATCH_ITEMS or linger < 0:
             raise ValueError(f"need streams >= 1, max_in_flight >= 1, 1 <= max_batch <= {MAX_BATCH_ITEMS}, linger >= 0")
         self.target = target
@@ -226,6 +250,7 @@ class AsyncClient(Operations):
         self._options = tuple(options)
         self._metadata = tuple(metadata) or None
         self._wait_for_ready = wait_for_ready
+        self._pipeline = pipeline
         self._n_streams, self._max_batch, self._linger = streams, max_batch, linger
         self._max_in_flight, self._wait_when_full, self._timeout = max_in_flight, wait_when_full, timeout
         self._channel: grpc.aio.Channel | None = None
@@ -326,7 +351,7 @@ class AsyncClient(Operations):
             if stream is not None:
                 self._batches_before += stream.batches
             stream = self._streams[index] = _BatchStream(self._stub, self._metadata, self._loop, self._max_batch,
-                                                                self._wait_for_ready)
+                                                                self._wait_for_ready, self._pipeline)
         return stream
 
     # -- back-pressure ----------------------------------------------------------------------------
