@@ -94,7 +94,7 @@ def test_status_page_lists_nodes_and_shows_a_drill(cluster: Cluster, tmp_path: P
             assert shown_after <= SHOWN_WITHIN_S
             WebDriverWait(driver, 10).until(lambda d: WHO in d.find_element(By.ID, "drills").text)
             time.sleep(4)  # a few chart points with traffic in them, for the screenshot
-            assert driver.find_element(By.ID, "v-tps").text not in ("", "–")  # type: ignore[attr-defined]
+            assert driver.find_element(By.ID, "v-tps").text not in ("", "\u2013")  # type: ignore[attr-defined]
             # self-contained: every resource the page loaded came from the daemon's listener
             resources = driver.execute_script(  # type: ignore[attr-defined]
                 "return performance.getEntriesByType('resource').map(e => e.name)")

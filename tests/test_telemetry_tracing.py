@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 from tests._routing_helpers import encrypt_request
 from tests._sensitive_plant import STREAM_FIELDS, base_requests, leaks, planted_requests
-from tests._telemetry_helpers import scrape, telemetry_daemon, value
+from tests._telemetry_helpers import Collector, scrape, telemetry_daemon, value
 from tests.conftest import Cluster
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -36,65 +30,6 @@ FAST_EXPORT = {"export_interval_s": 0.2}
 KEEP_ROUTABLE = {"outlier": {"consecutive_node_faults": NEVER, "failure_rate": 1.0, "failure_rate_min_requests": NEVER},
                  "breaker": {"fail_max": NEVER}, "health_check": {"unhealthy_threshold": NEVER},
                  "retry": {"min_retries_per_s": 1000}}
-
-
-class Collector:
-    """An OTLP/HTTP endpoint on loopback that keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                outer.add(request, self.path)
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def add(self, request: ExportTraceServiceRequest, path: str) -> None:
-        assert path == "/v1/traces"
-        for resource_spans in request.resource_spans:
-            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-            for scope in resource_spans.scope_spans:
-                for s in scope.spans:
-                    attrs = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in s.attributes}
-                    span = {"name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
-                            "parent": s.parent_span_id.hex(), "kind": s.kind, "attrs": attrs, "service": service,
-                            "status": (s.status.code, s.status.message),
-                            "text": " ".join([s.name, s.status.message, *(str(v) for v in attrs.values()),
-                                              *(e.name for e in s.events)])}
-                    with self.lock:
-                        self.spans.append(span)
-
-    def wait(self, predicate: Any, timeout_s: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                found = [s for s in self.spans if predicate(s)]
-            if found:
-                return found
-            time.sleep(0.05)
-        return []
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ DURATION_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0
                     0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SHED = grpc.StatusCode.RESOURCE_EXHAUSTED
 OPERATOR_STATES = ("active", "draining", "failed")
+_QUANTILES = {"p50": "0.5", "p99": "0.99", "p999": "0.999"}
 
 
 def shed_reason(message: str) -> str:
@@ -206,3 +207,35 @@ class SpanCollector(Collector):
         queued = GaugeMetricFamily("hsmlb_spans_queued", "Spans waiting for export")
         queued.add_metric([], float(counts["queued"]))
         yield queued
+
+
+class ShadowCollector(Collector):
+    """Shadow outcomes and latencies per operation and side, read from the shadow's own counters at scrape."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        outcomes = CounterMetricFamily("hsmlb_shadow_outcomes", "Shadow comparisons by outcome",
+                                       labels=("op", "side", "outcome"))
+        errors = CounterMetricFamily("hsmlb_shadow_candidate_errors", "Shadow calls that failed, by gRPC status",
+                                     labels=("op", "side", "code"))
+        skipped = CounterMetricFamily("hsmlb_shadow_skipped", "Operations not shadowed, by reason",
+                                      labels=("op", "side", "reason"))
+        latency = GaugeMetricFamily("hsmlb_shadow_latency_seconds", "Latency quantiles of the primary and the "
+                                    "shadowed call", labels=("op", "side", "path", "quantile"))
+        for (op, side), s in sorted(self.stats.ops.items()):
+            for outcome, count in (("match", s.matches), ("discrepancy", s.discrepancies),
+                                   ("key_drift", s.key_drift), ("not_comparable", s.not_comparable)):
+                outcomes.add_metric([op, side, outcome], float(count))
+            for code, count in sorted(s.candidate_errors.items()):
+                errors.add_metric([op, side, code], float(count))
+            for reason, count in sorted(s.skipped.items()):
+                skipped.add_metric([op, side, reason], float(count))
+            for path, histogram in (("primary", s.primary_latency), ("candidate", s.candidate_latency)):
+                for name, value in histogram.summary_ms().items():
+                    latency.add_metric([op, side, path, _QUANTILES[name]], value / 1000)
+        yield from (outcomes, errors, skipped, latency)

@@ -108,6 +108,13 @@ class OpTrace:
                              "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1})
         future.add_done_callback(partial(_attempt_done, span))
 
+    def shadow(self, side: str, member: Any, future: Any) -> None:
+        """A shadow call (off the response path) to `member`: a span of its own under the operation's."""
+        span = self.tracer.start_span("hsmlb.shadow", trace.set_span_in_context(self.span), SpanKind.CLIENT)
+        span.set_attributes({"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                             "hsmlb.shadow.side": side})
+        future.add_done_callback(partial(_attempt_done, span))
+
 
 def _attempt_done(span: trace.Span, future: Any) -> None:
     if future.cancelled():
