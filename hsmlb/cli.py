@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hsmlb.config import ConfigError, load_config
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
+from hsmlb.router.cli import add_parser as add_route_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
 
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_dev_up)
 
     add_apc_emulator_parser(sub)
+    add_route_parser(sub)
     return parser
 
 
