@@ -12,6 +12,7 @@ from pathlib import Path
 from hsmlb.config import ConfigError, load_config
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
 from hsmlb.router.cli import add_parser as add_route_parser
+from hsmlb.router.cli import describe_config_routes
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
 
@@ -36,8 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     for node in config.nodes:
-        node.read_pin()  # the PIN source must resolve too
+        if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
+            node.read_pin()
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
+    print("\n".join(describe_config_routes(config)))
     return 0
 
 

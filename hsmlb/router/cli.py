@@ -132,3 +132,35 @@ def add_parser(sub: Any) -> None:
         _target(parser)
         parser.add_argument("--reason", help="why (logged with who asked)")
         parser.set_defaults(func=cmd_route)
+
+
+def describe_config_routes(config: Any) -> list[str]:
+    """For `hsmlb config check`: the file's routes, then the runtime changes in the state file beside it
+    (what a restarted daemon will serve)."""
+    from hsmlb.router.route_state import read_state
+    from hsmlb.router.routes import RouteTable
+
+    pools = [node.pool for node in config.nodes]
+    lines = [f"pools: {', '.join(f'{p} ({pools.count(p)} nodes)' for p in dict.fromkeys(pools))}"]
+    file_table = RouteTable(list(config.routes), pools)
+    for route in file_table.routes():
+        lines.append(f"route (file) {_route_line(route.describe())}")
+    if not config.routes:
+        lines.append("routes (file): none, every node serves as one pool")
+    state_file = config.shadow.state_file
+    state = read_state(state_file)
+    if state:
+        table = RouteTable(list(config.routes), pools, state)
+        weights = ", ".join(f"{op}={w:g}%" for op, w in table.weights.items()) or "none"
+        lines.append(f"runtime changes in {state_file}: weights {weights}; promoted "
+                     f"{', '.join(sorted(table.promoted)) or 'none'}; switched to {table.switch_to or 'none'}")
+        lines += [f"route (now)  {_route_line(r.describe())}" for r in table.routes()]
+    return lines
+
+
+def _route_line(r: dict[str, Any]) -> str:
+    text = f"{r['op']}: primary {r['primary']}, failover {','.join(r['failover']) or '-'}"
+    if r["candidate"]:
+        text += (f", candidate {r['candidate']} weight {r['candidate_percent']:g}% shadow "
+                 f"{r['shadow_percent']:g}%")
+    return text
