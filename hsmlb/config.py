@@ -12,7 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from hsmlb.audit.config import AuditConfig
+from hsmlb.auth.config import AuthConfig, TlsConfig
 from hsmlb.router.routes_config import POOL_PATTERN, RouteConfig, ShadowConfig, check_routes
+from hsmlb.telemetry.config import LoggingConfig, MetricsConfig, TracingConfig
 
 
 class _Frozen(BaseModel):
@@ -182,7 +185,13 @@ class Config(_Frozen):
     start_timeout_s: float = Field(30.0, gt=0, le=600)
     fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
     router: RouterConfig = RouterConfig()
+    metrics: MetricsConfig | None = Field(None, description="Prometheus /metrics and the status page; off when absent")
+    tracing: TracingConfig = TracingConfig()
+    logging: LoggingConfig = LoggingConfig()
     nodes: list[NodeConfig] = Field(min_length=1)
+    tls: TlsConfig | None = Field(None, description="TLS (mTLS with client_ca_file); none: plaintext, dev only")
+    auth: AuthConfig = AuthConfig()
+    audit: AuditConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list, description="pools per operation; none: one pool of all")
     shadow: ShadowConfig = ShadowConfig()
 
@@ -230,6 +239,12 @@ def load_config(path: str | Path) -> Config:
             for field in ("pin_file", "credentials_file"):
                 if isinstance(node, dict) and node.get(field) and not Path(node[field]).is_absolute():
                     node[field] = str(base / node[field])
+        for section, fields in (("tls", ("cert_file", "key_file", "client_ca_file")),
+                                ("audit", ("dir", "signing_key_file"))):
+            part = data.get(section)
+            for field in fields if isinstance(part, dict) else ():
+                if part.get(field) and not Path(part[field]).is_absolute():
+                    part[field] = str(base / part[field])
         shadow = data.setdefault("shadow", {}) if isinstance(data.get("shadow", {}), dict) else None
         if shadow is not None:  # runtime route changes live beside the config (router/route_state.py)
             state = shadow.get("state_file") or Path(path).resolve().with_suffix(".state.json")

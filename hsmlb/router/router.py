@@ -159,7 +159,10 @@ class Router:
         holders, now, route, ranks = self._admit(op)
         tried: list[Member] = []
         member = self._pick(op, holders, tried, now, None, ranks)
-        return Attempt(member, member.pool.perform(op), holders, tried, route, ranks, now)
+        future = member.pool.perform(op)
+        if op.trace is not None:  # sampled for tracing: the attempt gets a span
+            op.trace.attempt(op, member, future)
+        return Attempt(member, future, holders, tried, route, ranks, now)
 
     def succeeded(self, op: Operation, attempt: Attempt) -> KeyInfo | None:
         """Report the success of an attempt from start(); returns the key for the response."""
@@ -205,6 +208,8 @@ class Router:
             if started is None:
                 member = self._pick(op, holders, tried, now, last_fault, ranks)
                 attempt = member.pool.perform(op)
+                if op.trace is not None:
+                    op.trace.attempt(op, member, attempt)
             else:
                 member, attempt, started = started.member, started.future, None
             try:
