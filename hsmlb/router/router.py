@@ -67,12 +67,14 @@ class Router:
         return member.pool.load
 
     def _weight(self, member: Member) -> float:
-        return member.health.weight(self.clock())  # slow start: the balancer scores (load + cost) / weight
+        health = member.health  # slow start: the balancer scores (load + cost) / weight
+        return 1.0 if health.slow_start_at is None else health.weight(self.clock())
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain."""
         ready = [m for m in holders
-                 if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
+                 if (not tried or m not in tried) and m.pool.backend.state == "up" and m.health.routable(now)
+                 and m.breaker.would_allow()]
         if ready:
             return ready, False
         # last holders: the breaker does not gate
