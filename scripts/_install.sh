@@ -14,3 +14,5 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . .venv/bin/activate
 fi
 python -m pip install -q --disable-pip-version-check -e ".[test]"
+# The client SDK, its own distribution (grpcio + protobuf only): the tests and the load suite use it.
+python -m pip install -q --disable-pip-version-check -e clients/python
