@@ -94,13 +94,15 @@ class Router:
         return member.pool.load
 
     def _weight(self, member: Member) -> float:
-        return member.health.weight(self.clock())  # slow start: the balancer scores (load + cost) / weight
+        health = member.health  # slow start: the balancer scores (load + cost) / weight
+        return 1.0 if health.slow_start_at is None else health.weight(self.clock())
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float,
                    ranks: dict[str, int] | None = None) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain, in any pool."""
         ready = [m for m in holders
-                 if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
+                 if (not tried or m not in tried) and m.pool.backend.state == "up" and m.health.routable(now)
+                 and m.breaker.would_allow()]
         if ready:
             return (ready if ranks is None else top_priority(ready, ranks)), False
         # last holders: the breaker does not gate
