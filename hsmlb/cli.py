@@ -14,6 +14,8 @@ from hsmlb.auth.cli import add_parser as add_health_parser
 from hsmlb.auth.cli import add_tls_args
 from hsmlb.config import ConfigError, load_config
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
+from hsmlb.router.cli import add_parser as add_route_parser
+from hsmlb.router.cli import describe_config_routes
 from hsmlb.telemetry.cli import add_parser as add_status_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
@@ -43,8 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     for node in config.nodes:
-        node.read_pin()  # the PIN source must resolve too
+        if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
+            node.read_pin()
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
+    print("\n".join(describe_config_routes(config)))
     return 0
 
 
@@ -233,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     add_health_parser(sub)
     add_status_parser(sub)
+    add_route_parser(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ shutdown_grace_s, then closes every node (sessions closed, libraries finalized b
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -177,8 +178,22 @@ async def start_daemon(config: Config) -> Daemon:
     return Daemon(config, server, router, checker, health_servicer, port, filters, telemetry)
 
 
+def tune_gc() -> None:
+    """Once started: move everything loaded so far (protos, botocore models, config) out of the
+    collector's sight and collect the young generation less often. Every operation allocates a few
+    short-lived objects (futures, callbacks, messages) that are still alive when a collection runs:
+    at the default threshold (700) the collector took ~10% of the event loop under load."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
+GC_THRESHOLD = 20_000  # young-generation allocations between collections (default 700)
+
+
 async def serve(config: Config) -> None:
     daemon = await start_daemon(config)
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -67,6 +67,9 @@ class Shadower:
         if route.noise_percent and rng() * 100 < route.noise_percent:
             self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
 
+    def primary_failed(self, op: Operation) -> None:
+        self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
+
     def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, started: float) -> None:
         now = self.clock()
         name = op.kind.value
