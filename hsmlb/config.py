@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from hsmlb.limits import LimitsConfig
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -178,6 +180,7 @@ class Config(_Frozen):
     start_timeout_s: float = Field(30.0, gt=0, le=600)
     fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
     router: RouterConfig = RouterConfig()
+    limits: LimitsConfig = LimitsConfig()
     nodes: list[NodeConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
