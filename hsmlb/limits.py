@@ -38,8 +38,6 @@ class LimitsConfig(BaseModel):
     max_connections: int = Field(
         4096, ge=1, description="open client connections at most; lowered to fit the descriptor limit")
     max_concurrent_streams: int = Field(1024, ge=1, description="RPCs in flight per connection")
-    max_concurrent_rpcs: int = Field(
-        512, ge=0, description="RPCs in flight in the whole daemon; more get RESOURCE_EXHAUSTED at once (0: none)")
     max_queue_wait_ms: float = Field(
         20.0, ge=0, description="longest an operation may wait for a node's session before it is shed "
         "(RESOURCE_EXHAUSTED, or another node with room)")

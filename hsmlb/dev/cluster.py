@@ -81,9 +81,11 @@ def _secret_file(path: Path, digits: int) -> str:
 
 
 def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", pool_size: int = 4,
-           fault_injection: bool = False, regions: list[dict[str, object]] | None = None) -> Path:
+           fault_injection: bool = False, regions: list[dict[str, object]] | None = None,
+           shadow: bool = False) -> Path:
     """Tokens and keys, then the daemon config: the tokens, then `regions` (region node dicts, see
-    dev/regions.py) after them."""
+    dev/regions.py) after them. With regions, the route is tokens primary, regions failover
+    (`dev_routes`); `shadow` also shadows every token answer to the regions."""
     state_dir = state_dir.resolve()
     (state_dir / "tokens").mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
@@ -112,9 +114,20 @@ def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", po
                    "allow_host_side_derivation": n in HOST_SIDE_NODES,
                    "env": {"SOFTHSM2_CONF": str(conf)}} for n in nodes] + list(regions or []),
     }
+    if regions:
+        config["routes"] = dev_routes(shadow)
     path = state_dir / "hsmlb.yaml"
     path.write_text("# written by `hsmlb dev up`; PINs live in pin_file, never here\n" + yaml.safe_dump(config))
     return path
+
+
+def dev_routes(shadow: bool = False) -> list[dict[str, object]]:
+    """The dev cluster's default: tokens (pool hsm) primary, regions (pool apc) failover, so local
+    tokens serve what they can and the regions take over only when no token can."""
+    route: dict[str, object] = {"op": "*", "primary": "hsm", "failover": ["apc"]}
+    if shadow:
+        route.update(candidate="apc", shadow_percent=100.0)
+    return [route]
 
 
 def _in_child(function: Any, *args: Any) -> None:
