@@ -209,7 +209,9 @@ class AuditWriter:
         self._out_records = 0
         if not self.healthy:
             self.healthy = True
-            log.warning("audit log writable again: %d records written, chain intact", self.records)
+            log.warning("audit log writable again after %d failed writes: chain intact at seq %d",
+                        self.write_failures, self.seq)
+            self.event("audit_recovered", f"{self.write_failures} failed writes since start ({self.last_error})")
         return True
 
     def _failed(self, exc: OSError) -> None:
