@@ -143,3 +143,26 @@ def test_a_restart_resumes_the_chain_and_cuts_a_torn_line(tmp_path: Path) -> Non
     report = verify(directory, key.public_key())
     assert report.ok, report.problem
     assert report.files == 2
+
+
+@pytest.mark.parametrize("variant", ["plain", "denied", "translation", "unicode", "no_key"])
+def test_fast_operation_records_are_canonical_json(variant: str) -> None:
+    """The writer's hand-made encoding of an operation record is byte-identical to canonical(record),
+    which is what verify recomputes."""
+    from hsmlb.audit.chain import canonical
+    from hsmlb.audit.writer import build, op_body
+
+    entry = ["op", 1765000000.5, APP, "ipv4:127.0.0.1:5555", "/hsmlb.v1.Operations/StreamBatch", "encrypt_data",
+             "alias/zek-aes128", (), "zek-aes128", "C1D0F8", "node-a", 1, "OK", "", 0.000123, 17, ""]
+    if variant == "denied":
+        entry[12:14] = ["PERMISSION_DENIED", f"caller {APP} may not use key alias/x for encrypt_data"]
+    elif variant == "translation":
+        entry[7] = ("alias/pek-tdes", "alias/pek-tdes3")
+        entry[16] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    elif variant == "unicode":
+        entry[2], entry[6] = 'spiffe://x/"é"\u2028', "alias/\\ü"
+    elif variant == "no_key":
+        entry[6], entry[8], entry[9] = None, "", ""
+    record = build(tuple(entry))
+    record.update(seq=42, prev="ab" * 32)
+    assert op_body(tuple(entry), 42, "ab" * 32) == canonical(record)
