@@ -14,6 +14,9 @@ from hsmlb.auth.cli import add_parser as add_health_parser
 from hsmlb.auth.cli import add_tls_args
 from hsmlb.config import ConfigError, load_config
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
+from hsmlb.router.cli import add_parser as add_route_parser
+from hsmlb.router.cli import describe_config_routes
+from hsmlb.telemetry.cli import add_parser as add_status_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
 
@@ -31,6 +34,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hsmlb.server import serve
 
     config = load_config(args.config)
+    if (getattr(args, "log_format", None) or config.logging.format) == "json":  # the flag wins over the file
+        from hsmlb.telemetry.logs import use_json_logs
+
+        use_json_logs()
     _run(serve(config))
     return 0
 
@@ -38,8 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     for node in config.nodes:
-        node.read_pin()  # the PIN source must resolve too
+        if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
+            node.read_pin()
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
+    print("\n".join(describe_config_routes(config)))
     return 0
 
 
@@ -64,6 +73,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             from hsmlb.auth.devtls import secure_dev_config
 
             pki = secure_dev_config(path, args.state_dir)
+        if args.serve:  # the dev daemon's metrics and status page (it prints the URL)
+            _with_metrics(path, args.metrics_listen)
         print(path, flush=True)
         if pki is not None:
             print(f"mTLS: CA {pki['ca']}; clients app ({pki['app_cert']}) and operator ({pki['operator_cert']})",
@@ -76,6 +87,14 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     finally:
         for region in regions:
             region.stop()
+
+
+def _with_metrics(path: Path, listen: str) -> None:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("metrics", {"listen": listen})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _address(args: argparse.Namespace) -> str:
@@ -120,7 +139,12 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     reply = _admin_call(args, "ListNodes", pb.ListNodesRequest())
     if reply is None:
         return 1
-    _print_table(list(reply.nodes))  # type: ignore[attr-defined]
+    if args.wide:
+        from hsmlb.telemetry.cli import print_wide
+
+        print_wide(list(reply.nodes))  # type: ignore[attr-defined]
+    else:
+        _print_table(list(reply.nodes))  # type: ignore[attr-defined]
     for node in reply.nodes:  # type: ignore[attr-defined]
         notes = [f"{node.name}: {node.detail}"] if node.detail else []
         if node.kcv_conflicts:
@@ -163,6 +187,9 @@ def _target(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmlb", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("HSMLB_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("HSMLB_LOG_FORMAT"),
+                        help="json: one JSON object per line, with the trace id where there is one "
+                        "(default: the config's logging.format, else text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -178,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser("nodes", help="node table from a running daemon")
     _target(nodes)
     nodes.add_argument("--keys", action="store_true", help="also list each node's keys")
+    nodes.add_argument("--wide", action="store_true", help="also retries, throttling, ejections, weight, "
+                       "skipped operations and capabilities")
     nodes.set_defaults(func=cmd_nodes)
 
     node = sub.add_parser("node", help="failover drills: fail, drain or restore a node")
@@ -200,17 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --serve: tokens only, no emulated APC regions")
     up.add_argument("--shadow", action="store_true",
                     help="with --serve: shadow every token answer to the regions and compare (hsmlb shadow report)")
+    up.add_argument("--metrics-listen", default="127.0.0.1:0",
+                    help="with --serve: the metrics and status page listener (default: any free port, printed)")
     up.set_defaults(func=cmd_dev_up)
 
     add_apc_emulator_parser(sub)
     add_audit_parser(sub)
     add_health_parser(sub)
+    add_status_parser(sub)
+    add_route_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.log_format == "json":
+        from hsmlb.telemetry.logs import use_json_logs
+
+        use_json_logs()
     for chatty in ("botocore", "boto3", "urllib3"):  # at DEBUG they log whole signed requests: credentials
         logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
     try:

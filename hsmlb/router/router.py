@@ -94,13 +94,15 @@ class Router:
         return member.pool.load
 
     def _weight(self, member: Member) -> float:
-        return member.health.weight(self.clock())  # slow start: the balancer scores (load + cost) / weight
+        health = member.health  # slow start: the balancer scores (load + cost) / weight
+        return 1.0 if health.slow_start_at is None else health.weight(self.clock())
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float,
                    ranks: dict[str, int] | None = None) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain, in any pool."""
         ready = [m for m in holders
-                 if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
+                 if (not tried or m not in tried) and m.pool.backend.state == "up" and m.health.routable(now)
+                 and m.breaker.would_allow()]
         if ready:
             return (ready if ranks is None else top_priority(ready, ranks)), False
         # last holders: the breaker does not gate
@@ -159,7 +161,10 @@ class Router:
         holders, now, route, ranks = self._admit(op)
         tried: list[Member] = []
         member = self._pick(op, holders, tried, now, None, ranks)
-        return Attempt(member, member.pool.perform(op), holders, tried, route, ranks, now)
+        future = member.pool.perform(op)
+        if op.trace is not None:  # sampled for tracing: the attempt gets a span
+            op.trace.attempt(op, member, future)
+        return Attempt(member, future, holders, tried, route, ranks, now)
 
     def succeeded(self, op: Operation, attempt: Attempt) -> KeyInfo | None:
         """Report the success of an attempt from start(); returns the key for the response."""
@@ -205,6 +210,8 @@ class Router:
             if started is None:
                 member = self._pick(op, holders, tried, now, last_fault, ranks)
                 attempt = member.pool.perform(op)
+                if op.trace is not None:
+                    op.trace.attempt(op, member, attempt)
             else:
                 member, attempt, started = started.member, started.future, None
             try:
@@ -216,6 +223,8 @@ class Router:
                 last_fault = fault
                 fallback = route is not None and self._candidate_failed(route, ranks, member, holders, tried)
                 if not (idempotent and (fallback or (len(tried) < self.max_attempts and self._may_retry(op, now)))):
+                    if route is not None and route.shadow_percent and self.shadow is not None:
+                        self.shadow.primary_failed(op)  # nothing to compare: counted as its own outcome
                     raise
                 member.retries_from += 1
                 await asyncio.sleep(backoff_s(len(tried), self.backoff_base_s, self.backoff_max_s, self._rng))

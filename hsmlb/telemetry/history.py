@@ -1,0 +1,118 @@
+"""The last minutes of TPS, errors and p99, per node and in total, for the status page's charts.
+
+Nothing is added to the hot path: every `interval_s` a sampler reads the cumulative Prometheus
+series (operations by node and code, the latency histogram by node) and keeps the differences in
+a bounded ring. p99 comes from the histogram's bucket differences, so it is as fine as its buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hsmlb.telemetry.metrics import Metrics
+
+log = logging.getLogger("hsmlb.telemetry")
+TOTAL = "*"
+
+
+@dataclass(slots=True)
+class _Cumulative:
+    ok: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+
+
+def p99_from(buckets: dict[float, float]) -> float | None:
+    """The 99th percentile's bucket upper bound, in seconds, from per-bucket cumulative counts."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    target = 0.99 * total
+    for le in bounds:
+        if buckets[le] >= target:
+            return le if le != float("inf") else bounds[-2] if len(bounds) > 1 else None
+    return None
+
+
+class History:
+    """A ring of samples: each is {"t": unix seconds, "nodes": {node: {tps, errors_per_s, p99_ms}}}."""
+
+    def __init__(self, metrics: Metrics, history_s: int = 300, interval_s: float = 2.0) -> None:
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.samples: deque[dict[str, Any]] = deque(maxlen=max(2, int(history_s / interval_s)))
+        self._last: dict[str, _Cumulative] | None = None
+        self._last_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.sample()
+        self._task = asyncio.create_task(self._run(), name="telemetry-history")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                self.sample()
+            except Exception:  # a bug here must not stop the charts for good, nor the daemon
+                log.exception("status history sample failed")
+
+    def read(self) -> dict[str, _Cumulative]:
+        now: dict[str, _Cumulative] = {TOTAL: _Cumulative()}
+        for family in self.metrics.operations.collect():
+            for s in family.samples:
+                if not s.name.endswith("_total"):
+                    continue
+                for node in (s.labels["node"], TOTAL):
+                    c = now.setdefault(node, _Cumulative())
+                    if s.labels["code"] == "OK":
+                        c.ok += s.value
+                    else:
+                        c.errors += s.value
+        for family in self.metrics.duration.collect():
+            for s in family.samples:
+                if not s.name.endswith("_bucket"):
+                    continue
+                le = float(s.labels["le"])
+                for node in (s.labels["node"], TOTAL):
+                    b = now.setdefault(node, _Cumulative()).buckets
+                    b[le] = b.get(le, 0.0) + s.value
+        return now
+
+    def sample(self) -> None:
+        at = time.monotonic()
+        now = self.read()
+        last, elapsed = self._last, at - self._last_at
+        self._last, self._last_at = now, at
+        if last is None or elapsed <= 0:
+            return
+        nodes: dict[str, dict[str, float | None]] = {}
+        for node, c in now.items():
+            before = last.get(node, _Cumulative())
+            delta = {le: n - before.buckets.get(le, 0.0) for le, n in c.buckets.items()}
+            p99 = p99_from(delta)
+            nodes[node] = {"tps": round((c.ok - before.ok) / elapsed, 1),
+                           "errors_per_s": round((c.errors - before.errors) / elapsed, 2),
+                           "p99_ms": round(p99 * 1000, 3) if p99 is not None else None}
+        self.samples.append({"t": round(time.time(), 1), "nodes": nodes})
+
+    def series(self) -> list[dict[str, Any]]:
+        return list(self.samples)
+
+    def latest(self, node: str) -> dict[str, float | None]:
+        return self.samples[-1]["nodes"].get(node, {}) if self.samples else {}
