@@ -93,6 +93,8 @@ class Shadower:
             self.stats.skip(name, side, "shed")
             return
         self.in_flight += 1
+        if op.trace is not None:  # the primary is traced (sampled): the shadow call gets a span of its own
+            op.trace.shadow(side, target, future)
         future.add_done_callback(partial(self._done, op, side, served_by, target, result, now - started, now))
 
     def _target(self, op: Operation, members: list[Member], served_by: Member, now: float) -> tuple[Member | None, str]:

@@ -1,8 +1,8 @@
 """The last minutes of TPS, errors and p99, per node and in total, for the status page's charts.
 
-Nothing is added to the hot path: every `interval_s` a sampler reads the cumulative Prometheus
-series (operations by node and code, the latency histogram by node) and keeps the differences in
-a bounded ring. p99 comes from the histogram's bucket differences, so it is as fine as its buckets.
+Nothing is added to the hot path: every `interval_s` a sampler reads the cumulative per-operation
+counts (by node and code, with their latency buckets) and keeps the differences in a bounded ring.
+p99 comes from the buckets' differences, so it is as fine as the buckets.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsmlb.telemetry.metrics import Metrics
+from hsmlb.telemetry.opcount import DURATION_BUCKETS, cumulative
 
 log = logging.getLogger("hsmlb.telemetry")
 TOTAL = "*"
+BOUNDS = (*DURATION_BUCKETS, float("inf"))
 
 
 @dataclass(slots=True)
@@ -74,24 +76,17 @@ class History:
 
     def read(self) -> dict[str, _Cumulative]:
         now: dict[str, _Cumulative] = {TOTAL: _Cumulative()}
-        for family in self.metrics.operations.collect():
-            for s in family.samples:
-                if not s.name.endswith("_total"):
-                    continue
-                for node in (s.labels["node"], TOTAL):
-                    c = now.setdefault(node, _Cumulative())
-                    if s.labels["code"] == "OK":
-                        c.ok += s.value
-                    else:
-                        c.errors += s.value
-        for family in self.metrics.duration.collect():
-            for s in family.samples:
-                if not s.name.endswith("_bucket"):
-                    continue
-                le = float(s.labels["le"])
-                for node in (s.labels["node"], TOTAL):
-                    b = now.setdefault(node, _Cumulative()).buckets
-                    b[le] = b.get(le, 0.0) + s.value
+        for (_, node, code), series in list(self.metrics.counts.series.items()):
+            running = cumulative(series.buckets)
+            for name in (node, TOTAL):
+                c = now.setdefault(name, _Cumulative())
+                if code == "OK":
+                    c.ok += series.count
+                else:
+                    c.errors += series.count
+                b = c.buckets
+                for le, n in zip(BOUNDS, running, strict=True):
+                    b[le] = b.get(le, 0.0) + n
         return now
 
     def sample(self) -> None:
