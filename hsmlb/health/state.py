@@ -124,7 +124,8 @@ class NodeHealth:
         return self.ejected_until is not None
 
     def routable(self, now: float) -> bool:
-        self._maybe_readmit(now)
+        if self.ejected_until is not None:  # the hot path's common case skips the call
+            self._maybe_readmit(now)
         return self.operator == "active" and self.checks_healthy and self.ejected_until is None
 
     def weight(self, now: float) -> float:

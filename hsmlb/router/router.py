@@ -94,13 +94,15 @@ class Router:
         return member.pool.load
 
     def _weight(self, member: Member) -> float:
-        return member.health.weight(self.clock())  # slow start: the balancer scores (load + cost) / weight
+        health = member.health  # slow start: the balancer scores (load + cost) / weight
+        return 1.0 if health.slow_start_at is None else health.weight(self.clock())
 
     def candidates(self, holders: list[Member], tried: list[Member], now: float,
                    ranks: dict[str, int] | None = None) -> tuple[list[Member], bool]:
         """(routable nodes, panic?) — panic when only ejected/unhealthy holders remain, in any pool."""
         ready = [m for m in holders
-                 if m not in tried and m.up and m.health.routable(now) and m.breaker.would_allow()]
+                 if (not tried or m not in tried) and m.pool.backend.state == "up" and m.health.routable(now)
+                 and m.breaker.would_allow()]
         if ready:
             return (ready if ranks is None else top_priority(ready, ranks)), False
         # last holders: the breaker does not gate
@@ -221,6 +223,8 @@ class Router:
                 last_fault = fault
                 fallback = route is not None and self._candidate_failed(route, ranks, member, holders, tried)
                 if not (idempotent and (fallback or (len(tried) < self.max_attempts and self._may_retry(op, now)))):
+                    if route is not None and route.shadow_percent and self.shadow is not None:
+                        self.shadow.primary_failed(op)  # nothing to compare: counted as its own outcome
                     raise
                 member.retries_from += 1
                 await asyncio.sleep(backoff_s(len(tried), self.backoff_base_s, self.backoff_max_s, self._rng))

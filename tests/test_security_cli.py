@@ -1,0 +1,81 @@
+"""`hsmlb dev up --tls` and the command line over mTLS: the dev CA's callers, `hsmlb nodes`/`node`/`health`
+with --ca/--cert/--key (and their environment variables), refused without them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hsmlb.auth.devca import spiffe_id
+from tests._tls_helpers import Pki, start_secure
+from tests.conftest import Cluster
+
+
+def hsmlb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsmlb", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_dev_up_tls_and_the_cli_over_mtls(cluster: Cluster, tmp_path: Path) -> None:
+    state = tmp_path / "dev"
+    shutil.copytree(cluster.state_dir, state, ignore=shutil.ignore_patterns("*.log", "hsmlb*.yaml"))
+    up = hsmlb("dev", "up", "--state-dir", str(state), "--listen", "127.0.0.1:0", "--tls")
+    assert up.returncode == 0, up.stderr
+    config_path = Path(up.stdout.splitlines()[0])
+    config = yaml.safe_load(config_path.read_text())
+    tls = state / "tls"
+    assert config["tls"]["client_ca_file"] == str(tls / "ca.crt")  # client certificates required
+    assert [c["identity"] for c in config["auth"]["callers"]] == [spiffe_id("app"), spiffe_id("operator")]
+    assert oct((tls / "operator.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((state / "audit-signing.key").stat().st_mode & 0o777) == "0o600"
+    config["nodes"] = [n for n in config["nodes"] if n["name"] in ("node-a", "node-b")]
+    config_path.write_text(yaml.safe_dump(config))
+    pki = Pki(tls, None)  # type: ignore[arg-type]
+    daemon = start_secure(config_path, tmp_path / "daemon.log", pki)
+    try:
+        operator = ["--ca", str(tls / "ca.crt"), "--cert", str(tls / "operator.crt"),
+                    "--key", str(tls / "operator.key")]
+        nodes = hsmlb("nodes", "--address", daemon.address, *operator)
+        assert nodes.returncode == 0, nodes.stderr
+        assert "node-a" in nodes.stdout and "node-b" in nodes.stdout
+        app_env = {"HSMLB_CA": str(tls / "ca.crt"), "HSMLB_CERT": str(tls / "app.crt"),
+                   "HSMLB_KEY": str(tls / "app.key")}
+        denied = hsmlb("nodes", "--address", daemon.address, env=app_env)
+        assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr and spiffe_id("app") in denied.stderr
+        plain = hsmlb("nodes", "--address", daemon.address)
+        assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+        drill = hsmlb("node", "fail", "node-b", "--address", daemon.address, *operator)
+        assert drill.returncode == 0 and f"failed by operator ({spiffe_id('operator')})" in drill.stdout
+        assert hsmlb("node", "restore", "node-b", "--address", daemon.address, *operator).returncode == 0
+        health = hsmlb("health", "--address", daemon.address, env=app_env)
+        assert health.returncode == 0 and "SERVING" in health.stdout
+        assert hsmlb("health", "--address", daemon.address).returncode == 1
+    finally:
+        assert daemon.stop() == 0
+    verify = hsmlb("audit", "verify", str(state / "audit"), "--public-key", str(state / "audit-signing.key.pub"))
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_audit_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    first = hsmlb("audit", "keygen", "--out", str(key))
+    assert first.returncode == 0 and key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert "PRIVATE" not in first.stdout.replace("private key:", "")  # the key itself is never printed
+    second = hsmlb("audit", "keygen", "--out", str(key))
+    assert second.returncode == 1
+
+
+@pytest.mark.parametrize("missing", ["signing_key_file", "both"])
+def test_audit_config_needs_exactly_one_key_source(missing: str) -> None:
+    from hsmlb.config import ConfigError, parse_config
+
+    audit = {"dir": "/tmp/x"} if missing == "both" else {"dir": "/tmp/x", "signing_key_file": "/k",
+                                                          "signing_key_env": "K"}
+    with pytest.raises(ConfigError, match=r"audit: .*exactly one of signing_key_file or signing_key_env"):
+        parse_config({"nodes": [{"name": "a", "module": "/x", "token_label": "a", "pin_env": "P"}], "audit": audit})
