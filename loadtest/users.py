@@ -215,7 +215,7 @@ class GatewayUser(HsmlbUser):
     def on_start(self) -> None:
         super().on_start()
         client, pools = _Shared.sdk(self.host), self._shared.pools
-        self._calls = {n: (getattr(client, ops.OPS[n].stream_field), pools[n], self._verifies[n])
+        self._calls = {n: (getattr(client, ops.OPS[n].stream_field), ops.sdk_messages(n, pools[n]), self._verifies[n])
                        for n in self._names}
 
     @task
