@@ -14,7 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._payment_common import PUBLIC
 from tests._shadow_helpers import (
     REGIONS,
     emulator_injected,
@@ -46,6 +48,8 @@ def test_mix_at_full_shadow_has_no_discrepancy_and_skips_what_regions_cannot_ser
             by_op = report(channel)
         json_report = subprocess.run([sys.executable, "-m", "hsmlb", "shadow", "report", "--json", "--address",
                                       daemon.address], capture_output=True, text=True, timeout=30, check=True)
+        status = subprocess.run([sys.executable, "-m", "hsmlb", "shadow", "status", "--address", daemon.address],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
     finally:
         daemon.stop()
     for op, r in by_op.items():
@@ -61,6 +65,8 @@ def test_mix_at_full_shadow_has_no_discrepancy_and_skips_what_regions_cannot_ser
         assert name in rows["encrypt"], name
     assert rows["sign"]["skipped"] == {"no_capability": ROUNDS}
     assert rows["encrypt"]["samples"] == by_op["encrypt"].samples
+    assert "*                          primary hsm    failover apc" in status and "candidate apc" in status
+    assert "shadow calls in flight: 0/256" in status
 
 
 def test_corrupted_candidate_results_are_each_caught_and_never_reach_a_client(
@@ -85,6 +91,7 @@ def test_corrupted_candidate_results_are_each_caught_and_never_reach_a_client(
         with daemon.channel() as channel:
             answers = stream(channel, mix * ROUNDS)
             by_op = report(channel)
+            records = str(pb_grpc.AdminStub(channel).GetShadowReport(pb.GetShadowReportRequest(), timeout=10))
     finally:
         for emulator in emulators:
             set_faults(emulator)
@@ -99,7 +106,9 @@ def test_corrupted_candidate_results_are_each_caught_and_never_reach_a_client(
         assert by_op[op].samples == by_op[op].matches + corrupted
     log = (tmp_path / "d.log").read_text()
     assert "shadow discrepancy" in log
-    assert "3AD77BB40D7A3660A89ECAF32466EF97" not in log  # names and lengths only, never a result
+    pan = PUBLIC["cvv-worked-example-111"]["inputs"]["pan"]
+    for text in (log, records):  # names and lengths only, never a result or a PAN
+        assert "3AD77BB40D7A3660A89ECAF32466EF97" not in text and pan not in text
 
 
 def test_slow_candidate_shows_in_its_p99_not_the_primarys(strict_payment_cluster: PaymentCluster, tmp_path: Path):

@@ -121,7 +121,13 @@ class Shadower:
         room = [m for m in ready if not m.pool.saturated]
         if not room:
             return None, "shed"
-        return self.balancer.choose(room, _load, _name, op.key_alias, room[0].pool.cost_weights[op.cost]), ""
+        target = self.balancer.choose(room, _load, _name, op.key_alias, room[0].pool.cost_weights[op.cost])
+        quotas = getattr(target.pool.backend, "quotas", None)  # a region's client-side quota buckets
+        if quotas is not None:
+            key = self.cluster.key(op.key_alias)
+            if quotas.bucket(key.key_type if key else "AES").available() < 1:
+                return None, "quota"  # at once: waiting for a token would hold a shadow slot for nothing
+        return target, ""
 
     def _done(self, op: Operation, side: str, served_by: Member, target: Member, primary_result: Any,
               primary_s: float, sent: float, future: asyncio.Future[Any]) -> None:
