@@ -49,8 +49,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for node in config.nodes:
         if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
             node.read_pin()
+    from hsmlb.auth.check import check as check_security
+
+    security = check_security(config)  # TLS material, the audit key: loaded here, as at start
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
     print("\n".join(describe_config_routes(config)))
+    print("\n".join(security))
     return 0
 
 

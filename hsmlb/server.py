@@ -146,6 +146,10 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     """The per-operation seam's filters, in their stated order (see api/filters.py):
     authentication and authorization, then rate limits, then audit, then telemetry.
     admit() runs in this order and done() in reverse. Empty: the servicers skip the seam."""
+    from hsmlb.auth.check import warnings
+
+    for warning in warnings(config):
+        log.warning("security: %s", warning)
     filters: list[Filter] = []
     if config.tls is not None or config.auth.callers or config.auth.deny:
         filters.append(AuthFilter(config.auth))
