@@ -1,4 +1,4 @@
-"""Load client for bench_daemon.py: one phase (unary or stream) of AES-128 ECB EncryptData against one server.
+"""Load client for bench_daemon.py and bench_batch.py: one phase (unary, stream or batch) against one server.
 
 Protocol on stdio, so the parent can read the server's CPU counters exactly around the measured part:
 connect and warm up, print READY, wait for a line on stdin, run the phase for --seconds (then
@@ -130,11 +130,66 @@ async def _one_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int,
         call.cancel()
 
 
+async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int, items: int,
+                            expect: str | None, tally: Tally) -> None:
+    """StreamBatch: messages of `items` operations, at most `window` operations outstanding."""
+    body = request()
+    call = stub.StreamBatch(timeout=seconds + DRAIN_S + RPC_TIMEOUT_S)
+    sent: dict[int, float] = {}
+    room = asyncio.Event()
+    ids = itertools.count(1)
+    stop_at = time.perf_counter() + seconds
+
+    async def sender() -> None:
+        while time.perf_counter() < stop_at:
+            if len(sent) + items > window:
+                room.clear()
+                await room.wait()
+                continue
+            message = pb.BatchRequest()
+            add = message.items.add
+            now = time.perf_counter()
+            for _ in range(items):
+                request_id = next(ids)
+                sent[request_id] = now
+                add(request_id=request_id, encrypt_data=body)
+            await call.write(message)
+        await call.done_writing()
+
+    sending = asyncio.ensure_future(sender())
+    try:
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                break
+            now = time.perf_counter()
+            for item in reply.items:
+                started = sent.pop(item.request_id, None)
+                if started is None:
+                    tally.errors += 1
+                    continue
+                cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
+                tally.record(cipher_text, expect, now - started)
+            if len(sent) + items <= window:
+                room.set()
+    except grpc.aio.AioRpcError:
+        pass
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        tally.errors += len(sent)  # sent but never answered
+        call.cancel()
+
+
 async def stream_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, window: int,
-                       expect: str | None) -> Tally:
+                       expect: str | None, items: int = 0) -> Tally:
     tally = Tally()
     per_stream = max(1, window // streams)
-    await asyncio.gather(*(_one_stream(stub, seconds, per_stream, expect, tally) for _ in range(streams)))
+    if items:
+        await asyncio.gather(*(_one_batch_stream(stub, seconds, max(per_stream, items), items, expect, tally)
+                               for _ in range(streams)))
+    else:
+        await asyncio.gather(*(_one_stream(stub, seconds, per_stream, expect, tally) for _ in range(streams)))
     return tally
 
 
@@ -143,7 +198,7 @@ async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seco
     if args.mode == "unary":
         coro = unary_phase(stub, seconds, args.concurrency, expect)
     else:
-        coro = stream_phase(stub, seconds, args.streams, args.window, expect)
+        coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0)
     return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
 
 
@@ -170,12 +225,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
-    parser.add_argument("--mode", choices=("unary", "stream"), required=True)
+    parser.add_argument("--mode", choices=("unary", "stream", "batch"), required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=32, help="unary: calls in flight")
     parser.add_argument("--streams", type=int, default=2, help="stream: concurrent streams")
     parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
+    parser.add_argument("--items", type=int, default=16, help="batch: operations per StreamBatch message")
     parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main_async(args))), flush=True)

@@ -90,7 +90,8 @@ class Bench:
     def _spawn(self, argv: list[str], log_name: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         log = (self.state_dir / log_name).open("ab")
         self.logs.append(log)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=kwargs.pop("env", ENV), cwd=ROOT,
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=kwargs.pop("env", ENV),
+                                cwd=kwargs.pop("cwd", ROOT),
                                 start_new_session=True, **kwargs)  # Ctrl-C reaches only us; we stop them
         self.procs.append(proc)
         return proc
@@ -100,21 +101,36 @@ class Bench:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def start(self) -> None:
+        self.cluster_up()
+        self._tune_config()
+        self.daemon, self.daemon_address = self.start_daemon(self.config_path, "daemon.log")
+        self.start_echo()
+
+    def cluster_up(self) -> None:
+        """`hsmlb dev up`: the tokens and the emulated regions; sets config_path to the config it writes."""
         up = subprocess.run([sys.executable, "-m", "hsmlb", "dev", "up", "--state-dir", str(self.state_dir),
                              "--listen", "127.0.0.1:0"], capture_output=True, text=True, env=ENV, cwd=ROOT,
                             timeout=START_TIMEOUT_S, check=False)
         if up.returncode != 0:
             raise RuntimeError(f"hsmlb dev up failed:\n{up.stderr[-2000:]}")
         self.config_path = Path(up.stdout.strip().splitlines()[-1])
-        self._tune_config()
-        self.daemon = self._spawn([sys.executable, "-m", "hsmlb", "serve", "--config", str(self.config_path)],
-                                  "daemon.log")
+
+    def start_daemon(self, config_path: Path, log_name: str,
+                     tree: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+        """A daemon on config_path, once every node is up and healthy: (process, address).
+
+        tree: run the hsmlb source found there instead of ours (an A/B against another revision)."""
+        extra: dict[str, Any] = {"cwd": tree, "env": {**ENV, "PYTHONPATH": str(tree)}} if tree else {}
+        daemon = self._spawn([sys.executable, "-m", "hsmlb", "serve", "--config", str(config_path)], log_name, **extra)
         try:
-            line = LineReader(self.daemon).wait_for("hsmlb listening on ", START_TIMEOUT_S)
+            line = LineReader(daemon).wait_for("hsmlb listening on ", START_TIMEOUT_S)
         except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"daemon did not start ({exc}):\n{self.log_tail('daemon.log')}") from None
-        self.daemon_address = "127.0.0.1:" + line.rsplit(":", 1)[1]
-        self._wait_nodes_up()
+            raise RuntimeError(f"daemon did not start ({exc}):\n{self.log_tail(log_name)}") from None
+        address = "127.0.0.1:" + line.rsplit(":", 1)[1]
+        self._wait_nodes_up(address)
+        return daemon, address
+
+    def start_echo(self) -> None:
         self.echo = self._spawn([sys.executable, str(HERE / "echo_server.py"), "--listen", "127.0.0.1:0"], "echo.log")
         try:
             line = LineReader(self.echo).wait_for("echo listening on ", START_TIMEOUT_S)
@@ -138,9 +154,9 @@ class Bench:
         tuned.write_text(yaml.safe_dump(config))
         self.config_path = tuned
 
-    def _wait_nodes_up(self) -> None:
+    def _wait_nodes_up(self, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        with grpc.insecure_channel(self.daemon_address) as channel:
+        with grpc.insecure_channel(address) as channel:
             admin = pb_grpc.AdminStub(channel)
             while time.monotonic() < deadline:
                 nodes = admin.ListNodes(pb.ListNodesRequest(), timeout=5).nodes
@@ -158,12 +174,13 @@ class Bench:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # -- measurements -------------------------------------------------------------------------
-    def phase(self, server: subprocess.Popen[bytes], address: str, mode: str, check: bool) -> dict[str, float]:
+    def phase(self, server: subprocess.Popen[bytes], address: str, mode: str, check: bool,
+              extra: tuple[str, ...] = ()) -> dict[str, float]:
         """One load phase from a fresh client process, with the server tree's CPU read around it."""
         a = self.args
         argv = [sys.executable, str(HERE / "_load.py"), "--address", address, "--mode", mode,
                 "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--concurrency", str(a.concurrency),
-                "--streams", str(a.streams), "--window", str(a.window), *(["--check"] if check else [])]
+                "--streams", str(a.streams), "--window", str(a.window), *(["--check"] if check else []), *extra]
         client = self._spawn(argv, "client.log", stdin=subprocess.PIPE)
         try:
             reader = LineReader(client)

@@ -1,6 +1,7 @@
 """A bare grpc.aio + uvloop server implementing hsmlb.v1.Operations as an echo: the benchmark's baseline.
 
-EncryptData returns plain_text as cipher_text; Stream answers each request with its own payload.
+EncryptData returns plain_text as cipher_text; Stream answers each request with its own payload;
+StreamBatch and Batch answer each message with one message holding every item's echo.
 Nothing else runs here, so its CPU per op is the floor the gRPC stack alone costs.
 
     python bench/echo_server.py --listen 127.0.0.1:0    # prints "echo listening on HOST:PORT"
@@ -28,13 +29,24 @@ class EchoOperations(pb_grpc.OperationsServicer):
 
     async def Stream(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for request in request_iterator:
-            if request.WhichOneof("operation") == "encrypt_data":
-                body = request.encrypt_data
-                yield pb.StreamResponse(request_id=request.request_id, encrypt_data=pb.EncryptDataResponse(
-                    key_arn=body.key_identifier, cipher_text=body.plain_text))
-            else:
-                yield pb.StreamResponse(request_id=request.request_id, status=pb.Status(
-                    code=grpc.StatusCode.UNIMPLEMENTED.value[0], message="echo: encrypt_data only"))
+            yield _echo(request)
+
+
+    async def StreamBatch(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for batch in request_iterator:
+            yield pb.BatchResponse(items=[_echo(request) for request in batch.items])
+
+    async def Batch(self, request: Any, context: Any) -> Any:
+        return pb.BatchResponse(items=[_echo(request) for request in request.items])
+
+
+def _echo(request: Any) -> Any:
+    if request.WhichOneof("operation") == "encrypt_data":
+        body = request.encrypt_data
+        return pb.StreamResponse(request_id=request.request_id, encrypt_data=pb.EncryptDataResponse(
+            key_arn=body.key_identifier, cipher_text=body.plain_text))
+    return pb.StreamResponse(request_id=request.request_id, status=pb.Status(
+        code=grpc.StatusCode.UNIMPLEMENTED.value[0], message="echo: encrypt_data only"))
 
 
 async def serve(listen: str) -> None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hsmlb.auth.cli import add_tls_args
 from hsmlb.config import ConfigError
 
 SERVICES = ("Operations", "Admin")
@@ -27,6 +28,7 @@ def add_parser(subparsers: Any) -> None:
     target.add_argument("--config", type=Path, help="find the daemon from its config (else $HSMLB_CONFIG)")
     target.add_argument("--address", help="HOST:PORT of the daemon (else $HSMLB_ADDRESS, then as `hsmlb nodes`)")
     call.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    add_tls_args(call)
     call.set_defaults(func=cmd_call)
 
 
@@ -95,6 +97,7 @@ def _report(address: str, exc: Any) -> int:
 def cmd_call(args: argparse.Namespace) -> int:
     import grpc
 
+    from hsmlb.auth.cli import client_channel
     from hsmlb.locate import find_address
     from hsmlb.v1 import hsmlb_pb2 as pb
 
@@ -111,7 +114,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     response_type = getattr(pb, method.output_type.name)
     path = f"/{method.containing_service.full_name}/{method.name}"
     address = find_address(args.address, args.config)
-    with grpc.insecure_channel(address) as channel:
+    with client_channel(address, args) as channel:
         try:
             if method.client_streaming:
                 call = channel.stream_stream(path, request_serializer=lambda m: m.SerializeToString(),

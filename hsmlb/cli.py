@@ -9,9 +9,17 @@ import os
 import sys
 from pathlib import Path
 
+from hsmlb.audit.cli import add_parser as add_audit_parser
+from hsmlb.auth.cli import add_parser as add_health_parser
+from hsmlb.auth.cli import add_tls_args
 from hsmlb.call_cli import add_parser as add_call_parser
 from hsmlb.config import ConfigError, check_node_sources, load_config
+from hsmlb.dev.procs import die_with_parent
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
+from hsmlb.limits import StartupError, announce
+from hsmlb.router.cli import add_parser as add_route_parser
+from hsmlb.router.cli import describe_config_routes
+from hsmlb.telemetry.cli import add_parser as add_status_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
 
@@ -29,6 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hsmlb.server import serve
 
     config = load_config(args.config)
+    if (getattr(args, "log_format", None) or config.logging.format) == "json":  # the flag wins over the file
+        from hsmlb.telemetry.logs import use_json_logs
+
+        use_json_logs()
     _run(serve(config))
     return 0
 
@@ -39,7 +51,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         problem = check_node_sources(node)
         if problem:
             raise ConfigError(f"nodes.{index}.{problem}")
+    from hsmlb.auth.check import check as check_security
+
+    security = check_security(config)  # TLS material, the audit key: loaded here, as at start
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
+    print("\n".join(describe_config_routes(config)))
+    print("\n".join(security))
     return 0
 
 
@@ -49,27 +66,47 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     Regions are processes that must outlive this command's config writing, so they come up only
     with --serve, which stops them again when the daemon exits.
     """
-    from hsmlb.dev.cluster import default_keys_file, dev_up
+    from hsmlb.dev.cluster import default_keys_file, dev_up, one_line_errors
     from hsmlb.dev.regions import region_node_config, start_dev_regions
     from hsmlb.locate import remember
 
     keys = args.keys or default_keys_file()
-    regions = start_dev_regions(keys, args.state_dir.resolve(), args.fault_injection) \
-        if args.serve and args.regions else []
+    with one_line_errors(args.state_dir):
+        regions = start_dev_regions(keys, args.state_dir.resolve(), args.fault_injection) \
+            if args.serve and args.regions else []
     try:
-        path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
-                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions])
-        print(path, flush=True)
+        with one_line_errors(args.state_dir):
+            path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
+                          regions=[region_node_config(r, args.state_dir.resolve()) for r in regions],
+                          shadow=args.shadow)
+        pki = None
+        if args.tls:
+            from hsmlb.auth.devtls import secure_dev_config
+
+            pki = secure_dev_config(path, args.state_dir)
+        if args.serve:  # the dev daemon's metrics and status page (it prints the URL)
+            _with_metrics(path, args.metrics_listen)
+        announce(str(path))
+        if pki is not None:
+            announce(f"mTLS: CA {pki['ca']}; clients app ({pki['app_cert']}) and operator ({pki['operator_cert']})")
         if args.serve:
             remember(path, args.listen)  # so `hsmlb nodes` finds it from any directory (hsmlb/locate.py)
         for region in regions:
-            print(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}", flush=True)
+            announce(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}")
         if args.serve:
             return cmd_serve(argparse.Namespace(config=path))
         return 0
     finally:
         for region in regions:
             region.stop()
+
+
+def _with_metrics(path: Path, listen: str) -> None:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("metrics", {"listen": listen})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _address(args: argparse.Namespace) -> str:
@@ -81,10 +118,11 @@ def _address(args: argparse.Namespace) -> str:
 def _admin_call(args: argparse.Namespace, method: str, request: object) -> object | None:
     import grpc
 
+    from hsmlb.auth.cli import client_channel
     from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
     address = _address(args)
-    with grpc.insecure_channel(address) as channel:
+    with client_channel(address, args) as channel:
         try:
             return getattr(pb_grpc.AdminStub(channel), method)(request, timeout=5)
         except grpc.RpcError as exc:
@@ -107,7 +145,12 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     reply = _admin_call(args, "ListNodes", pb.ListNodesRequest())
     if reply is None:
         return 1
-    _print_table(list(reply.nodes))  # type: ignore[attr-defined]
+    if args.wide:
+        from hsmlb.telemetry.cli import print_wide
+
+        print_wide(list(reply.nodes))  # type: ignore[attr-defined]
+    else:
+        _print_table(list(reply.nodes))  # type: ignore[attr-defined]
     for node in reply.nodes:  # type: ignore[attr-defined]
         notes = [f"{node.name}: {node.detail}"] if node.detail else []
         if node.kcv_conflicts:
@@ -145,11 +188,15 @@ def _target(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--config", type=Path, help="find the daemon from its config (else $HSMLB_CONFIG)")
     target.add_argument("--address", help="HOST:PORT of the daemon (else $HSMLB_ADDRESS, ./.hsmlb/dev/hsmlb.yaml, "
                         "or where `hsmlb dev up --serve` last served)")
+    add_tls_args(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmlb", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("HSMLB_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("HSMLB_LOG_FORMAT"),
+                        help="json: one JSON object per line, with the trace id where there is one "
+                        "(default: the config's logging.format, else text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -165,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     nodes = sub.add_parser("nodes", help="node table from a running daemon")
     _target(nodes)
     nodes.add_argument("--keys", action="store_true", help="also list each node's keys")
+    nodes.add_argument("--wide", action="store_true", help="also retries, throttling, ejections, weight, "
+                       "skipped operations and capabilities")
     nodes.set_defaults(func=cmd_nodes)
 
     node = sub.add_parser("node", help="failover drills: fail, drain or restore a node")
@@ -180,19 +229,34 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keys", type=Path)
     up.add_argument("--listen", default="127.0.0.1:50051")
     up.add_argument("--fault-injection", action="store_true", help="enable test-only fault hooks")
+    up.add_argument("--tls", action="store_true", help="a dev CA, server and client certificates (app, operator), "
+                    "a config that requires them (mTLS), caller policies and the signed audit log")
     up.add_argument("--serve", action="store_true", help="then run the daemon on it (with emulated regions)")
     up.add_argument("--no-regions", dest="regions", action="store_false",
                     help="with --serve: tokens only, no emulated APC regions")
+    up.add_argument("--shadow", action="store_true",
+                    help="with --serve: shadow every token answer to the regions and compare (hsmlb shadow report)")
+    up.add_argument("--metrics-listen", default="127.0.0.1:0",
+                    help="with --serve: the metrics and status page listener (default: any free port, printed)")
     up.set_defaults(func=cmd_dev_up)
 
     add_apc_emulator_parser(sub)
+    add_audit_parser(sub)
+    add_health_parser(sub)
+    add_status_parser(sub)
+    add_route_parser(sub)
     add_call_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a child of a daemon or a test (an emulated region): go when it goes
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.log_format == "json":
+        from hsmlb.telemetry.logs import use_json_logs
+
+        use_json_logs()
     for chatty in ("botocore", "boto3", "urllib3"):  # at DEBUG they log whole signed requests: credentials
         logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
@@ -200,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hsmlb: config error: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"hsmlb: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from hsmlb.audit.config import AuditConfig
+from hsmlb.auth.config import AuthConfig, TlsConfig
+from hsmlb.limits import LimitsConfig
+from hsmlb.router.routes_config import POOL_PATTERN, RouteConfig, ShadowConfig, check_routes
+from hsmlb.telemetry.config import LoggingConfig, MetricsConfig, TracingConfig
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,6 +59,7 @@ class Pkcs11NodeConfig(PinSource):
     module: Path = Field(description="path of the PKCS#11 library")
     token_label: str | None = None
     token_serial: str | None = None
+    pool: str = Field("hsm", pattern=POOL_PATTERN, description="the routing pool this node belongs to")
     pool_size: int = Field(4, ge=1, le=256, description="logged-in sessions kept warm")
     queue_limit: int = Field(1024, ge=0, description="requests that may wait for a session")
     key_labels: dict[str, str] = Field(
@@ -89,6 +96,7 @@ class ApcRegionConfig(_Frozen):
     kind: Literal["apc"]
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    pool: str = Field("apc", pattern=POOL_PATTERN, description="the routing pool this node belongs to")
     endpoint_url: str | None = Field(None, description="data-plane endpoint; default: the region's APC endpoint")
     control_endpoint_url: str | None = Field(None, description="control plane (GetKey); default: endpoint_url "
                                              "when set, else the region's APC control-plane endpoint")
@@ -178,10 +186,20 @@ class Config(_Frozen):
     start_timeout_s: float = Field(30.0, gt=0, le=600)
     fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
     router: RouterConfig = RouterConfig()
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig | None = Field(None, description="Prometheus /metrics and the status page; off when absent")
+    tracing: TracingConfig = TracingConfig()
+    logging: LoggingConfig = LoggingConfig()
     nodes: list[NodeConfig] = Field(min_length=1)
+    tls: TlsConfig | None = Field(None, description="TLS (mTLS with client_ca_file); none: plaintext, dev only")
+    auth: AuthConfig = AuthConfig()
+    audit: AuditConfig | None = None
+    routes: list[RouteConfig] = Field(default_factory=list, description="pools per operation; none: one pool of all")
+    shadow: ShadowConfig = ShadowConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
+        check_routes(self.routes)
         names = [n.name for n in self.nodes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -239,4 +257,14 @@ def load_config(path: str | Path) -> Config:
             for field in ("pin_file", "credentials_file"):
                 if isinstance(node, dict) and node.get(field) and not Path(node[field]).is_absolute():
                     node[field] = str(base / node[field])
+        for section, fields in (("tls", ("cert_file", "key_file", "client_ca_file")),
+                                ("audit", ("dir", "signing_key_file"))):
+            part = data.get(section)
+            for field in fields if isinstance(part, dict) else ():
+                if part.get(field) and not Path(part[field]).is_absolute():
+                    part[field] = str(base / part[field])
+        shadow = data.setdefault("shadow", {}) if isinstance(data.get("shadow", {}), dict) else None
+        if shadow is not None:  # runtime route changes live beside the config (router/route_state.py)
+            state = shadow.get("state_file") or Path(path).resolve().with_suffix(".state.json")
+            shadow["state_file"] = str(base / state) if not Path(state).is_absolute() else str(state)
     return parse_config(data)

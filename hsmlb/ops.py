@@ -128,6 +128,7 @@ class Operation:
     other_keys: tuple[str, ...] = ()  # further keys the serving node must hold (incoming, for translations)
     node: str = ""  # the node of the latest attempt, set by the router (for logs, audit, spans)
     attempts: int = 0  # attempts started so far, set by the router
+    trace: Any = None  # a sampled op's span hook (telemetry/tracing.py OpTrace): the router reports attempts to it
 
     @property
     def needs(self) -> str:

@@ -28,8 +28,8 @@ if ROOT not in sys.path:  # Locust puts loadtest/ itself on sys.path, not the re
 
 from hsmlb.v1 import hsmlb_pb2 as pb  # noqa: E402
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc  # noqa: E402
-from loadtest import ops, profiles, verdict  # noqa: E402
-from loadtest.users import StreamUser, UnaryUser  # noqa: E402
+from loadtest import ops, profiles, tls, verdict  # noqa: E402
+from loadtest.users import GatewayUser, StreamUser, UnaryUser  # noqa: E402
 
 ADMIN_TIMEOUT_S = 5.0
 
@@ -49,7 +49,8 @@ if PROFILE.driver != "locust":
                      f"--profile {PROFILE.name}")
 
 for _group in PROFILE.groups:
-    globals()[_group.name] = type(_group.name, (StreamUser if _group.kind == "stream" else UnaryUser,), {
+    _base = {"stream": StreamUser, "gateway": GatewayUser}.get(_group.kind, UnaryUser)
+    globals()[_group.name] = type(_group.name, (_base,), {
         "abstract": False, "mix": _group.mix, "rate_per_user": _group.rate_per_user,
         "fixed_count": _group.users, "__module__": __name__, "__doc__": f"{PROFILE.name}: {_group.kind} users"})
 
@@ -78,7 +79,7 @@ def _on_init(environment: Any, **_kwargs: Any) -> None:
     if _judging(environment):
         exclude = ops.parse_exclude(getattr(environment.parsed_options, "exclude", None))
         for group in PROFILE.groups:
-            for notice in ops.resolve_mix(group.mix, stream=group.kind == "stream", exclude=exclude)[1]:
+            for notice in ops.resolve_mix(group.mix, stream=group.kind != "unary", exclude=exclude)[1]:
                 print(f"loadtest: {group.name}: {notice}", flush=True)
 
 
@@ -90,7 +91,7 @@ def _drill(host: str, drill: profiles.Drill) -> None:
     """Fail a node through the Admin API while load runs, hold, restore; record what the daemon said."""
     gevent.sleep(drill.fail_after_s)
     try:
-        with grpc.insecure_channel(host) as channel:
+        with tls.channel(host) as channel:
             admin = pb_grpc.AdminStub(channel)
             reply = admin.SetNodeState(pb.SetNodeStateRequest(node=drill.node, action=pb.FAIL,
                                                               requested_by="loadtest"), timeout=ADMIN_TIMEOUT_S)
@@ -153,7 +154,7 @@ def _on_quitting(environment: Any, **_kwargs: Any) -> None:
     extra.append(verdict.exceptions_row(_user_exceptions(environment)))
     exclude = ops.parse_exclude(getattr(options, "exclude", None))
     classes = {verdict.class_of(name) for group in PROFILE.groups
-               for name in ops.resolve_mix(group.mix, stream=group.kind == "stream", exclude=exclude)[0]}
+               for name in ops.resolve_mix(group.mix, stream=group.kind != "unary", exclude=exclude)[0]}
     rows = verdict.evaluate(summary, profile.thresholds, classes, extra, profile=PROFILE.thresholds)
     if options.verdict_json:
         Path(options.verdict_json).write_text(verdict.to_json(PROFILE.name, rows, summary))

@@ -1,4 +1,10 @@
-"""Locust users for hsmlb: unary calls, and the bidi Stream with one request in flight per user.
+"""Locust users for hsmlb: gateway users on the SDK (batched), unary calls, and the one-op Stream.
+
+`GatewayUser` is how a payment gateway talks to hsmlb: each Locust user is one concurrent
+transaction, and the process's one `hsmlb_client.Client` coalesces the users' operations into
+batched `Batch` calls (a batcher greenlet, 0.5 ms linger). Each operation still fires its own
+request event (type `batched`), timed from the user's submission to its result, so linger and
+queueing are in the latency.
 
 Follows Locust's documented gRPC pattern (gevent-patched sync grpc, a thin wrapper that fires
 `environment.events.request` per call), kept lean because Locust itself costs 250-400 us per
@@ -16,16 +22,19 @@ from typing import Any, ClassVar
 import gevent.lock
 import gevent.queue
 import grpc
+import hsmlb_client
 from locust import User, task
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from loadtest import ops
+from loadtest import ops, tls
 
 RPC_TIMEOUT_S = 5.0
 STREAM_MESSAGE_TIMEOUT_MS = 5000  # the server answers a late message with DEADLINE_EXCEEDED, never hangs
 STREAM_SLACK_S = 120.0  # a stream's own deadline: the run time plus this
 _END = object()
+SDK_MAX_BATCH = 256  # operations per Batch call at most
+SDK_LINGER_S = 0.0005  # how long a batch waits for the other users' operations after its first
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
@@ -37,13 +46,24 @@ class _Shared:
     """Per process and host: one channel and stub, request pools primed once (under a lock)."""
 
     _by_key: ClassVar[dict[tuple[str, tuple[str, ...]], _Shared]] = {}
+    _clients: ClassVar[dict[str, hsmlb_client.Client]] = {}
     _lock = gevent.lock.Semaphore()
 
     def __init__(self, host: str, names: tuple[str, ...]) -> None:
-        self.channel = grpc.insecure_channel(host)
+        self.host = host
+        self.channel = tls.channel(host)
         self.stub = pb_grpc.OperationsStub(self.channel)
         self.pools = ops.build_pools(list(names))
         ops.prime_pools(self.pools, lambda rpc, req: getattr(self.stub, rpc)(req, timeout=30))
+
+    @classmethod
+    def sdk(cls, host: str) -> hsmlb_client.Client:
+        """The process's one SDK client per host: one batcher for all its gateway users."""
+        with cls._lock:
+            if host not in cls._clients:
+                cls._clients[host] = hsmlb_client.Client(host, max_batch=SDK_MAX_BATCH, linger=SDK_LINGER_S,
+                                                         timeout=RPC_TIMEOUT_S, **tls.sdk_kwargs())
+            return cls._clients[host]
 
     @classmethod
     def get(cls, host: str, names: tuple[str, ...]) -> _Shared:
@@ -181,4 +201,35 @@ class StreamUser(HsmlbUser):
         except StopIteration:
             exc = RequestFailed("stream ended")
             self.on_stop()
+        self._report(name, started, exc)
+
+
+class GatewayUser(HsmlbUser):
+    """One concurrent transaction of a gateway: its operations go through the process's SDK client, which
+    batches them with the other users'. One request event per operation, type `batched`."""
+
+    abstract = True
+    request_type = "batched"
+    stream = True  # the ops must exist as batch items (StreamRequest fields)
+
+    def on_start(self) -> None:
+        super().on_start()
+        client, pools = _Shared.sdk(self.host), self._shared.pools
+        self._calls = {n: (getattr(client, ops.OPS[n].stream_field), ops.sdk_messages(n, pools[n]), self._verifies[n])
+                       for n in self._names}
+
+    @task
+    def call(self) -> None:
+        self._i += 1
+        name = self._schedule[self._i % len(self._schedule)]
+        method, pool, check = self._calls[name]
+        request = pool[self._i % len(pool)]
+        exc: Exception | None = None
+        started = time.perf_counter()
+        try:
+            reply = method(request)
+            if check and not reply.verified:
+                exc = RequestFailed(f"not verified: {reply.reason}")
+        except hsmlb_client.HsmlbError as error:
+            exc = RequestFailed(f"{error.code.name}: {error.message}")
         self._report(name, started, exc)

@@ -172,7 +172,9 @@ def render(profile: str, rows: Sequence[Row], summary: RunSummary | None = None)
     verdict = "PASS" if exit_code(rows) == 0 else "FAIL"
     if any(r.loosened for r in rows):
         verdict += " (thresholds loosened from the profile's)"
-    lines = [f"=== loadtest verdict, profile {profile}: {verdict} ==="]
+    lines = [f"=== loadtest verdict, profile {profile}: {verdict} ===",
+             "TPS = crypto operations completed successfully per second over the measured window (a failure "
+             "is no transaction; a batch of N operations counts N)"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (header, *body)]
     if summary is not None:
         lines.append(f"window {summary.duration_s:.1f} s, {summary.requests:,} requests, "

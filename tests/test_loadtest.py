@@ -155,7 +155,7 @@ def test_every_profile_resolves_to_runnable_ops() -> None:
     for profile in profiles.PROFILES.values():
         assert set(profile.mix) <= set(ops.OPS), profile.name
         for group in profile.groups:
-            runnable, notices = ops.resolve_mix(group.mix, stream=group.kind == "stream")
+            runnable, notices = ops.resolve_mix(group.mix, stream=group.kind != "unary")
             required = {n for n in group.mix if not ops.OPS[n].optional}
             assert required <= set(runnable) and len(runnable) + len(notices) == len(group.mix)
         pools = ops.build_pools(sorted(ops.resolve_mix(profile.mix)[0]), size=2)
@@ -207,6 +207,8 @@ def test_smoke_profile_end_to_end_passes(tmp_path: Path) -> None:
     assert result["passed"] and result["summary"]["failures"] == 0 and result["summary"]["requests"] > 0
     assert {"sym", "asym"} <= set(result["summary"]["latency"])
     assert any(k.startswith("grpc-stream ") for k in result["summary"]["ops"])  # the Stream users ran too
+    assert any(k.startswith("batched ") for k in result["summary"]["ops"])  # and the SDK's gateway users
+    assert "TPS = crypto operations completed successfully per second" in done.stdout
     assert "loadtest: daemon stopped (exit 0)" in done.stdout
     assert {"metric": "user exceptions", "target": "== 0", "measured": "0", "passed": True, "loosened": False} \
         in result["rows"]  # collected from the Locust worker processes, and none raised
@@ -223,13 +225,14 @@ def test_impossible_threshold_fails_with_exit_1(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_burst_profile_drives_the_own_stream_client(tmp_path: Path) -> None:
-    done = _run(tmp_path, "--profile", "burst", "--duration", "2", "--min-tps", "1", "--p99-sym-ms", "5000",
+def test_burst_async_profile_drives_the_sdks_async_client(tmp_path: Path) -> None:
+    done = _run(tmp_path, "--profile", "burst-async", "--duration", "2", "--min-tps", "1", "--p99-sym-ms", "5000",
                 "--exclude", PAYMENT_OPS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "profile burst: PASS" in done.stdout
+    assert "profile burst-async: PASS" in done.stdout
     result = _verdict(tmp_path)
-    assert result["summary"]["failures"] == 0 and result["client"]["streams"] == 4
+    assert result["summary"]["failures"] == 0 and result["client"]["kind"] == "sdk"
+    assert 0 < result["client"]["batches"] < result["client"]["operations"]  # operations travelled batched
 
 
 def test_user_exceptions_fail_the_verdict() -> None:

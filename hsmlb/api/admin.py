@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from hsmlb.api.filters import Call, FilterChain
+from hsmlb.api.admin_routes import RouteAdmin
+from hsmlb.api.filters import ANONYMOUS, Call, FilterChain
 from hsmlb.errors import HsmlbError, redact
 from hsmlb.health.state import OperatorState
 from hsmlb.router import Member, Router
@@ -19,7 +20,7 @@ FAULTS = ("close_sessions", "logout", "finalize", "delay", "error_rate", "kill_w
 ACTIONS: dict[int, OperatorState] = {pb.FAIL: "failed", pb.DRAIN: "draining", pb.RESTORE: "active"}
 
 
-class AdminServicer(pb_grpc.AdminServicer):
+class AdminServicer(RouteAdmin, pb_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(self, router: Router, fault_injection: bool = False, balancer_name: str = "",
                  filters: FilterChain | None = None) -> None:
         self.router = router
@@ -35,6 +36,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         try:
             self.filters.open(call)
         except HsmlbError as exc:
+            self.filters.admin(call, "refused", method, exc.status, exc.message)  # denials are audited too
             await context.abort(exc.status, exc.message)
         return call
 
@@ -62,6 +64,8 @@ class AdminServicer(pb_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action: must be FAIL, DRAIN or RESTORE")
         # printable only: a newline in it could forge a line in the log or the audit trail
         who = redact("".join(c if c.isprintable() else "?" for c in request.requested_by.strip()[:128])) or "unknown"
+        if call is not None and call.identity != ANONYMOUS:  # authenticated: the certificate says who, not the client
+            who = call.identity
         state = ACTIONS[request.action]
         before = member.health.operator
         member.health.set_operator(state, who, self.router.clock())

@@ -142,3 +142,13 @@ class FilterChain:
                 f.admin(call, action, target, code, detail)
             except Exception:
                 log.exception("filter %s failed in admin()", type(f).__name__)
+
+    def close(self) -> None:
+        """The daemon stops: filters that hold resources (the audit writer) finish, last to first. Blocking."""
+        for f in self._reversed:
+            close = getattr(f, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("filter %s failed in close()", type(f).__name__)

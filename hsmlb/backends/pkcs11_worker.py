@@ -29,6 +29,8 @@ from pkcs11 import ObjectClass
 from hsmlb.backends import wire
 from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover, key_objects
 from hsmlb.backends.pkcs11_payments import PAYMENT_OPS
+from hsmlb.backends.pkcs11_tokeninfo import token_info
+from hsmlb.dev.procs import die_with_parent
 
 # Recovery steps in escalating order; one request may climb them, each step at most once.
 ESCALATION = ("session", "login", "library")
@@ -170,6 +172,8 @@ class TokenHost:
     def _dispatch(self, slot: int, op: str, label: str, args: tuple) -> Any:
         if op == "_fault" and self.fault_injection:  # control ops are not subject to the injected faults
             return self._fault(*args)
+        if op == "_token_info":  # the status page's hardware row: read on the health cadence, not per op
+            return token_info(self.module, self.token)
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.error_rate and self._rng.random() < self.error_rate:
@@ -281,6 +285,7 @@ def main() -> int:
     # graceful drain, which still needs the token for the requests in flight.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)  # a daemon killed outright leaves no worker behind, even a hung one
     fd = int(sys.argv[1])
     with socket.socket(fileno=fd) as sock:
         return serve(sock)

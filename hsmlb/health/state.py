@@ -49,6 +49,7 @@ class NodeHealth:
         self._window_faults = 0  # node faults in _window, kept as it changes: O(1) per request, not O(window)
         self.ejected_until: float | None = None
         self.ejections = 0
+        self.ejections_total = 0  # never reset, unlike `ejections` (the back-off's count): for metrics
         self.would_eject = 0  # observe-only decisions
         self.slow_start_at: float | None = None
         self.last_reason = ""
@@ -101,6 +102,7 @@ class NodeHealth:
         if self._readmitted_at is not None and now - self._readmitted_at > self.policy.max_ejection_s:
             self.ejections = 0  # stable for a while: back-off starts over
         self.ejections += 1
+        self.ejections_total += 1
         # A float power, its exponent bounded: an int 2**1024 cannot become a float (OverflowError)
         # after a day of flapping; base * 2.0**1000 is at worst inf, and min() caps it.
         backoff = self.policy.base_ejection_s * 2.0 ** min(self.ejections - 1, 1000)
@@ -122,7 +124,8 @@ class NodeHealth:
         return self.ejected_until is not None
 
     def routable(self, now: float) -> bool:
-        self._maybe_readmit(now)
+        if self.ejected_until is not None:  # the hot path's common case skips the call
+            self._maybe_readmit(now)
         return self.operator == "active" and self.checks_healthy and self.ejected_until is None
 
     def weight(self, now: float) -> float:

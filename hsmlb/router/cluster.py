@@ -32,6 +32,7 @@ class Member:
     kcv_conflicts: list[str] = field(default_factory=list)
     throttled: int = 0  # requests this node pushed back (quota or APC ThrottlingException)
     skipped: dict[str, int] = field(default_factory=dict)  # capability -> requests it could not serve
+    pool_name: str = ""  # the routing pool (config `pool`); routes rank pools, not nodes
 
     @property
     def name(self) -> str:
@@ -83,6 +84,10 @@ class Cluster:
 
     def key(self, alias: str | None) -> KeyInfo | None:
         return self._keys.get(alias) if alias else None
+
+    def agreed_holders(self, alias: str) -> list[Member]:
+        """The up nodes holding `alias` with the agreed KCV (no capability check, no counting)."""
+        return self._holders.get(alias, [])
 
     def holders(self, op: Operation) -> list[Member]:
         """Nodes that hold every key of the op (with the agreed KCV) and can do it; raises for caller errors.

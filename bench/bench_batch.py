@@ -1,0 +1,213 @@
+"""hsmlb benchmark, batched wire: StreamBatch ops/s, latency and daemon CPU per op, all daemon processes
+included, against a bare grpc.aio echo in the same run; and the unary call against the same echo (P3).
+
+One run measures, each phase from a fresh co-located asyncio load client (bench/_load.py, its own process):
+  * for each --items (operations per StreamBatch message, default 1 4 16 64), with at most --window
+    operations outstanding over --streams streams: the bare echo (bench/echo_server.py, the daemon's gRPC
+    options, one echo message per request message) and the daemon (AES-128 ECB EncryptData on the dev
+    cluster's tokens);
+  * unary EncryptData (--concurrency calls in flight) on the echo and on the daemon (unless --no-unary).
+Per phase: ops/s, p50/p99 per operation (from the item's send to its answer), and server CPU us/op from
+/proc/PID/stat utime+stime read before and after the phase, for the server and every descendant, split
+into the event loop thread, gRPC's threads and the token workers (children), plus wake-ups per op.
+With --nodes-variants (e.g. `all 2 all/32`) one daemon per variant runs on the same cluster (`2`: only the
+first two token nodes in its config: fewer, busier token workers; `/32`: pool_size 32 on each token node),
+each measured in turn in every run; `all/32@/tmp/base`: the same, running the hsmlb source unpacked in
+/tmp/base (e.g. `git archive BASE | tar -x -C /tmp/base`, plus hsmlb/v1/*_pb2*.py): before/after in one run.
+With --runs N everything repeats N times; the median, min and max of each figure are printed.
+
+    python bench/bench_batch.py [--seconds 4] [--runs 3] [--items 1 4 16 64] [--window 512] [--streams 2]
+                                [--nodes-variants all 2] [--no-unary] [--json out.json]
+
+Everything listens on or talks to 127.0.0.1 only and is torn down at the end, on error and on Ctrl-C.
+Figures measured on this 2-core machine, shared with other work: see README "Performance".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from bench_daemon import Bench, summarize
+
+PHASE_FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("ops_per_s", "ops/s", ",.0f"),
+    ("p50_us", "p50 us", ",.0f"),
+    ("p99_us", "p99 us", ",.0f"),
+    ("cpu_us_per_op", "CPU us/op", ",.1f"),
+    ("main_cpu_us_per_op", " loop", ",.1f"),
+    ("threads_cpu_us_per_op", " grpc thr", ",.1f"),
+    ("workers_cpu_us_per_op", " workers", ",.1f"),
+    ("wakeups_per_op", " wakeups/op", ",.2f"),
+    ("loadgen_cpu_us_per_op", "client us/op", ",.1f"),
+    ("errors", "errors", ",.0f"),
+)
+
+
+class BatchBench(Bench):
+    """One cluster, one echo, one daemon per node variant."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.daemons: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+
+    def start(self) -> None:
+        self.cluster_up()
+        base = yaml.safe_load(self.config_path.read_text())
+        for variant in self.args.nodes_variants:
+            config = dict(base)
+            spec, _, tree = variant.partition("@")
+            nodes, _, pool = spec.partition("/")
+            if nodes != "all":
+                config["nodes"] = _first_tokens(base["nodes"], int(nodes))
+            if pool:
+                config["nodes"] = [{**n, "pool_size": int(pool)} if n.get("kind", "pkcs11") == "pkcs11" else n
+                                   for n in config["nodes"]]
+            path = self.state_dir / f"hsmlb-bench-{_slug(variant)}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            self.daemons[variant] = self.start_daemon(path, f"daemon-{_slug(variant)}.log",
+                                                      Path(tree) if tree else None)
+        self.daemon, self.daemon_address = next(iter(self.daemons.values()))
+        self.start_echo()
+
+    def run_once(self) -> dict[str, float]:
+        assert self.echo is not None
+        figures: dict[str, float] = {}
+        targets = [("echo", self.echo, self.echo_address)]
+        targets += [(f"daemon[{v}]", proc, address) for v, (proc, address) in self.daemons.items()]
+        for items in self.args.items:
+            for name, proc, address in targets:
+                result = self.phase(proc, address, "batch", check=name != "echo", extra=("--items", str(items)))
+                for key, value in result.items():
+                    figures[f"batch{items}.{name}.{key}"] = value
+            for name, _, _ in targets[1:]:
+                figures[f"batch{items}.{name}.ratio_vs_echo"] = (
+                    figures[f"batch{items}.{name}.cpu_us_per_op"] / figures[f"batch{items}.echo.cpu_us_per_op"])
+        if self.args.unary:
+            for name, proc, address in targets:
+                for key, value in self.phase(proc, address, "unary", check=name != "echo").items():
+                    figures[f"unary.{name}.{key}"] = value
+            for name, _, _ in targets[1:]:
+                figures[f"unary.{name}.ratio_vs_echo"] = (
+                    figures[f"unary.{name}.cpu_us_per_op"] / figures["unary.echo.cpu_us_per_op"])
+        return figures
+
+
+def _first_tokens(nodes: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The config's nodes with only the first `count` PKCS#11 token nodes (others, e.g. regions, kept)."""
+    kept, tokens = [], 0
+    for node in nodes:
+        if node.get("kind", "pkcs11") == "pkcs11":
+            tokens += 1
+            if tokens > count:
+                continue
+        kept.append(node)
+    return kept
+
+
+def _slug(variant: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in variant)
+
+
+def _variant_ok(variant: str) -> bool:
+    spec, at, tree = variant.partition("@")
+    if at and not (Path(tree) / "hsmlb" / "v1" / "hsmlb_pb2.py").is_file():
+        return False
+    nodes, slash, pool = spec.partition("/")
+    nodes_ok = nodes == "all" or (nodes.isdigit() and int(nodes) > 0)
+    return nodes_ok and (not slash or (pool.isdigit() and int(pool) > 0))
+
+
+def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> None:
+    print(f"\nhsmlb batched-wire benchmark: {args.runs} run(s), {args.seconds:g} s per phase; AES-128 ECB "
+          f"EncryptData; {args.streams} StreamBatch stream(s), {args.window} ops outstanding; unary "
+          f"{args.concurrency} in flight; node variants {' '.join(args.nodes_variants)}; {os.cpu_count()} CPUs")
+    print("each cell: median [min-max] over the runs")
+    phases = [f"batch{n}" for n in args.items] + (["unary"] if args.unary else [])
+    for phase in phases:
+        names = sorted({key.split(".")[1] for key in summary if key.startswith(phase + ".")},
+                       key=lambda n: (n != "echo", n))
+        print(f"\n{phase} ({'items per message ' + phase[5:] if phase != 'unary' else 'one op per call'})")
+        print(f"{'':<14}" + "".join(f"{n:>26}" for n in names))
+        for key, label, fmt in (*PHASE_FIGURES, ("ratio_vs_echo", "CPU vs echo", ".2f")):
+            cells = []
+            for name in names:
+                s = summary.get(f"{phase}.{name}.{key}")
+                cells.append(f"{s['median']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]" if s else "")
+            print(f"{label:<14}" + "".join(f"{c:>26}" for c in cells))
+    print("\nCPU us/op = user+system CPU of the server process and all its descendants (daemon: + token workers) "
+          "during the phase / operations completed; loop = event loop thread, grpc thr = gRPC's threads, "
+          "workers = token worker processes; client = the load generator's own CPU")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, help="cluster state dir (default: a temp dir, removed at the end)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per phase, not measured")
+    parser.add_argument("--runs", type=int, default=3, help="repeat the whole measurement; report median/min/max")
+    parser.add_argument("--items", type=int, nargs="+", default=[1, 4, 16, 64], help="operations per message")
+    parser.add_argument("--streams", type=int, default=2, help="concurrent StreamBatch streams")
+    parser.add_argument("--window", type=int, default=512, help="operations outstanding, over all streams")
+    parser.add_argument("--concurrency", type=int, default=32, help="unary calls in flight")
+    parser.add_argument("--no-unary", dest="unary", action="store_false", help="skip the unary phases")
+    parser.add_argument("--nodes-variants", nargs="+", default=["all"],
+                        help="one daemon per variant: 'all' token nodes, or N (the first N token nodes); "
+                        "'/P' after it: pool_size P on each token node; '@TREE' after that: the daemon runs the "
+                        "hsmlb source in TREE (an unpacked other revision, protos compiled), for A/B runs")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.seconds <= 0 or args.streams < 1 or args.window < args.streams \
+            or min(args.items) < 1 or not all(_variant_ok(v) for v in args.nodes_variants):
+        parser.error("--runs, --seconds, --streams, --items, --nodes-variants must be positive, --window >= --streams")
+    # what Bench expects of its own arguments
+    args.pool_size = args.balancer = args.nodes = None
+    args.idle_seconds, args.token = 0.0, "node-a"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the teardown in `finally`
+    bench = BatchBench(args)
+    runs: list[dict[str, float]] = []
+    try:
+        bench.start()
+        print(f"daemons {', '.join(f'{v}: {a} (pid {p.pid})' for v, (p, a) in bench.daemons.items())}; "
+              f"echo {bench.echo_address}; state {bench.state_dir}", flush=True)
+        for number in range(1, args.runs + 1):
+            started = time.monotonic()
+            runs.append(bench.run_once())
+            r = runs[-1]
+            line = ", ".join(f"x{n}: {r[f'batch{n}.daemon[{args.nodes_variants[0]}].ops_per_s']:,.0f} ops/s "
+                             f"{r[f'batch{n}.daemon[{args.nodes_variants[0]}].cpu_us_per_op']:.0f} us"
+                             for n in args.items)
+            print(f"run {number}/{args.runs} ({time.monotonic() - started:.0f} s): {line}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; tearing down", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError, grpc.RpcError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.close()
+    summary = summarize(runs)
+    report(args, summary)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                         "summary": summary}, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The shadow call: after a primary answered, the same operation goes to a candidate pool node, off the
+response path, and the two results are compared (compare.py) and counted (stats.py).
+
+The router calls `after` where it reports a success, so the unary, Stream, StreamBatch and Batch paths
+are all shadowed, once each. `after` starts the candidate's attempt as a future with a done-callback
+(no task, no await): the caller's answer never waits for it, and nothing about it can change that
+answer. It is never retried; it has its own deadline; it does not report to the candidate's health or
+breaker (observing must not move traffic). Bounded: at most `max_in_flight` shadow calls at once, and
+a candidate with no room, a candidate's quota exhausted or no eligible candidate node are skipped and
+counted by reason, never queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from functools import partial
+from typing import Any
+
+from hsmlb.clock import Clock
+from hsmlb.errors import HsmlbError, Overloaded, Throttled
+from hsmlb.ops import Operation
+from hsmlb.router.balancer import Balancer
+from hsmlb.router.cluster import Cluster, Member
+from hsmlb.router.routes import Route
+from hsmlb.shadow.compare import DISCREPANCY, KEY_DRIFT, compare
+from hsmlb.shadow.stats import Discrepancy, ShadowStats, wall_time
+
+log = logging.getLogger("hsmlb.shadow")
+CANDIDATE, NOISE = "candidate", "noise"
+
+
+def _load(member: Member) -> float:
+    return member.pool.load
+
+
+def _name(member: Member) -> str:
+    return member.name
+
+
+class Shadower:
+    def __init__(self, cluster: Cluster, balancer: Balancer, clock: Clock, *, max_in_flight: int = 256,
+                 timeout_s: float = 2.0, ring_size: int = 100, window_s: float = 600.0,
+                 rng: random.Random | None = None) -> None:
+        self.cluster = cluster
+        self.balancer = balancer
+        self.clock = clock
+        self.max_in_flight = max_in_flight
+        self.timeout_s = timeout_s
+        self.stats = ShadowStats(ring_size, window_s)
+        self.in_flight = 0
+        self._rng = rng or random.Random()
+        self._pools: dict[str, list[Member]] = {}
+
+    def pool(self, name: str) -> list[Member]:
+        members = self._pools.get(name)
+        if members is None:
+            members = self._pools[name] = [m for m in self.cluster.members if m.pool_name == name]
+        return members
+
+    def after(self, op: Operation, route: Route, served_by: Member, result: Any, started: float) -> None:
+        """The primary answered `op` with `result`; maybe shadow it to the candidate and/or the noise baseline."""
+        rng = self._rng.random
+        if route.shadow_percent and route.candidate and rng() * 100 < route.shadow_percent:
+            self._shadow(op, CANDIDATE, route.candidate, served_by, result, started)
+        if route.noise_percent and rng() * 100 < route.noise_percent:
+            self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
+
+    def primary_failed(self, op: Operation) -> None:
+        self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
+
+    def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, started: float) -> None:
+        now = self.clock()
+        name = op.kind.value
+        target, reason = self._target(op, self.pool(pool), served_by, now)
+        if reason == KEY_DRIFT:
+            assert target is not None
+            self.stats.outcome(name, side, KEY_DRIFT, now, now - started, -1.0)
+            self._note(op, side, served_by, target, KEY_DRIFT, "key_check_value", 0, 0)
+            return
+        if target is None:
+            self.stats.skip(name, side, reason)
+            return
+        if self.in_flight >= self.max_in_flight:
+            self.stats.skip(name, side, "shed")
+            return
+        shadow_op = Operation(op.kind, op.key_alias, op.args, deadline=now + self.timeout_s, cost=op.cost,
+                              capability=op.capability, other_keys=op.other_keys, node=target.name, attempts=1)
+        try:
+            future = target.pool.perform(shadow_op)
+        except HsmlbError:
+            self.stats.skip(name, side, "shed")
+            return
+        self.in_flight += 1
+        if op.trace is not None:  # the primary is traced (sampled): the shadow call gets a span of its own
+            op.trace.shadow(side, target, future)
+        future.add_done_callback(partial(self._done, op, side, served_by, target, result, now - started, now))
+
+    def _target(self, op: Operation, members: list[Member], served_by: Member, now: float) -> tuple[Member | None, str]:
+        """The node to shadow to, or None and why not."""
+        needs = op.needs
+        capable = [m for m in members if m is not served_by and needs in m.pool.backend.capabilities]
+        if not capable:
+            return None, "no_capability"
+        up = [m for m in capable if m.up]
+        if not up:
+            return None, "unavailable"
+        holders = up
+        if op.key_alias is not None:
+            for alias in (op.key_alias, *op.other_keys):
+                agreed = self.cluster.agreed_holders(alias)
+                holders = [m for m in holders if m in agreed]
+            if not holders:
+                drift = [m for m in up if op.key_alias in m.kcv_conflicts
+                         or any(a in m.kcv_conflicts for a in op.other_keys)]
+                return (drift[0], KEY_DRIFT) if drift else (None, "key_missing")
+        ready = [m for m in holders if m.health.routable(now) and m.breaker.would_allow()]
+        if not ready:
+            return None, "unavailable"
+        room = [m for m in ready if not m.pool.saturated]
+        if not room:
+            return None, "shed"
+        target = self.balancer.choose(room, _load, _name, op.key_alias, room[0].pool.cost_weights[op.cost])
+        quotas = getattr(target.pool.backend, "quotas", None)  # a region's client-side quota buckets
+        if quotas is not None:
+            key = self.cluster.key(op.key_alias)
+            if quotas.bucket(key.key_type if key else "AES").available() < 1:
+                return None, "quota"  # at once: waiting for a token would hold a shadow slot for nothing
+        return target, ""
+
+    def _done(self, op: Operation, side: str, served_by: Member, target: Member, primary_result: Any,
+              primary_s: float, sent: float, future: asyncio.Future[Any]) -> None:
+        self.in_flight -= 1
+        now = self.clock()
+        name = op.kind.value
+        if future.cancelled():
+            self.stats.skip(name, side, "shed")
+            return
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, Throttled):
+                self.stats.skip(name, side, "quota")
+            elif isinstance(exc, Overloaded):
+                self.stats.skip(name, side, "shed")
+            else:
+                status = exc.status.name if isinstance(exc, HsmlbError) else "INTERNAL"
+                self.stats.candidate_error(name, side, status, now - sent)
+            return
+        try:
+            outcome, field, p_len, c_len = compare(op, primary_result, future.result())
+        except Exception:  # a comparator bug must never reach the request path; the type only (no data)
+            log.exception("shadow comparison of %s failed", name)
+            return
+        self.stats.outcome(name, side, outcome, now, primary_s, now - sent)
+        if outcome == DISCREPANCY:
+            self._note(op, side, served_by, target, outcome, field, p_len, c_len)
+
+    def _note(self, op: Operation, side: str, served_by: Member, target: Member, outcome: str, field: str,
+              p_len: int, c_len: int) -> None:
+        alias = op.key_alias or ""
+        p_key, c_key = served_by.pool.backend.keys.get(alias), target.pool.backend.keys.get(alias)
+        record = Discrepancy(wall_time(), op.kind.value, side, alias, served_by.name, target.name,
+                             p_key.kcv if p_key else "", c_key.kcv if c_key else "", outcome, field, p_len, c_len)
+        self.stats.record(record)
+        log.warning("shadow %s: %s on %s (%s vs %s), field %s (%d vs %d bytes)", outcome, record.op, alias,
+                    served_by.name, target.name, field, p_len, c_len)

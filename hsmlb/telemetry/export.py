@@ -1,0 +1,148 @@
+"""Span export: the OTLP (gRPC or HTTP/protobuf) or console exporter behind a bounded queue.
+
+Not the SDK's BatchSpanProcessor: with the collector down it warns once per dropped span (a log
+storm at thousands of operations a second). Here the queue is bounded, a full queue drops the
+span and counts it, and a failing collector is logged once (and once more when it recovers);
+the exporters' own per-retry warnings are silenced. One daemon thread exports; the event loop
+only appends to a deque.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from hsmlb.telemetry.config import TracingConfig
+
+log = logging.getLogger("hsmlb.telemetry")
+_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
+                     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+                     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                     "opentelemetry.exporter.otlp.proto.http", "opentelemetry.exporter.otlp.proto.grpc",
+                     "opentelemetry.exporter.otlp", "opentelemetry.exporter")
+
+
+def otlp_endpoint(config: TracingConfig) -> str:
+    """The exporter's URL: OTEL_EXPORTER_OTLP_ENDPOINT is a base; HTTP appends the signal's path."""
+    if config.protocol == "grpc":
+        return config.endpoint or "http://localhost:4317"
+    base = config.endpoint or "http://localhost:4318"
+    return base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+
+
+def make_exporter(config: TracingConfig) -> SpanExporter | None:
+    """The configured exporter, or None for `none`. OTLP exporters come from the OpenTelemetry project."""
+    if config.exporter == "none":
+        return None
+    if config.exporter == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(service_name=config.service_name)
+    for name in _EXPORTER_LOGGERS:  # we say it once ourselves (BoundedSpanProcessor); they say it per retry
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    endpoint = otlp_endpoint(config)
+    if config.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://") or None,
+                            timeout=config.export_timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(endpoint=endpoint, timeout=config.export_timeout_s)
+
+
+class BoundedSpanProcessor(SpanProcessor):
+    """Queue ended spans (at most `max_queue`; more are dropped and counted); a thread exports them."""
+
+    def __init__(self, exporter: SpanExporter, where: str, max_queue: int = 2048, interval_s: float = 2.0,
+                 batch: int = 512) -> None:
+        self.exporter = exporter
+        self.where = where
+        self.max_queue = max_queue
+        self.interval_s = interval_s
+        self.batch = batch
+        self.queue: deque[ReadableSpan] = deque()
+        self.exported = 0
+        self.dropped = 0
+        self.failures = 0
+        self._failing = False
+        self._wake = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()  # one export at a time (the thread, force_flush, shutdown)
+        self._thread = threading.Thread(target=self._run, name="hsmlb-span-export", daemon=True)
+        self._thread.start()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = self.queue
+        if len(queue) >= self.max_queue:
+            self.dropped += 1
+            return
+        queue.append(span)
+        if len(queue) >= self.batch:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self._export_all()
+
+    def _export_all(self) -> None:
+        with self._lock:
+            while self.queue:
+                spans = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+                self._export(spans)
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> None:
+        try:
+            ok = self.exporter.export(spans) is SpanExportResult.SUCCESS
+        except Exception:
+            ok = False
+        if ok:
+            self.exported += len(spans)
+            if self._failing:
+                self._failing = False
+                log.info("span export to %s works again", self.where)
+            return
+        self.failures += 1
+        self.dropped += len(spans)
+        if not self._failing:
+            self._failing = True
+            log.warning("span export to %s failed; spans are dropped and counted (hsmlb_spans_dropped_total), "
+                        "not logged again until export works", self.where)
+
+    def shutdown(self, timeout_s: float = 2.0) -> None:
+        """Export what is queued, once, within about `timeout_s` (never when the collector is failing)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=timeout_s)
+        if self._failing or not self._lock.acquire(timeout=timeout_s):
+            self.dropped += len(self.queue)
+            self.queue.clear()
+        else:
+            try:
+                spans = list(self.queue)
+                self.queue.clear()
+                if spans:
+                    self._export(spans)
+            finally:
+                self._lock.release()
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._export_all()
+        return True
+
+    def counters(self) -> dict[str, Any]:
+        return {"exported": self.exported, "dropped": self.dropped, "failures": self.failures,
+                "queued": len(self.queue)}

@@ -1,0 +1,242 @@
+"""OpenTelemetry spans for operations, created only when sampled, by our own thin hook on the seam.
+
+Not opentelemetry-instrumentation-grpc: it makes one span per RPC (a stream's whole life is one
+span) and pays ~100 us per RPC before any sampling decision. Here the decision comes first and is
+cheap (a slice and an int of the trace id, or one random number); an unsampled operation costs a
+truth test and that decision, nothing else. A sampled one gets:
+
+- a SERVER span named by its method (`hsmlb.v1.Operations/EncryptData`), in the caller's trace
+  when it sent a W3C `traceparent` (gRPC metadata, or the batched item's own), with the RPC
+  semantic conventions and hsmlb's attributes (operation, key alias, node, attempts, outcome);
+- a child span per backend attempt (node, kind, retry or not, node fault or caller fault), from
+  the hook the router calls when an op carries one (`Operation.trace`).
+
+Never a request's data: only the op's kind and key aliases, node names, counts and status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from functools import partial
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from hsmlb.api.filters import Call, FilterBase, Item
+from hsmlb.errors import DeadlineExceeded, HsmlbError, NodeFault, Overloaded, Throttled
+from hsmlb.router import Router
+from hsmlb.telemetry.config import TracingConfig
+from hsmlb.telemetry.export import BoundedSpanProcessor, make_exporter, otlp_endpoint
+from hsmlb.telemetry.logs import current_trace_id
+
+log = logging.getLogger("hsmlb.telemetry")
+SERVICE = "hsmlb.v1.Operations"
+UNKNOWN_ALIAS = "(not a known alias)"
+_METHODS: dict[str, str] = {}  # proto field -> RPC method name ("encrypt_data" -> "EncryptData")
+_LOW64 = (1 << 64) - 1
+
+
+def method_name(field: str) -> str:
+    name = _METHODS.get(field)
+    if name is None:
+        name = _METHODS[field] = "".join(p.capitalize() for p in field.split("_")) if field else "Unknown"
+    return name
+
+
+def parse_traceparent(value: str) -> tuple[int, int, bool] | None:
+    """(trace id, parent span id, sampled) of a W3C traceparent, or None when it is not one."""
+    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-" or value[:2] == "ff":
+        return None
+    try:
+        trace_id, span_id, flags = int(value[3:35], 16), int(value[36:52], 16), int(value[53:55], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, bool(flags & 1)
+
+
+class Sampler:
+    """The local decision: trace-id ratio by default; the caller's flag only under `parentbased_*`."""
+
+    def __init__(self, name: str, ratio: float, rng: random.Random | None = None) -> None:
+        self.parent_based = name.startswith("parentbased_")
+        root = name.removeprefix("parentbased_")
+        self.ratio = 1.0 if root == "always_on" else 0.0 if root == "always_off" else ratio
+        self.bound = round(self.ratio * (_LOW64 + 1))  # as the SDK's TraceIdRatioBased
+        self._rng = rng or random.Random()
+
+    @property
+    def never(self) -> bool:
+        return self.ratio <= 0 and not self.parent_based
+
+    def sampled(self, parent: tuple[int, int, bool] | None) -> bool:
+        if parent is not None:
+            if self.parent_based:
+                return parent[2]
+            return (parent[0] & _LOW64) < self.bound
+        return self.ratio >= 1 or (self.ratio > 0 and self._rng.getrandbits(64) < self.bound)
+
+
+def _peer_address(peer: str) -> str:
+    """gRPC's peer ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:/x") without port or scheme."""
+    _, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if rest.count(":") >= 1 and not peer.startswith("unix:") else rest
+    return host.strip("[]")
+
+
+class OpTrace:
+    """A sampled operation's server span; the router calls `attempt` for each node it tries."""
+
+    __slots__ = ("span", "tracer")
+
+    def __init__(self, tracer: trace.Tracer, span: trace.Span) -> None:
+        self.tracer = tracer
+        self.span = span
+
+    def attempt(self, op: Any, member: Any, future: Any) -> None:
+        """A backend attempt started on `member`; its span ends with the attempt's future."""
+        span = self.tracer.start_span("hsmlb.attempt", trace.set_span_in_context(self.span), SpanKind.CLIENT)
+        span.set_attributes({"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                             "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1})
+        future.add_done_callback(partial(_attempt_done, span))
+
+    def shadow(self, side: str, member: Any, future: Any) -> None:
+        """A shadow call (off the response path) to `member`: a span of its own under the operation's."""
+        span = self.tracer.start_span("hsmlb.shadow", trace.set_span_in_context(self.span), SpanKind.CLIENT)
+        span.set_attributes({"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                             "hsmlb.shadow.side": side})
+        future.add_done_callback(partial(_attempt_done, span))
+
+
+def _attempt_done(span: trace.Span, future: Any) -> None:
+    if future.cancelled():
+        outcome, fault = "cancelled", ""
+    else:
+        exc = future.exception()
+        if exc is None:
+            outcome, fault = "ok", ""
+        elif isinstance(exc, Throttled):
+            outcome, fault = "throttled", "node"
+        elif isinstance(exc, Overloaded):
+            outcome, fault = "overloaded", "node"
+        elif isinstance(exc, DeadlineExceeded):
+            outcome, fault = "deadline_exceeded", "node"
+        elif isinstance(exc, NodeFault) or (isinstance(exc, HsmlbError) and exc.counts_against_node):
+            outcome, fault = "node_fault", "node"
+        elif isinstance(exc, HsmlbError):
+            outcome, fault = "caller_fault", "caller"
+        else:
+            outcome, fault = "error", "node"
+        if exc is not None:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    span.set_attribute("hsmlb.outcome", outcome)
+    if fault:
+        span.set_attribute("hsmlb.fault", fault)
+    span.end()
+
+
+class TracingFilter(FilterBase):
+    """Decides per operation; only a sampled one gets a span (and the op its router hook)."""
+
+    def __init__(self, tracer: trace.Tracer, sampler: Sampler, server_address: str, router: Router | None) -> None:
+        self.tracer = tracer
+        self.sampler = sampler
+        self.server_address = server_address
+        self.router = router
+
+    def _alias(self, alias: str | None) -> str:
+        """The key alias, when a node holds it: the caller's string is data until it names a known key
+        (a PAN pasted in the alias field must not reach a span)."""
+        if not alias:
+            return ""
+        return alias if self.router is None or self.router.cluster.key(alias) is not None else UNKNOWN_ALIAS
+
+    def admit(self, call: Call, item: Item) -> None:
+        op = item.op
+        if op is None:
+            return
+        traceparent = item.traceparent
+        parent = parse_traceparent(traceparent) if traceparent else None
+        if not self.sampler.sampled(parent):
+            return
+        context = None
+        if parent is not None:
+            remote = SpanContext(parent[0], parent[1], is_remote=True,
+                                 trace_flags=TraceFlags(TraceFlags.SAMPLED if parent[2] else 0))
+            context = trace.set_span_in_context(NonRecordingSpan(remote))
+        method = method_name(item.field)
+        transport = call.method.rsplit("/", 1)[-1]
+        started_ns = time.time_ns() - int((time.monotonic() - item.started) * 1e9)
+        span = self.tracer.start_span(f"{SERVICE}/{method}", context, SpanKind.SERVER, start_time=started_ns)
+        span.set_attributes({
+            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
+            "server.address": self.server_address, "network.peer.address": _peer_address(call.peer),
+            "hsmlb.operation": op.kind.value, "hsmlb.rpc": transport, "hsmlb.key_alias": self._alias(op.key_alias),
+        })
+        if item.request_id:
+            span.set_attribute("hsmlb.request_id", item.request_id)
+        op.trace = OpTrace(self.tracer, span)
+        if not item.request_id:  # a unary call runs in its own task: its log lines may carry the trace id
+            current_trace_id.set(f"{span.get_span_context().trace_id:032x}")
+
+    def done(self, call: Call, item: Item) -> None:
+        op = item.op
+        hook = op.trace if op is not None else None
+        if hook is None:
+            return
+        op.trace = None  # type: ignore[union-attr]
+        span = hook.span
+        code = item.code
+        span.set_attributes({"rpc.grpc.status_code": code.value[0], "hsmlb.node": op.node,  # type: ignore[union-attr]
+                             "hsmlb.attempts": op.attempts, "hsmlb.outcome": code.name})  # type: ignore[union-attr]
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()
+        if not item.request_id:
+            current_trace_id.set("")
+
+
+class Tracing:
+    """The tracer provider, its exporter behind a bounded queue, and the filter."""
+
+    def __init__(self, config: TracingConfig, server_address: str, router: Router | None = None) -> None:
+        exporter = make_exporter(config)
+        assert exporter is not None
+        self.config = config
+        self.provider = TracerProvider(sampler=ALWAYS_ON,  # the decision is ours, made before any span exists
+                                       resource=Resource.create({"service.name": config.service_name}))
+        where = "the console" if config.exporter == "console" else otlp_endpoint(config)
+        self.processor = BoundedSpanProcessor(exporter, where, config.max_queue_size, config.export_interval_s,
+                                              config.max_export_batch_size)
+        self.provider.add_span_processor(self.processor)
+        self.tracer = self.provider.get_tracer("hsmlb")
+        self.sampler = Sampler(config.sampler, config.sampler_arg)
+        self.filter = TracingFilter(self.tracer, self.sampler, server_address, router)
+
+    def collector(self) -> Any:
+        from hsmlb.telemetry.metrics import SpanCollector
+
+        return SpanCollector(self.processor)
+
+    def shutdown(self) -> None:
+        self.processor.shutdown()
+
+
+def build_tracing(config: TracingConfig, router: Router, server_address: str = "127.0.0.1") -> Tracing | None:
+    """None when tracing is off: disabled, no exporter, or a sampler that never samples."""
+    if not config.enabled or config.exporter == "none" or Sampler(config.sampler, config.sampler_arg).never:
+        return None
+    try:
+        return Tracing(config, server_address, router)
+    except ImportError as exc:  # an install without the OTLP exporter packages: serve, untraced, and say so once
+        log.error("tracing is off: the %s exporter cannot be loaded (%s); install hsmlb's dependencies",
+                  config.exporter, exc.name)
+        return None

@@ -1,0 +1,118 @@
+"""Telemetry's plain-value parts: sampling, trace context parsing, OTEL_* configuration, p99, shed reasons."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hsmlb.config import ConfigError, parse_config
+from hsmlb.telemetry.config import TracingConfig
+from hsmlb.telemetry.export import otlp_endpoint
+from hsmlb.telemetry.history import p99_from
+from hsmlb.telemetry.metrics import shed_reason
+from hsmlb.telemetry.tracing import Sampler, _peer_address, build_tracing, method_name, parse_traceparent
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SAMPLED = f"00-{TRACE}-00f067aa0ba902b7-01"
+UNSAMPLED = f"00-{TRACE}-00f067aa0ba902b7-00"
+NODE = {"name": "n", "module": "/x.so", "token_label": "n", "pin_env": "PIN"}
+
+
+def test_traceparent_parsing() -> None:
+    assert parse_traceparent(SAMPLED) == (int(TRACE, 16), 0x00F067AA0BA902B7, True)
+    assert parse_traceparent(UNSAMPLED) == (int(TRACE, 16), 0x00F067AA0BA902B7, False)
+    for bad in ("", "00-xyz", SAMPLED.replace("-", "_"), f"00-{'0' * 32}-00f067aa0ba902b7-01",
+                f"ff-{TRACE}-00f067aa0ba902b7-01", f"00-{TRACE[:-1]}g-00f067aa0ba902b7-01"):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_ratio_sampler_ignores_the_callers_flag() -> None:
+    """The default: a caller sending sampled contexts cannot turn on 100% tracing."""
+    sampler = Sampler("traceidratio", 0.01, random.Random(1))
+    rng = random.Random(2)
+    parents = [(rng.getrandbits(128) or 1, 1, True) for _ in range(20_000)]
+    taken = sum(sampler.sampled(p) for p in parents)
+    assert 100 < taken < 300  # ~1% of 20,000, by trace id
+    assert all(sampler.sampled(p) == sampler.sampled((p[0], 9, False)) for p in parents[:500])  # flag ignored
+    roots = sum(sampler.sampled(None) for _ in range(20_000))
+    assert 100 < roots < 300
+
+
+def test_parent_based_samplers_follow_the_flag_only_when_asked() -> None:
+    parent_on, parent_off = (int(TRACE, 16), 1, True), (int(TRACE, 16), 1, False)
+    on = Sampler("parentbased_always_off", 0.0)
+    assert on.sampled(parent_on) and not on.sampled(parent_off) and not on.sampled(None)
+    assert not on.never  # a caller's sampled flag can still turn it on
+    ratio = Sampler("parentbased_traceidratio", 0.0)
+    assert ratio.sampled(parent_on) and not ratio.sampled(None)
+    assert Sampler("always_on", 0.0).sampled(parent_off)
+    assert Sampler("always_off", 1.0).never and Sampler("traceidratio", 0.0).never
+
+
+def test_otel_environment_overrides_the_file() -> None:
+    base = TracingConfig(sampler_arg=0.5, service_name="from-file")
+    env = {"OTEL_SERVICE_NAME": "gw-hsm", "OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_on",
+           "OTEL_TRACES_SAMPLER_ARG": "0.25", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9999"}
+    got = base.with_env(env)
+    assert (got.service_name, got.exporter, got.sampler, got.sampler_arg, got.protocol) == \
+        ("gw-hsm", "console", "always_on", 0.25, "http/protobuf")
+    assert otlp_endpoint(got) == "http://127.0.0.1:9999/v1/traces"
+    assert base.with_env({}) is base and base.with_env({"OTEL_SDK_DISABLED": "true"}).enabled is False
+    assert otlp_endpoint(TracingConfig()) == "http://localhost:4317"
+    with pytest.raises(ValueError, match="sampler"):
+        base.with_env({"OTEL_TRACES_SAMPLER": "sometimes"})
+    assert build_tracing(base.with_env({"OTEL_SDK_DISABLED": "true"}), None) is None  # type: ignore[arg-type]
+    assert build_tracing(base.with_env({"OTEL_TRACES_EXPORTER": "none"}), None) is None  # type: ignore[arg-type]
+
+
+def test_config_sections() -> None:
+    config = parse_config({"nodes": [NODE]})
+    assert config.metrics is None and config.logging.format == "text"  # metrics off unless configured
+    config = parse_config({"nodes": [NODE], "metrics": {"listen": "127.0.0.1:9464"}, "logging": {"format": "json"},
+                           "tracing": {"sampler": "parentbased_traceidratio", "sampler_arg": 0.1}})
+    assert config.metrics is not None and config.metrics.listen == "127.0.0.1:9464"
+    with pytest.raises(ConfigError, match=r"metrics\.listen"):
+        parse_config({"nodes": [NODE], "metrics": {"listen": "nowhere"}})
+    with pytest.raises(ConfigError, match=r"tracing\.sampler_arg"):
+        parse_config({"nodes": [NODE], "tracing": {"sampler_arg": 2}})
+
+
+def test_p99_shed_reasons_names() -> None:
+    cumulative = {0.001: 90.0, 0.002: 98.0, 0.005: 99.5, float("inf"): 100.0}
+    assert p99_from(cumulative) == 0.005
+    assert p99_from({0.001: 0.0, float("inf"): 0.0}) is None
+    assert p99_from({0.001: 0.0, 0.002: 0.0, float("inf"): 10.0}) == 0.002  # beyond the last bound: the last bound
+    assert shed_reason("items: a batch carries at most 1024 operations") == "batch_items"
+    assert shed_reason("node n: all 4 sessions busy and 1024 queued") == "node_queue_full"
+    assert shed_reason("every eligible node is saturated") == "all_nodes_saturated"
+    assert method_name("translate_pin_data") == "TranslatePinData"
+    assert _peer_address("ipv4:127.0.0.1:5000") == "127.0.0.1"
+    assert _peer_address("ipv6:[::1]:5000") == "::1"
+
+
+def test_operation_counts_expose_as_prometheus_counters_and_histograms() -> None:
+    import grpc
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hsmlb.telemetry.opcount import OpCounts, OperationsCollector
+
+    counts = OpCounts()
+    for latency in (0.00004, 0.0004, 0.0004, 0.003, 9.0):
+        counts.record("encrypt_data", "node-a", grpc.StatusCode.OK, latency)
+    counts.record("encrypt_data", "", grpc.StatusCode.NOT_FOUND, 0.0001)
+    registry = CollectorRegistry()
+    registry.register(OperationsCollector(counts))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    a = (("node", "node-a"), ("op", "encrypt_data"))
+    assert samples[("hsmlb_operations_total", (("code", "OK"), *a))] == 5
+    assert samples[("hsmlb_operations_total", (("code", "NOT_FOUND"), ("node", "none"), ("op", "encrypt_data")))] == 1
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "5e-05"), *a))] == 1
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "0.0005"), *a))] == 3
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "5.0"), *a))] == 4
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "+Inf"), *a))] == 5
+    assert samples[("hsmlb_operation_duration_seconds_count", a)] == 5
+    assert abs(samples[("hsmlb_operation_duration_seconds_sum", a)] - 9.00384) < 1e-9
