@@ -6,7 +6,9 @@ One run measures, each phase from a fresh co-located asyncio load client (bench/
     operations outstanding over --streams streams: the bare echo (bench/echo_server.py, the daemon's gRPC
     options, one echo message per request message) and the daemon (AES-128 ECB EncryptData on the dev
     cluster's tokens);
-  * unary EncryptData (--concurrency calls in flight) on the echo and on the daemon (unless --no-unary).
+  * unary EncryptData (--concurrency calls in flight) on the echo and on the daemon (unless --no-unary);
+  * the token's own op: CPU per AES-128 ECB encrypt straight through python-pkcs11 on one pooled session
+    (bench/_pkcs11_direct.py), so that "daemon CPU - token op" shows what is ours.
 Per phase: ops/s, p50/p99 per operation (from the item's send to its answer), and server CPU us/op from
 /proc/PID/stat utime+stime read before and after the phase, for the server and every descendant, split
 into the event loop thread, gRPC's threads and the token workers (children), plus wake-ups per op.
@@ -81,7 +83,7 @@ class BatchBench(Bench):
 
     def run_once(self) -> dict[str, float]:
         assert self.echo is not None
-        figures: dict[str, float] = {}
+        figures: dict[str, float] = {"token.op_cpu_us": self.direct(pooled_only=True)["pooled_cpu_us_per_op"]}
         targets = [("echo", self.echo, self.echo_address)]
         targets += [(f"daemon[{v}]", proc, address) for v, (proc, address) in self.daemons.items()]
         for items in self.args.items:
@@ -92,6 +94,8 @@ class BatchBench(Bench):
             for name, _, _ in targets[1:]:
                 figures[f"batch{items}.{name}.ratio_vs_echo"] = (
                     figures[f"batch{items}.{name}.cpu_us_per_op"] / figures[f"batch{items}.echo.cpu_us_per_op"])
+                figures[f"batch{items}.{name}.ours_us_per_op"] = (
+                    figures[f"batch{items}.{name}.cpu_us_per_op"] - figures["token.op_cpu_us"])
         if self.args.unary:
             for name, proc, address in targets:
                 for key, value in self.phase(proc, address, "unary", check=name != "echo").items():
@@ -132,13 +136,17 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
           f"EncryptData; {args.streams} StreamBatch stream(s), {args.window} ops outstanding; unary "
           f"{args.concurrency} in flight; node variants {' '.join(args.nodes_variants)}; {os.cpu_count()} CPUs")
     print("each cell: median [min-max] over the runs")
+    s = summary["token.op_cpu_us"]
+    print(f"token op alone (python-pkcs11 + SoftHSM2 AES-128 ECB on one pooled session, same run): "
+          f"{s['median']:.1f} [{s['min']:.1f}-{s['max']:.1f}] us CPU")
     phases = [f"batch{n}" for n in args.items] + (["unary"] if args.unary else [])
     for phase in phases:
         names = sorted({key.split(".")[1] for key in summary if key.startswith(phase + ".")},
                        key=lambda n: (n != "echo", n))
         print(f"\n{phase} ({'items per message ' + phase[5:] if phase != 'unary' else 'one op per call'})")
         print(f"{'':<14}" + "".join(f"{n:>26}" for n in names))
-        for key, label, fmt in (*PHASE_FIGURES, ("ratio_vs_echo", "CPU vs echo", ".2f")):
+        for key, label, fmt in (*PHASE_FIGURES, ("ratio_vs_echo", "CPU vs echo", ".2f"),
+                                ("ours_us_per_op", "CPU - token op", ",.1f")):
             cells = []
             for name in names:
                 s = summary.get(f"{phase}.{name}.{key}")
@@ -146,7 +154,8 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
             print(f"{label:<14}" + "".join(f"{c:>26}" for c in cells))
     print("\nCPU us/op = user+system CPU of the server process and all its descendants (daemon: + token workers) "
           "during the phase / operations completed; loop = event loop thread, grpc thr = gRPC's threads, "
-          "workers = token worker processes; client = the load generator's own CPU")
+          "workers = token worker processes; client = the load generator's own CPU; CPU - token op = the daemon's CPU "
+          "per op less the token op alone: what is ours")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -42,9 +42,13 @@ _background: set[asyncio.Future[None]] = set()
 # so_reuseport 0: a second daemon on the same port fails to bind instead of silently sharing it
 # (several daemons behind one port measured no better on 2 vCPUs). Tried on the echo baseline,
 # no measurable change: grpc.http2.bdp_probe 0, grpc.optimization_target "throughput".
+# max_receive_message_length: a BatchRequest of MAX_BATCH_ITEMS items at the largest data size
+# (8192 hex digits each) is ~9 MB; a bigger message is refused whole by gRPC (RESOURCE_EXHAUSTED).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.so_reuseport", 0),
     ("grpc.max_concurrent_streams", 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 SERVICE_NAMES = (
     hsmlb_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
