@@ -13,7 +13,8 @@ Per phase: ops/s, p50/p99 per operation (from the item's send to its answer), an
 /proc/PID/stat utime+stime read before and after the phase, for the server and every descendant, split
 into the event loop thread, gRPC's threads and the token workers (children), plus wake-ups per op.
 With --nodes-variants (e.g. `all 2 all/32`) one daemon per variant runs on the same cluster (`2`: only the
-first two token nodes in its config: fewer, busier token workers; `/32`: pool_size 32 on each token node),
+first two token nodes in its config: fewer, busier token workers; `/32`: pool_size 32 on each token node;
+`+copies`: session_key_copies on the token nodes),
 each measured in turn in every run; `all/32@/tmp/base`: the same, running the hsmlb source unpacked in
 /tmp/base (e.g. `git archive BASE | tar -x -C /tmp/base`, plus hsmlb/v1/*_pb2*.py): before/after in one run.
 With --runs N everything repeats N times; the median, min and max of each figure are printed.
@@ -68,12 +69,18 @@ class BatchBench(Bench):
         for variant in self.args.nodes_variants:
             config = dict(base)
             spec, _, tree = variant.partition("@")
+            spec, _, flag = spec.partition("+")
             nodes, _, pool = spec.partition("/")
             if nodes != "all":
                 config["nodes"] = _first_tokens(base["nodes"], int(nodes))
             if pool:
                 config["nodes"] = [{**n, "pool_size": int(pool)} if n.get("kind", "pkcs11") == "pkcs11" else n
                                    for n in config["nodes"]]
+            if flag:  # +copies / +nocopies: the token nodes' session_key_copies
+                config["nodes"] = [{**n, "session_key_copies": flag == "copies"} if n.get("kind", "pkcs11") == "pkcs11"
+                                   else n for n in config["nodes"]]
+            if tree and not flag:  # an older revision may not know the setting (its config forbids unknown keys)
+                config["nodes"] = [{k: v for k, v in n.items() if k != "session_key_copies"} for n in config["nodes"]]
             path = self.state_dir / f"hsmlb-bench-{_slug(variant)}.yaml"
             path.write_text(yaml.safe_dump(config))
             self.daemons[variant] = self.start_daemon(path, f"daemon-{_slug(variant)}.log",
@@ -126,6 +133,9 @@ def _variant_ok(variant: str) -> bool:
     spec, at, tree = variant.partition("@")
     if at and not (Path(tree) / "hsmlb" / "v1" / "hsmlb_pb2.py").is_file():
         return False
+    spec, plus, flag = spec.partition("+")
+    if plus and flag not in ("copies", "nocopies"):
+        return False
     nodes, slash, pool = spec.partition("/")
     nodes_ok = nodes == "all" or (nodes.isdigit() and int(nodes) > 0)
     return nodes_ok and (not slash or (pool.isdigit() and int(pool) > 0))
@@ -171,7 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-unary", dest="unary", action="store_false", help="skip the unary phases")
     parser.add_argument("--nodes-variants", nargs="+", default=["all"],
                         help="one daemon per variant: 'all' token nodes, or N (the first N token nodes); "
-                        "'/P' after it: pool_size P on each token node; '@TREE' after that: the daemon runs the "
+                        "'/P' after it: pool_size P on each token node; '+copies' or '+nocopies': the token nodes' "
+                        "session_key_copies; '@TREE' after that: the daemon runs the "
                         "hsmlb source in TREE (an unpacked other revision, protos compiled), for A/B runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
