@@ -3,11 +3,19 @@
 # venv in /opt/venv; the runtime stage has SoftHSM2, the venv and nothing else, and runs as a non-root user.
 #
 #   docker build -t hsmlb .
-#   docker run --rm -p 127.0.0.1:50051:50051 hsmlb          # embedded dev cluster (public test keys only)
+#   docker run --rm hsmlb          # embedded dev cluster (public test keys only), on the container's loopback
+#
+# The dev cluster's test keys are never served on all interfaces by default. To reach it from the host,
+# say so and require mTLS (dev CA and client certificates in /home/hsmlb/dev/tls, see the README):
+#   docker run --rm -p 127.0.0.1:50051:50051 -v hsmlb-dev:/home/hsmlb/dev hsmlb \
+#     dev up --state-dir /home/hsmlb/dev --listen 0.0.0.0:50051 --serve --tls
 #
 # Production does not use the dev cluster: mount a real config (and the PKCS#11 module, PIN file or
 # PIN environment variable it names) and run `serve`, e.g.
-#   docker run -v /etc/hsmlb:/etc/hsmlb:ro hsmlb serve --config /etc/hsmlb/hsmlb.yaml
+#   docker run -v /etc/hsmlb:/etc/hsmlb:ro -e HSMLB_CONFIG=/etc/hsmlb/hsmlb.yaml \
+#     hsmlb serve --config /etc/hsmlb/hsmlb.yaml
+# (HSMLB_CONFIG tells the HEALTHCHECK the port and whether to speak TLS; with mTLS also set HSMLB_CA,
+# HSMLB_CERT and HSMLB_KEY to a CA file and a client certificate and key, mounted from a secret.)
 # Use `docker run --init` (or an init in the orchestrator) so PID 1 reaps stray processes.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -35,17 +43,21 @@ RUN apt-get update \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/hsmlb --shell /usr/sbin/nologin hsmlb
 COPY --from=builder /opt/venv /opt/venv
 # `hsmlb dev up` reads its default keys file from the installed package (hsmlb/dev/dev-keys.yaml).
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    HSMLB_CONFIG=/home/hsmlb/dev/hsmlb.yaml HSMLB_CA=/home/hsmlb/dev/tls/ca.crt \
+    HSMLB_CERT=/home/hsmlb/dev/tls/app.crt HSMLB_KEY=/home/hsmlb/dev/tls/app.key
 WORKDIR /opt/hsmlb
 USER hsmlb:hsmlb
 EXPOSE 50051
 
 # gRPC health service (grpc.health.v1.Health/Check, overall service ""): exit 0 only when SERVING;
-# NOT_SERVING, connection refused or a timeout exit 1.
+# NOT_SERVING, connection refused or a timeout exit 1. `hsmlb health` finds the port in $HSMLB_CONFIG
+# and speaks TLS when that config has tls: (client certificate from HSMLB_CA/HSMLB_CERT/HSMLB_KEY).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["/opt/venv/bin/python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:50051', options=[('grpc.enable_http_proxy', 0)]); r = g.HealthStub(ch).Check(h.HealthCheckRequest(service=''), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+  CMD ["/opt/venv/bin/hsmlb", "health", "--timeout", "3"]
 
 ENTRYPOINT ["hsmlb"]
 # Embedded dev cluster: SoftHSM2 tokens with public test keys under /home/hsmlb/dev, then the daemon.
 # Production overrides this with `serve --config FILE` on a mounted config (see the top of this file).
-CMD ["dev", "up", "--state-dir", "/home/hsmlb/dev", "--listen", "0.0.0.0:50051", "--serve"]
+# Loopback only: the public test keys are not served beyond the container unless asked (see the top).
+CMD ["dev", "up", "--state-dir", "/home/hsmlb/dev", "--listen", "127.0.0.1:50051", "--serve"]

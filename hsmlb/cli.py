@@ -13,7 +13,11 @@ from hsmlb.audit.cli import add_parser as add_audit_parser
 from hsmlb.auth.cli import add_parser as add_health_parser
 from hsmlb.auth.cli import add_tls_args
 from hsmlb.config import ConfigError, load_config
+from hsmlb.dev.procs import die_with_parent
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
+from hsmlb.limits import StartupError, announce
+from hsmlb.router.cli import add_parser as add_route_parser
+from hsmlb.router.cli import describe_config_routes
 from hsmlb.telemetry.cli import add_parser as add_status_parser
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
@@ -43,8 +47,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     for node in config.nodes:
-        node.read_pin()  # the PIN source must resolve too
+        if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
+            node.read_pin()
+    from hsmlb.auth.check import check as check_security
+
+    security = check_security(config)  # TLS material, the audit key: loaded here, as at start
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
+    print("\n".join(describe_config_routes(config)))
+    print("\n".join(security))
     return 0
 
 
@@ -54,17 +64,19 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     Regions are processes that must outlive this command's config writing, so they come up only
     with --serve, which stops them again when the daemon exits.
     """
-    from hsmlb.dev.cluster import default_keys_file, dev_up
+    from hsmlb.dev.cluster import default_keys_file, dev_up, one_line_errors
     from hsmlb.dev.regions import region_node_config, start_dev_regions
 
     keys = args.keys or default_keys_file()
-    regions = start_dev_regions(keys, args.state_dir.resolve(), args.fault_injection) \
-        if args.serve and args.regions else []
+    with one_line_errors(args.state_dir):
+        regions = start_dev_regions(keys, args.state_dir.resolve(), args.fault_injection) \
+            if args.serve and args.regions else []
     try:
-        path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
-                      pool_size=args.pool_size,
-                      regions=[region_node_config(r, args.state_dir.resolve()) for r in regions],
-                      shadow=args.shadow)
+        with one_line_errors(args.state_dir):
+            path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
+                          pool_size=args.pool_size,
+                          regions=[region_node_config(r, args.state_dir.resolve()) for r in regions],
+                          shadow=args.shadow)
         pki = None
         if args.tls:
             from hsmlb.auth.devtls import secure_dev_config
@@ -72,12 +84,11 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             pki = secure_dev_config(path, args.state_dir)
         if args.serve:  # the dev daemon's metrics and status page (it prints the URL)
             _with_metrics(path, args.metrics_listen)
-        print(path, flush=True)
+        announce(str(path))
         if pki is not None:
-            print(f"mTLS: CA {pki['ca']}; clients app ({pki['app_cert']}) and operator ({pki['operator_cert']})",
-                  flush=True)
+            announce(f"mTLS: CA {pki['ca']}; clients app ({pki['app_cert']}) and operator ({pki['operator_cert']})")
         for region in regions:
-            print(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}", flush=True)
+            announce(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}")
         if args.serve:
             return cmd_serve(argparse.Namespace(config=path))
         return 0
@@ -237,10 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     add_health_parser(sub)
     add_status_parser(sub)
+    add_route_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a child of a daemon or a test (an emulated region): go when it goes
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.log_format == "json":
@@ -254,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hsmlb: config error: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"hsmlb: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

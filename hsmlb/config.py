@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from hsmlb.audit.config import AuditConfig
 from hsmlb.auth.config import AuthConfig, TlsConfig
+from hsmlb.limits import LimitsConfig
 from hsmlb.router.routes_config import POOL_PATTERN, RouteConfig, ShadowConfig, check_routes
 from hsmlb.telemetry.config import LoggingConfig, MetricsConfig, TracingConfig
 
@@ -190,6 +191,7 @@ class Config(_Frozen):
     start_timeout_s: float = Field(30.0, gt=0, le=600)
     fault_injection: bool = Field(False, description="test-only hooks in the node adapters; never in production")
     router: RouterConfig = RouterConfig()
+    limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig | None = Field(None, description="Prometheus /metrics and the status page; off when absent")
     tracing: TracingConfig = TracingConfig()
     logging: LoggingConfig = LoggingConfig()

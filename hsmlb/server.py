@@ -1,7 +1,12 @@
 """Assemble the daemon: nodes -> pools -> router -> servicers, then serve until a signal.
 
+Start-up: the listening address is checked and bound before any node starts (a busy port is one
+line, not a cluster started for nothing), and the descriptor limit is raised to the hard limit.
+
 Shutdown: the first SIGTERM/SIGINT stops accepting RPCs, lets in-flight ones finish within
 shutdown_grace_s, then closes every node (sessions closed, libraries finalized by the workers).
+Every step of it is bounded: a step that overruns is logged and the daemon moves on, so a stop
+always ends within the grace plus a few seconds.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -29,6 +35,7 @@ from hsmlb.config import Config
 from hsmlb.errors import HsmlbError
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.health.checker import HealthChecker
+from hsmlb.limits import StartupError, announce, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
@@ -38,7 +45,8 @@ from hsmlb.v1 import hsmlb_pb2
 
 log = logging.getLogger("hsmlb.server")
 _background: set[asyncio.Future[None]] = set()
-# The gRPC server's options; bench/echo_server.py runs its baseline with the same ones.
+# The gRPC server's base options (the daemon's own come from limits.grpc_server_options);
+# bench/echo_server.py runs its baseline with these.
 # so_reuseport 0: a second daemon on the same port fails to bind instead of silently sharing it
 # (several daemons behind one port measured no better on 2 vCPUs). Tried on the echo baseline,
 # no measurable change: grpc.http2.bdp_probe 0, grpc.optimization_target "throughput".
@@ -50,6 +58,7 @@ GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_concurrent_streams", 1024),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
+STOP_STEP_S = 5.0  # each shutdown step after the grace (health checks, node closes) waits at most this
 SERVICE_NAMES = (
     hsmlb_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
     hsmlb_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -72,15 +81,44 @@ class Daemon:
         return [m.pool for m in self.router.cluster.members]
 
     async def stop(self) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.shutdown_grace_s)
-        await self.checker.close()
+        """Bounded: grace for the RPCs in flight, then each step at most STOP_STEP_S, logged if it overran."""
+        grace = self.config.shutdown_grace_s
+        await _bounded("health status", self.health.enter_graceful_shutdown(), 1.0)
+        await _bounded("the gRPC server", self.server.stop(grace), grace + 1.0)
+        await _bounded("health checks", self.checker.close(), STOP_STEP_S)
         if self.telemetry is not None:
-            await self.telemetry.stop()
-        await asyncio.gather(*(n.backend.close() for n in self.nodes), return_exceptions=True)
-        if self.filters is not None:
-            await asyncio.to_thread(self.filters.close)  # the audit's last records and stop checkpoint
+            await _bounded("telemetry", self.telemetry.stop(), STOP_STEP_S)
+        await _close_nodes([n.backend for n in self.nodes])
+        if self.filters is not None:  # the audit's last records and stop checkpoint
+            await _bounded("filters", asyncio.to_thread(self.filters.close), STOP_STEP_S)
         log.info("stopped")
+
+
+async def _bounded(what: str, step: Awaitable[object], timeout_s: float) -> None:
+    """Await one shutdown step for at most `timeout_s` (asyncio.timeout: no swallowed cancel), then move on."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await step
+    except TimeoutError:
+        log.warning("shutdown: %s did not stop within %gs; going on", what, timeout_s)
+    except Exception as exc:  # a failed step must not keep the rest from stopping
+        log.warning("shutdown: %s failed: %s", what, type(exc).__name__)
+
+
+async def _close_nodes(backends: list[Backend]) -> None:
+    tasks = [asyncio.ensure_future(b.close()) for b in backends]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=STOP_STEP_S)
+    for task in pending:
+        task.cancel()
+    for backend, task in zip(backends, tasks, strict=True):
+        if task in pending:
+            log.warning("shutdown: node %s did not close within %gs; going on", backend.name, STOP_STEP_S)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("shutdown: node %s failed to close: %s", backend.name, type(task.exception()).__name__)
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
 
 
 def build_router(config: Config, backends: list[Backend], clock: Clock = monotonic) -> Router:
@@ -112,12 +150,20 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     """The per-operation seam's filters, in their stated order (see api/filters.py):
     authentication and authorization, then rate limits, then audit, then telemetry.
     admit() runs in this order and done() in reverse. Empty: the servicers skip the seam."""
+    from hsmlb.auth.check import warnings
+
+    for warning in warnings(config):
+        log.warning("security: %s", warning)
     filters: list[Filter] = []
     if config.tls is not None or config.auth.callers or config.auth.deny:
         filters.append(AuthFilter(config.auth))
     if config.audit is not None:
         filters.append(start_audit(config.audit, f"listen {config.listen}, {len(config.nodes)} nodes"))
     if telemetry is not None:
+        if filters and telemetry.metrics is not None:
+            from hsmlb.auth.metrics import SecurityCollector
+
+            telemetry.metrics.register(SecurityCollector(filters))
         filters.extend(telemetry.filters)
     return filters
 
@@ -141,9 +187,11 @@ async def _start_nodes(backends: list[Backend], timeout_s: float) -> None:
 
 
 async def start_daemon(config: Config) -> Daemon:
+    """Check and bind the address, then start the nodes, then serve. Raises StartupError (one line)."""
+    check_listen(config.listen)
+    fd_limit = raise_fd_limit()
     backends = [create_backend(node, fault_injection=config.fault_injection) for node in config.nodes]
     router = build_router(config, backends)
-    await _start_nodes(backends, config.start_timeout_s)
     health_servicer = health.aio.HealthServicer()
 
     def on_change(_: object = None) -> None:
@@ -156,25 +204,33 @@ async def start_daemon(config: Config) -> Daemon:
 
     for backend in backends:
         backend.on_change.append(on_change)
-    hc = config.router.health_check
-    checker = HealthChecker(hc.interval_s, hc.jitter_s, hc.timeout_s, router.clock)
-    for member in router.cluster.members:
-        checker.watch(member.health, member.pool.backend.probe, on_change)
 
     telemetry = Telemetry(config, router)
     filters = FilterChain(build_filters(config, router, telemetry))
-    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS,
+    server = grpc.aio.server(options=grpc_server_options(config.limits, fd_limit),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
     add_service("Operations", OperationsServicer(router, filters), server)
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
                                        balancer_name=config.router.balancer, filters=filters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_secure_port(config.listen, ReloadingServerCredentials(config.tls).credentials) \
-        if config.tls is not None else server.add_insecure_port(config.listen)
+    try:  # bound now, before any node starts; grpc listens from server.start()
+        port = server.add_secure_port(config.listen, ReloadingServerCredentials(config.tls).credentials) \
+            if config.tls is not None else server.add_insecure_port(config.listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+        raise StartupError(f"cannot listen on {config.listen}")
+    try:
+        await _start_nodes(backends, config.start_timeout_s)
+    except BaseException:
+        await _close_nodes(backends)
+        raise
     await server.start()
+    hc = config.router.health_check
+    checker = HealthChecker(hc.interval_s, hc.jitter_s, hc.timeout_s, router.clock)
+    for member in router.cluster.members:
+        checker.watch(member.health, member.pool.backend.probe, on_change)
     on_change()
     telemetry.url = await telemetry.start()
     up = sum(b.state == "up" for b in backends)
@@ -203,8 +259,8 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if daemon.telemetry is not None and daemon.telemetry.url:
-        print(f"hsmlb metrics and status page on {daemon.telemetry.url}", flush=True)
-    print(f"hsmlb listening on {config.listen.rsplit(':', 1)[0]}:{daemon.port}", flush=True)
+        announce(f"hsmlb metrics and status page on {daemon.telemetry.url}")
+    announce(f"hsmlb listening on {config.listen.rsplit(':', 1)[0]}:{daemon.port}")
     await stop.wait()
     log.info("signal received: draining (grace %.1fs)", config.shutdown_grace_s)
     for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal forces exit

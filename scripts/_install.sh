@@ -7,6 +7,12 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends softhsm2 >/dev/null
 fi
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver (Debian packages: the status page's browser test)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 if [ -z "${VIRTUAL_ENV:-}" ]; then
   # Not inside a virtualenv: keep the project's dependencies in its own.
   [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv

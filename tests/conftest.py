@@ -172,8 +172,9 @@ class PaymentCluster(Cluster):
 
 
 def set_faults(emulator: Emulator, **faults: float) -> None:
-    """Flip an emulated region's fault switches (latency_ms, error_rate, throttle_rate) at runtime."""
-    body = json.dumps({"latency_ms": 0.0, "error_rate": 0.0, "throttle_rate": 0.0, **faults}).encode()
+    """Flip an emulated region's fault switches (latency_ms, error_rate, throttle_rate, corrupt_rate) at runtime."""
+    body = json.dumps({"latency_ms": 0.0, "error_rate": 0.0, "throttle_rate": 0.0, "corrupt_rate": 0.0,
+                       **faults}).encode()
     request = urllib.request.Request(emulator.endpoint_url + "/_emulator/faults", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:

@@ -385,7 +385,7 @@ def test_fault_switches(emulator: EmulatorProcess, apc: Any) -> None:
         stats = json.loads(response.read())
     outcomes = stats["operations"]["GenerateMac"]
     assert outcomes["InternalServerException"] >= 1 and outcomes["ThrottlingException"] >= 1 and outcomes["ok"] >= 2
-    assert stats["faults"] == {"latency_ms": 0.0, "error_rate": 0.0, "throttle_rate": 0.0}
+    assert stats["faults"] == {"latency_ms": 0.0, "error_rate": 0.0, "throttle_rate": 0.0, "corrupt_rate": 0.0}
 
 
 def test_plain_emulator_has_no_hooks_and_needs_credentials() -> None:

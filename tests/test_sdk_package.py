@@ -99,6 +99,11 @@ def user():
                                        plain_text="6BC1BEE22E409F96E93D7E117393172A",
                                        encryption_attributes={"symmetric": {"mode": "ECB"}}).cipher_text)
 gevent.joinall([gevent.spawn(user) for _ in range(50)], timeout=60)
+try:
+    client.encrypt_data(key_identifier="alias/no-such-key", plain_text="00" * 16,
+                        encryption_attributes={"symmetric": {"mode": "ECB"}})
+except hsmlb_client.NotFound as error:
+    print("NotFound", error.code.name)
 print(len(out), ",".join(sorted(set(out))), client.batches, client.operations)
 client.close()
 """
@@ -109,6 +114,8 @@ def test_the_sync_client_batches_under_gevent(daemon: DaemonProcess) -> None:
     done = subprocess.run([sys.executable, "-c", GEVENT_USERS, daemon.address], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    count, answers, batches, operations = done.stdout.split()
-    assert (int(count), answers, int(operations)) == (500, NIST_ECB, 500)
+    typed, counts = done.stdout.splitlines()
+    assert typed == "NotFound NOT_FOUND"  # an item's status reaches the caller as a typed error
+    count, answers, batches, operations = counts.split()
+    assert (int(count), answers, int(operations)) == (500, NIST_ECB, 501)
     assert int(batches) < 500 // 5, f"{batches} batches for 500 operations"

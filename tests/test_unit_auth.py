@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from hsmlb.auth.ratelimit import TokenBucket
 from hsmlb.clock import FakeClock
 from hsmlb.config import ConfigError, parse_config
 from hsmlb.ops import KeyInfo, Operation, OpKind
+from tests._audit_helpers import TAMPER_CASES, tamper
 
 APP = "spiffe://hsmlb.dev/app"
 
@@ -116,56 +116,14 @@ def test_a_clean_log_verifies_and_spans_files(tmp_path: Path) -> None:
     assert ops[1]["kcv"] == "C1D0F8" and ops[1]["node"] == "node-a" and ops[1]["caller"] == APP
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines(keepends=True)
-
-
-def _tampered(tmp: Path, directory: Path, name: str) -> tuple[Path, list[Path]]:
-    copy = tmp / name
-    shutil.copytree(directory, copy)
-    return copy, sorted(copy.iterdir())
-
-
-@pytest.mark.parametrize("case, expected", [
-    ("edit", "hash does not match"), ("delete", "missing here (deleted"), ("swap", "seq"),
-    ("truncate", "not with a stop checkpoint"), ("torn", "torn"), ("remove_file", "missing before"),
-    ("forge", "forged checkpoint"), ("insert", "inserted or reordered")])
-def test_each_tamper_fails_and_names_the_place(tmp_path: Path, case: str, expected: str) -> None:
+@pytest.mark.parametrize("case", sorted(TAMPER_CASES))
+def test_each_tamper_fails_and_names_the_place(tmp_path: Path, case: str) -> None:
     directory, key = make_log(tmp_path)
-    copy, files = _tampered(tmp_path, directory, case)
-    middle = files[len(files) // 2]
-    lines = _lines(middle)
-    if case == "edit":
-        rec = json.loads(lines[3])
-        rec[next(k for k in ("caller", "outcome", "event", "reason") if k in rec)] = "someone else"
-        lines[3] = json.dumps(rec) + "\n"
-    elif case == "delete":
-        del lines[3]
-    elif case == "swap":
-        lines[2], lines[3] = lines[3], lines[2]
-    elif case == "insert":
-        lines.insert(3, lines[2])
-    elif case == "remove_file":
-        middle.unlink()
-    elif case == "forge":
-        other = Ed25519PrivateKey.generate()
-        from hsmlb.audit.chain import record_hash, sign
-        index = next(i for i, line in enumerate(lines) if '"checkpoint"' in line)
-        rec = json.loads(lines[index])
-        rec["sig"] = sign(other, rec["covers_seq"], rec["covers_hash"], rec["prev_sig"])
-        rec["hash"] = record_hash(rec)  # a forger recomputes the chain; only the signature can catch it
-        lines[index] = json.dumps(rec) + "\n"
-    if case in ("truncate", "torn"):
-        last = files[-1]
-        data = last.read_bytes()
-        last.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 1] if case == "truncate" else data[:-7])
-    elif case != "remove_file":
-        middle.write_text("".join(lines))
-    report = verify(copy, key.public_key())
+    touched = tamper(directory, tmp_path / case, case)
+    report = verify(tmp_path / case, key.public_key())
     assert not report.ok
-    assert expected in report.problem, report.problem
-    if case not in ("truncate", "torn", "remove_file"):
-        assert middle.name in report.problem  # the place: file and line
+    assert TAMPER_CASES[case] in report.problem, report.problem
+    assert touched.name in report.problem or case == "truncate"  # the place: the file (and line)
 
 
 def test_wrong_public_key_fails(tmp_path: Path) -> None:
@@ -185,3 +143,60 @@ def test_a_restart_resumes_the_chain_and_cuts_a_torn_line(tmp_path: Path) -> Non
     report = verify(directory, key.public_key())
     assert report.ok, report.problem
     assert report.files == 2
+
+
+@pytest.mark.parametrize("variant", ["plain", "denied", "translation", "unicode", "no_key"])
+def test_fast_operation_records_are_canonical_json(variant: str) -> None:
+    """The writer's hand-made encoding of an operation record is byte-identical to canonical(record),
+    which is what verify recomputes."""
+    from hsmlb.audit.chain import canonical
+    from hsmlb.audit.writer import build, op_body
+
+    entry = ["op", 1765000000.5, APP, "ipv4:127.0.0.1:5555", "/hsmlb.v1.Operations/StreamBatch", "encrypt_data",
+             "alias/zek-aes128", (), "zek-aes128", "C1D0F8", "node-a", 1, "OK", "", 0.000123, 17, ""]
+    if variant == "denied":
+        entry[12:14] = ["PERMISSION_DENIED", f"caller {APP} may not use key alias/x for encrypt_data"]
+    elif variant == "translation":
+        entry[7] = ("alias/pek-tdes", "alias/pek-tdes3")
+        entry[16] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    elif variant == "unicode":
+        entry[2], entry[6] = 'spiffe://x/"é"\u2028', "alias/\\ü"
+    elif variant == "no_key":
+        entry[6], entry[8], entry[9] = None, "", ""
+    record = build(tuple(entry))
+    record.update(seq=42, prev="ab" * 32)
+    assert op_body(tuple(entry), 42, "ab" * 32) == canonical(record)
+
+
+def test_security_series_count_denials_and_the_audit_state(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hsmlb.auth.filter import AuthFilter
+    from hsmlb.auth.metrics import SecurityCollector
+    from hsmlb.errors import PermissionDenied
+
+    auth = AuthFilter(AuthConfig.model_validate({"callers": [{"identity": APP, "operations": ["sign"]}]}))
+    call = Call("/hsmlb.v1.Operations/EncryptData", "ipv4:127.0.0.1:1")
+    auth.open(call)  # no certificate: anonymous, no rule
+    with pytest.raises(PermissionDenied, match="caller anonymous may not call encrypt_data with key alias/k"):
+        auth.admit(call, Item("encrypt_data", op=Operation(OpKind.ENCRYPT, "alias/k", ())))
+    cfg = AuditConfig(dir=tmp_path / "audit", signing_key_file=tmp_path / "unused", flush_interval_ms=5)
+    writer = AuditWriter(cfg, Ed25519PrivateKey.generate())
+    writer.start()
+    registry = CollectorRegistry()
+    registry.register(SecurityCollector([auth, AuditFilter(writer)]))
+    text = generate_latest(registry).decode()
+    writer.close()
+    assert "hsmlb_auth_denied_total 1.0" in text
+    assert "hsmlb_auth_rate_limited_total 0.0" in text
+    assert "hsmlb_audit_writable 1.0" in text and "hsmlb_audit_alarms_total 0.0" in text
+
+
+def test_identity_prefers_spiffe_then_uri_then_dns_then_cn() -> None:
+    from hsmlb.auth.identity import choose
+
+    assert choose(["app.example.org", "10.0.0.1", "spiffe://example.org/app"], True) == "spiffe://example.org/app"
+    assert choose(["10.0.0.1", "ops@example.org", "https://example.org/app"], True) == "https://example.org/app"
+    assert choose(["10.0.0.1", "ops@example.org", "app.example.org"], True) == "app.example.org"
+    assert choose(["app"], False) == "app"
+    assert choose([], True) == "anonymous"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,20 @@ def test_route_config_is_validated():
                                      {"name": "r", "kind": "apc", "region": "us-east-1"}],
                            "routes": [{"primary": "hsm", "failover": ["apc"]}]})
     assert [n.pool for n in config.nodes] == ["hsm", "apc"]
+
+
+def test_config_check_shows_the_file_routes_and_the_runtime_changes(tmp_path: Path):
+    config = tmp_path / "hsmlb.yaml"
+    config.write_text("nodes:\n  - {name: t1, module: /x.so, token_label: t1, pin_env: HOME}\n"
+                      "  - {name: r1, kind: apc, region: us-east-1}\n"
+                      "routes:\n  - {op: '*', primary: hsm, failover: [apc], candidate: apc, shadow_percent: 100}\n")
+    (tmp_path / "hsmlb.state.json").write_text(json.dumps(
+        {"version": 1, "weights": {"encrypt": 10}, "promoted": ["decrypt"], "switch_to": None}))
+    done = subprocess.run([sys.executable, "-m", "hsmlb", "config", "check", str(config)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "route (file) *: primary hsm, failover apc, candidate apc weight 0% shadow 100%" in out
+    assert "weights encrypt=10%; promoted decrypt; switched to none" in out
+    assert "route (now)  decrypt: primary apc, failover hsm, candidate hsm" in out
+    assert "route (now)  encrypt: primary hsm, failover apc, candidate apc weight 10%" in out

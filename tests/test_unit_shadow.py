@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hsmlb.errors import NodeFault, Throttled
 from hsmlb.ops import NATIVE_CAPABILITIES, VERIFICATION_FAILED, Capability, KeyInfo, Operation, OpKind
 from hsmlb.router.routes_config import RouteConfig
@@ -136,3 +138,22 @@ def test_histogram_percentiles_are_close():
         h.record(i / 1000)  # 1 ms .. 1 s
     assert 0.47 <= h.quantile(0.5) <= 0.53
     assert 0.98 <= h.quantile(0.99) <= 1.04
+
+
+async def test_primary_errors_are_counted_and_the_noise_baseline_compares_two_primary_nodes():
+    noise = RouteConfig(op="*", primary="hsm", candidate="apc", shadow_percent=100, noise_percent=100)
+    router, _, backends, _ = _setup(route=noise)
+    assert router.shadow is not None
+    for _ in range(10):
+        await router.execute(_enc())
+    await _settle()
+    assert router.shadow.stats.of("encrypt", "noise").matches == 10
+    backends["t2"].outcome = b"\x03" * 16  # one token disagrees: a finding in itself
+    for _ in range(20):
+        await router.execute(_enc())
+    await _settle()
+    assert router.shadow.stats.of("encrypt", "noise").discrepancies > 0
+    backends["t1"].outcome = backends["t2"].outcome = NodeFault("tokens down")
+    with pytest.raises(NodeFault):  # no failover pool in this route
+        await router.execute(_enc())
+    assert router.shadow.stats.of("encrypt").primary_errors == 1

@@ -90,3 +90,29 @@ def test_p99_shed_reasons_names() -> None:
     assert method_name("translate_pin_data") == "TranslatePinData"
     assert _peer_address("ipv4:127.0.0.1:5000") == "127.0.0.1"
     assert _peer_address("ipv6:[::1]:5000") == "::1"
+
+
+def test_operation_counts_expose_as_prometheus_counters_and_histograms() -> None:
+    import grpc
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hsmlb.telemetry.opcount import OpCounts, OperationsCollector
+
+    counts = OpCounts()
+    for latency in (0.00004, 0.0004, 0.0004, 0.003, 9.0):
+        counts.record("encrypt_data", "node-a", grpc.StatusCode.OK, latency)
+    counts.record("encrypt_data", "", grpc.StatusCode.NOT_FOUND, 0.0001)
+    registry = CollectorRegistry()
+    registry.register(OperationsCollector(counts))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    a = (("node", "node-a"), ("op", "encrypt_data"))
+    assert samples[("hsmlb_operations_total", (("code", "OK"), *a))] == 5
+    assert samples[("hsmlb_operations_total", (("code", "NOT_FOUND"), ("node", "none"), ("op", "encrypt_data")))] == 1
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "5e-05"), *a))] == 1
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "0.0005"), *a))] == 3
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "5.0"), *a))] == 4
+    assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "+Inf"), *a))] == 5
+    assert samples[("hsmlb_operation_duration_seconds_count", a)] == 5
+    assert abs(samples[("hsmlb_operation_duration_seconds_sum", a)] - 9.00384) < 1e-9

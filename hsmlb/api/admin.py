@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from hsmlb.api.admin_routes import RouteAdmin
 from hsmlb.api.filters import ANONYMOUS, Call, FilterChain
 from hsmlb.errors import HsmlbError, redact
 from hsmlb.health.state import OperatorState
@@ -19,7 +20,7 @@ FAULTS = ("close_sessions", "logout", "finalize", "delay", "error_rate", "kill_w
 ACTIONS: dict[int, OperatorState] = {pb.FAIL: "failed", pb.DRAIN: "draining", pb.RESTORE: "active"}
 
 
-class AdminServicer(pb_grpc.AdminServicer):
+class AdminServicer(RouteAdmin, pb_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(self, router: Router, fault_injection: bool = False, balancer_name: str = "",
                  filters: FilterChain | None = None) -> None:
         self.router = router

@@ -147,13 +147,13 @@ class StreamCall:
     def _executed(self, request_id: int, op: Operation, field: str, encode: Encoder, seq: int,
                   retry: asyncio.Task[tuple[Any, KeyInfo | None]]) -> None:
         self._retries.discard(retry)
+        exc = None if retry.cancelled() else retry.exception()  # read first: an unread one is logged at ERROR
         if not self._claim(seq):
             return
         if retry.cancelled():  # by close() (nobody to answer), or a backend that gave up: never unanswered
             if not self.closed:
                 self._fail(request_id, Unavailable(f"{field} was cancelled before it completed"))
             return
-        exc = retry.exception()
         if isinstance(exc, HsmlbError):
             self._fail(request_id, exc)
         elif exc is None:

@@ -22,8 +22,11 @@ GENESIS = "0" * 64  # the `prev` of the very first record
 FILE_PREFIX, FILE_SUFFIX = "audit-", ".jsonl"
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)  # one, not one per call
+
+
 def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _ENCODER.encode(record).encode()
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -33,10 +36,15 @@ def record_hash(record: dict[str, Any]) -> str:
 
 
 def seal(record: dict[str, Any], prev: str) -> bytes:
-    """The record chained to `prev`, as one line (with its hash)."""
+    """The record chained to `prev`, as one line: its canonical JSON with `hash` appended last.
+
+    The line itself need not be canonical (verify re-canonicalises what it parses), so the JSON is
+    encoded once and the hash spliced in: half the writer's cost per record."""
     record["prev"] = prev
-    record["hash"] = hashlib.sha256(canonical(record)).hexdigest()
-    return canonical(record) + b"\n"
+    body = canonical(record)
+    digest = hashlib.sha256(body).hexdigest()
+    record["hash"] = digest
+    return b"%s,\"hash\":\"%s\"}\n" % (body[:-1], digest.encode())
 
 
 def checkpoint_message(covers_seq: int, covers_hash: str, prev_sig: str) -> bytes:

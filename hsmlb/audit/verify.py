@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from hsmlb.audit.chain import GENESIS, checkpoint_message, file_index, record_hash
+from hsmlb.audit.chain import GENESIS, checkpoint_message, file_index, file_name, record_hash
 
 
 @dataclass
@@ -46,8 +46,8 @@ def verify(directory: Path, public_key: Ed25519PublicKey, open_tail_ok: bool = F
     last_type = ""
     for index, path in files:
         if index != expect_index:
-            missing = f"audit file(s) {expect_index}..{index - 1}" if index - 1 > expect_index \
-                else f"audit file {expect_index}"
+            missing = f"{file_name(expect_index)}..{file_name(index - 1)}" if index - 1 > expect_index \
+                else file_name(expect_index)
             return report.fail(f"{missing} missing before {path.name} (records from seq {expect_seq} on "
                                "are not accounted for)")
         expect_index += 1

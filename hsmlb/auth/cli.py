@@ -25,11 +25,26 @@ def add_tls_args(parser: argparse.ArgumentParser) -> None:
                        help=f"client private key, for mTLS (env {ENV['key']}); a file, never the key itself")
 
 
+def _config_says_plaintext(args: argparse.Namespace) -> bool:
+    """Without --address, the daemon is found from a config: if that config has no tls:, TLS settings
+    from the environment (a container's defaults) do not apply to it."""
+    if getattr(args, "address", None):
+        return False
+    from hsmlb.cli import DEFAULT_STATE_DIR
+    from hsmlb.config import ConfigError, load_config
+
+    path = getattr(args, "config", None) or DEFAULT_STATE_DIR / "hsmlb.yaml"
+    try:
+        return load_config(path).tls is None
+    except ConfigError:
+        return False
+
+
 def client_channel(address: str, args: argparse.Namespace) -> grpc.Channel:
     """A TLS channel when --ca (or a client certificate) is given, else plaintext."""
     options = [("grpc.enable_http_proxy", 0)]
     ca, cert, key = getattr(args, "ca", None), getattr(args, "cert", None), getattr(args, "key", None)
-    if ca or cert or key:
+    if (ca or cert or key) and not _config_says_plaintext(args):
         return grpc.secure_channel(address, channel_credentials(ca, cert, key), options=options)
     return grpc.insecure_channel(address, options=options)
 

@@ -47,14 +47,20 @@ class AuthFilter(FilterBase):
     def open(self, call: Call) -> None:
         identity = call.identity = identity_of(call.context)
         grant = self.policy.resolve(identity)
-        call.state["grant"] = grant
+        bucket = None
+        if grant is not None and grant.rule is not None and (limit := grant.rule.rate_limit) is not None:
+            bucket = self.buckets.get(identity)
+            if bucket is None:
+                bucket = self.buckets[identity] = TokenBucket(limit.per_s, limit.burst, self.clock)
+        call.state["auth"] = (grant, bucket)
         if call.method.startswith(ADMIN_SERVICE) and (grant is None or not grant.admin):
             method = call.method[len(ADMIN_SERVICE):]
             self._refuse(f"caller {identity} may not use the Admin service ({method})")
 
     # -- per operation ---------------------------------------------------------------------------
     def admit(self, call: Call, item: Item) -> None:
-        grant: Grant | None = call.state.get("grant")
+        grant: Grant | None
+        grant, bucket = call.state["auth"]
         op = item.op
         if grant is None:
             alias = op.key_alias if op is not None else None
@@ -62,17 +68,11 @@ class AuthFilter(FilterBase):
             return
         if grant.rule is None:
             return
-        if op is not None and (reason := grant.op_denied(item.field, (op.key_alias, *op.other_keys))):
+        if op is not None and (reason := grant.decide(item.field, op.key_alias, op.other_keys)):
             self._refuse(reason)
             return
-        limit = grant.rule.rate_limit
-        if limit is not None:
-            bucket = self.buckets.get(grant.identity)
-            if bucket is None:
-                bucket = self.buckets[grant.identity] = TokenBucket(limit.per_s, limit.burst, self.clock)
-            wait = bucket.take()
-            if wait:
-                self._limited(call, item, wait)
+        if bucket is not None and (wait := bucket.take()):
+            self._limited(call, item, wait)
 
     def _refuse(self, reason: str) -> None:
         self.denied += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hsmlb.auth.config import AuthConfig, CallerRule
 
@@ -29,10 +29,21 @@ class Grant:
     ops: frozenset[str]
     keys: tuple[re.Pattern[str], ...]
     all_keys: bool
+    decisions: dict[tuple[str, str | None, tuple[str, ...]], str] = field(default_factory=dict, compare=False)
 
     @property
     def admin(self) -> bool:
         return self.rule is None or self.rule.admin
+
+    def decide(self, operation: str, alias: str | None, others: tuple[str, ...]) -> str:
+        """op_denied, remembered: a caller uses few (operation, key) pairs, so the hot path is one dict lookup."""
+        key = (operation, alias, others)
+        reason = self.decisions.get(key)
+        if reason is None:
+            reason = self.op_denied(operation, (alias, *others))
+            if len(self.decisions) < 4096:
+                self.decisions[key] = reason
+        return reason
 
     def op_denied(self, operation: str, aliases: Iterable[str | None]) -> str:
         """Why `operation` on `aliases` is refused ('' when allowed). Names the op and alias only."""

@@ -26,6 +26,7 @@ from typing import Any
 from hsmlb.backends import wire
 from hsmlb.backends.base import BackendState
 from hsmlb.config import ConfigError, Pkcs11NodeConfig
+from hsmlb.dev.procs import die_with_parent_env
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
 from hsmlb.ops import (
     HOST_SIDE_CAPABILITIES,
@@ -268,7 +269,7 @@ class Pkcs11Backend(BackendState):
             self.down_reason = str(exc)
             raise NodeFault(f"node {self.name}: {exc}") from None
         parent, child = socket.socketpair()
-        env = {**os.environ, **self.config.env}
+        env = {**os.environ, **self.config.env, **die_with_parent_env()}
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hsmlb.backends.pkcs11_worker", str(child.fileno()),

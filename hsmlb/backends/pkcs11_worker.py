@@ -30,6 +30,7 @@ from hsmlb.backends import wire
 from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover, key_objects
 from hsmlb.backends.pkcs11_payments import PAYMENT_OPS
 from hsmlb.backends.pkcs11_tokeninfo import token_info
+from hsmlb.dev.procs import die_with_parent
 
 # Recovery steps in escalating order; one request may climb them, each step at most once.
 ESCALATION = ("session", "login", "library")
@@ -305,6 +306,7 @@ def main() -> int:
     # graceful drain, which still needs the token for the requests in flight.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)  # a daemon killed outright leaves no worker behind, even a hung one
     fd = int(sys.argv[1])
     with socket.socket(fileno=fd) as sock:
         return serve(sock)

@@ -8,10 +8,14 @@ with its own SOFTHSM2_CONF.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hsmlb.config import ConfigError
 from hsmlb.keys import USAGE_ATTRIBUTES, KeyEntry, load_keys, token_material
+from hsmlb.limits import StartupError
 from hsmlb.payments import kcv as key_check_value
 
 PRIMARY_NODES = ("node-a", "node-b", "node-c")
@@ -38,6 +43,23 @@ MODULE_CANDIDATES = (
 )
 SO_PIN_FILE, USER_PIN_FILE = "so.pin", "user.pin"
 PROVISION_TIMEOUT_S = 120.0
+INIT_TOKEN_TIMEOUT_S = 60.0
+LOW_SPACE_BYTES = 1 << 20  # a failed provisioning with less free than this is a full disk
+
+
+@contextlib.contextmanager
+def one_line_errors(state_dir: Path) -> Iterator[None]:
+    """What an operator can fix (a full disk, an unwritable state dir, a failing tool) as one line,
+    never a traceback: a traceback of a failed command would show its arguments."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
+        raise StartupError(f"dev up: cannot write the state dir {state_dir}{where}: {reason}") from None
+    except subprocess.SubprocessError as exc:
+        raise StartupError(f"dev up: softhsm2-util failed ({type(exc).__name__}); is {state_dir} writable and "
+                           "not full?") from None
 
 
 def find_module() -> Path:
@@ -76,9 +98,14 @@ def dev_up(state_dir: Path, keys_file: Path, listen: str = "127.0.0.1:50051", po
     so_pin = _secret_file(state_dir / SO_PIN_FILE, 8)
     user_pin = _secret_file(state_dir / USER_PIN_FILE, 8)
     nodes = (*PRIMARY_NODES, PARTIAL_NODE)
-    _init_tokens(nodes, so_pin, user_pin)
+    _init_tokens(nodes, so_pin, user_pin, state_dir)
     asymmetric = {e.alias: _asymmetric_material(state_dir, e) for e in entries if e.asymmetric}
-    _in_child(_provision, module, nodes, entries, asymmetric, user_pin)
+    try:
+        _in_child(_provision, module, nodes, entries, asymmetric, user_pin)
+    except StartupError as exc:  # SoftHSM2 reports a full disk as some other failure: say what it was
+        if shutil.disk_usage(state_dir).free < LOW_SPACE_BYTES:
+            raise StartupError(f"dev up: no space left on device for the tokens in {state_dir}") from None
+        raise exc from None
     config = {
         "listen": listen,
         "fault_injection": fault_injection,
@@ -108,32 +135,78 @@ def _in_child(function: Any, *args: Any) -> None:
     """Run a PKCS#11 provisioning step in a fresh process.
 
     python-pkcs11 initialises a library once per process with the SOFTHSM2_CONF it saw first, so
-    a second state directory in the same process would talk to the first one's tokens.
+    a second state directory in the same process would talk to the first one's tokens. The child
+    sends back what failed (an exception class, never a traceback: its frames hold the PIN).
     """
     import multiprocessing
 
-    process = multiprocessing.get_context("spawn").Process(target=function, args=args, name="hsmlb-provision")
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_quietly, args=(writer, function, *args), name="hsmlb-provision")
     process.start()
+    writer.close()
     process.join(PROVISION_TIMEOUT_S)
     if process.is_alive():
         process.kill()
         process.join(5)
-        raise ConfigError(f"provisioning the dev tokens took longer than {PROVISION_TIMEOUT_S:.0f}s")
+        raise StartupError(f"dev up: provisioning the dev tokens took longer than {PROVISION_TIMEOUT_S:.0f}s")
+    reason = f"exit code {process.exitcode}"
+    with contextlib.suppress(EOFError, OSError):  # nothing sent: it succeeded, or died without a word
+        if reader.poll():
+            reason = reader.recv()
+    reader.close()
     if process.exitcode != 0:
-        raise ConfigError(f"provisioning the dev tokens failed (exit code {process.exitcode}); see the output above")
+        raise StartupError(f"dev up: provisioning the dev tokens failed: {reason} (is the state dir full?)")
 
 
-def _init_tokens(nodes: tuple[str, ...], so_pin: str, user_pin: str) -> None:
+def _quietly(report: Any, function: Any, *args: Any) -> None:
+    """The provisioning child's entry: a failure goes back to the parent as one short reason."""
+    try:
+        function(*args)
+    except Exception as exc:
+        report.send("no space left on device" if getattr(exc, "errno", None) == errno.ENOSPC else type(exc).__name__)
+        report.close()
+        sys.exit(1)
+
+
+def _init_tokens(nodes: tuple[str, ...], so_pin: str, user_pin: str, state_dir: Path) -> None:
     util = shutil.which("softhsm2-util")
     if util is None:
-        raise ConfigError("softhsm2-util not found: apt-get install -y softhsm2")
-    existing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, check=True).stdout
+        raise StartupError("dev up: softhsm2-util not found: apt-get install -y softhsm2")
+    existing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, check=True,
+                              timeout=INIT_TOKEN_TIMEOUT_S).stdout
     labels = {line.split(":", 1)[1].strip() for line in existing.splitlines() if line.strip().startswith("Label:")}
     for node in nodes:
         if node in labels:  # softhsm2-util pads labels to 32 characters
             continue
-        subprocess.run([util, "--init-token", "--free", "--label", node, "--so-pin", so_pin, "--pin", user_pin],
-                       check=True, capture_output=True)
+        _init_token(util, node, so_pin, user_pin, state_dir)
+
+
+def _init_token(util: str, label: str, so_pin: str, user_pin: str, state_dir: Path) -> None:
+    """`softhsm2-util --init-token` with the PINs typed on a pseudo-terminal, never on its command line
+    (any user can read a command line in /proc); it reads PINs only from a terminal."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen([util, "--init-token", "--free", "--label", label], stdin=slave,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        os.close(slave)
+    try:
+        os.write(master, f"{so_pin}\n{so_pin}\n{user_pin}\n{user_pin}\n".encode())
+        output, _ = process.communicate(timeout=INIT_TOKEN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+        raise StartupError(f"dev up: softhsm2-util did not initialise token {label} within "
+                           f"{INIT_TOKEN_TIMEOUT_S:.0f}s") from None
+    finally:
+        os.close(master)
+    if process.returncode != 0:
+        last = [line for line in output.decode(errors="replace").splitlines() if line.startswith("ERROR")]
+        raise StartupError(f"dev up: softhsm2-util could not initialise token {label} in {state_dir}: "
+                           f"{last[-1] if last else f'exit code {process.returncode}'}")
 
 
 def _holders(entry: KeyEntry) -> tuple[str, ...]:

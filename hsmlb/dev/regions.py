@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsmlb.config import ConfigError
-from hsmlb.dev.procs import stop
+from hsmlb.dev.procs import die_with_parent_env, stop
 from hsmlb.emulator.cli import parse_ready_line
 
 CREDENTIALS_FILE = "aws-credentials"
@@ -68,11 +68,12 @@ def spawn_emulator(name: str, keys_file: str | Path, *flags: str, port: int = 0,
     """Start `python -m <module> --port PORT --keys KEYS FLAGS...`; wait (bounded) for its ready line.
 
     The one emulator starter (dev regions, tests, benchmarks). A thread reads the emulator's output
-    for its whole life, because a full pipe would block it; the lines land in Emulator.log.
+    for its whole life, because a full pipe would block it; the lines land in Emulator.log. The
+    emulator dies with this process, however it dies (dev/procs.py die_with_parent).
     """
     command = [sys.executable, "-m", *module, "--port", str(port), "--keys", str(keys_file), *flags]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=None if env is None else dict(env))
+                               env={**(os.environ if env is None else env), **die_with_parent_env()})
     output = _Output()
     drain = threading.Thread(target=output.drain, args=(process,), daemon=True, name=f"drain-{name}")
     drain.start()

@@ -14,6 +14,8 @@ import signal
 import sys
 from typing import Any
 
+from hsmlb.dev.procs import die_with_parent
+
 log = logging.getLogger("hsmlb.emulator")
 SHUTDOWN_S = 5.0  # in-flight requests get this long after SIGTERM (a second signal cuts it short)
 CANCEL_S = 0.25  # then aiohttp's shutdown cancels what is left, in at most twice this
@@ -142,6 +144,7 @@ async def _drain(runner: Any, emulator: Any, force: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = configure(argparse.ArgumentParser(prog="hsmlb apc-emulator", description=__doc__))
     parser.add_argument("--log-level", default=os.environ.get("HSMLB_LOG_LEVEL", "INFO"))
+    die_with_parent()  # started by a daemon or a test: go when it goes
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         stream=sys.stderr)

@@ -16,6 +16,10 @@ from typing import Any
 from hsmlb.emulator.errors import ApiError
 
 MAX_LATENCY_MS = 60_000
+# Result members a corrupt_rate fault may flip one byte of (the first one present), to prove that
+# shadowing catches a candidate answering wrong crypto.
+CORRUPTIBLE = ("CipherText", "PlainText", "Mac", "ValidationData", "PinBlock", "AuthResponseValue")
+_RATES = ("error_rate", "throttle_rate", "corrupt_rate")
 
 
 @dataclass(slots=True)
@@ -23,18 +27,19 @@ class FaultConfig:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     throttle_rate: float = 0.0
+    corrupt_rate: float = 0.0  # fraction of results with one byte flipped (counted per operation)
 
     def validated(self) -> FaultConfig:
         if not 0 <= self.latency_ms <= MAX_LATENCY_MS:
             raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}")
-        for name in ("error_rate", "throttle_rate"):
+        for name in _RATES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         return self
 
     def update(self, changes: dict[str, Any]) -> FaultConfig:
         """A new config with `changes` applied; unknown names or non-numbers raise ValueError."""
-        unknown = set(changes) - {"latency_ms", "error_rate", "throttle_rate"}
+        unknown = set(changes) - {"latency_ms", *_RATES}
         if unknown:
             raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
         merged = asdict(self)
@@ -69,6 +74,19 @@ class Faults:
         if config.throttle_rate > 0 and self._rng.random() < config.throttle_rate:
             self.injected["ThrottlingException"] += 1
             raise ApiError("ThrottlingException", "Rate exceeded.")
+
+    def corrupt(self, operation: str, result: dict[str, Any]) -> dict[str, Any]:
+        """`result`, or (at corrupt_rate) a copy with the first byte of its first CORRUPTIBLE member flipped,
+        counted as injected `corrupted:<operation>`."""
+        rate = self.config.corrupt_rate
+        if rate <= 0 or self._rng.random() >= rate:
+            return result
+        for name in CORRUPTIBLE:
+            value = result.get(name)
+            if isinstance(value, str) and len(value) >= 2:
+                self.injected[f"corrupted:{operation}"] += 1
+                return {**result, name: f"{int(value[:2], 16) ^ 0x01:02X}{value[2:]}"}
+        return result
 
     def record(self, operation: str, outcome: str) -> None:
         self.counts[operation][outcome] += 1

@@ -127,6 +127,8 @@ class Emulator:
             await self.faults.apply()
             params = self._params(op, body, labels, request)
             result = self._execute(plane, op, params)
+            if plane is self.data:
+                result = self.faults.corrupt(name, result)
             self.faults.record(name, "ok")
             return web.Response(status=op.status, body=json.dumps(result, separators=(",", ":")).encode(),
                                 content_type=plane.content_type, headers={"x-amzn-RequestId": rid})

@@ -1,5 +1,6 @@
 """The automatic weight drop: a weighted candidate whose error rate over a window passes a threshold
-gets its weight set to 0 (by the `on_drop` callback, which also logs and persists it).
+gets its weight set to 0 (by the `on_drop` callback, which also logs and persists it, and says
+whether there was a weight to drop).
 
 Pure bookkeeping with an injected clock; the router reports each weighted candidate attempt's outcome.
 Counts live in whole-second buckets so a window costs O(window) memory per route, not per request.
@@ -37,7 +38,7 @@ class _Window:
 
 class CandidateWatch:
     def __init__(self, error_rate: float, min_requests: int, window_s: float,
-                 on_drop: Callable[[str, int, int], None]) -> None:
+                 on_drop: Callable[[str, int, int], bool]) -> None:
         self.error_rate = error_rate
         self.min_requests = min_requests
         self.horizon = max(1, int(window_s))
@@ -55,8 +56,9 @@ class CandidateWatch:
             return False
         errors, total = window.errors, window.total
         self._windows.pop(route_op, None)  # a fresh count once the weight is raised again
+        if not self.on_drop(route_op, errors, total):
+            return False  # already 0: late failures of requests weighted before the drop
         self.drops += 1
-        self.on_drop(route_op, errors, total)
         return True
 
     def reset(self, route_op: str) -> None:

@@ -96,14 +96,15 @@ class RouteControl:
         log.warning("route switch %s rolled back, requested by %s", undone or "(none)", who)
         return undone
 
-    def _auto_drop(self, route_op: str, errors: int, total: int) -> None:
+    def _auto_drop(self, route_op: str, errors: int, total: int) -> bool:
         route = self.table.route(route_op)
         if route is None or not route.candidate_percent:
-            return
+            return False
         self.table.set_weight(route.op, 0.0)
         self._save()
         log.error("route %s: candidate %s failed %d of %d weighted requests; weight dropped to 0 automatically "
                   "(they were retried on %s)", route_op, route.candidate, errors, total, route.primary)
+        return True
 
 
 def _check_op(op: str) -> None:

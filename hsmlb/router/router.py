@@ -223,6 +223,8 @@ class Router:
                 last_fault = fault
                 fallback = route is not None and self._candidate_failed(route, ranks, member, holders, tried)
                 if not (idempotent and (fallback or (len(tried) < self.max_attempts and self._may_retry(op, now)))):
+                    if route is not None and route.shadow_percent and self.shadow is not None:
+                        self.shadow.primary_failed(op)  # nothing to compare: counted as its own outcome
                     raise
                 member.retries_from += 1
                 await asyncio.sleep(backoff_s(len(tried), self.backoff_base_s, self.backoff_max_s, self._rng))

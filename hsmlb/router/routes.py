@@ -152,7 +152,7 @@ class RouteTable:
 
     def switch(self, pool: str) -> None:
         if pool not in self.pools:
-            raise RouteError(f"to: no pool named {pool} (pools: {', '.join(self.pools)})")
+            raise RouteError(f"to_pool: no pool named {pool} (pools: {', '.join(self.pools)})")
         self.switch_to = pool
         self.rebuild()
 

@@ -67,6 +67,9 @@ class Shadower:
         if route.noise_percent and rng() * 100 < route.noise_percent:
             self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
 
+    def primary_failed(self, op: Operation) -> None:
+        self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
+
     def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, started: float) -> None:
         now = self.clock()
         name = op.kind.value
@@ -90,6 +93,8 @@ class Shadower:
             self.stats.skip(name, side, "shed")
             return
         self.in_flight += 1
+        if op.trace is not None:  # the primary is traced (sampled): the shadow call gets a span of its own
+            op.trace.shadow(side, target, future)
         future.add_done_callback(partial(self._done, op, side, served_by, target, result, now - started, now))
 
     def _target(self, op: Operation, members: list[Member], served_by: Member, now: float) -> tuple[Member | None, str]:
@@ -116,7 +121,13 @@ class Shadower:
         room = [m for m in ready if not m.pool.saturated]
         if not room:
             return None, "shed"
-        return self.balancer.choose(room, _load, _name, op.key_alias, room[0].pool.cost_weights[op.cost]), ""
+        target = self.balancer.choose(room, _load, _name, op.key_alias, room[0].pool.cost_weights[op.cost])
+        quotas = getattr(target.pool.backend, "quotas", None)  # a region's client-side quota buckets
+        if quotas is not None:
+            key = self.cluster.key(op.key_alias)
+            if quotas.bucket(key.key_type if key else "AES").available() < 1:
+                return None, "quota"  # at once: waiting for a token would hold a shadow slot for nothing
+        return target, ""
 
     def _done(self, op: Operation, side: str, served_by: Member, target: Member, primary_result: Any,
               primary_s: float, sent: float, future: asyncio.Future[Any]) -> None:

@@ -36,7 +36,7 @@ class HardwareInfo:
                 await self._task
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return dict(self.cache)
+        return {name: self.cache[name] for name in sorted(self.cache)}
 
     async def _run(self) -> None:
         while True:

@@ -1,10 +1,9 @@
-"""Prometheus metrics: per-operation counters from the seam, node state read from the router at scrape time.
+"""Prometheus metrics: per-operation counts from the seam, node state read from the router at scrape time.
 
-Per operation the daemon pays one dict lookup of pre-bound children (keyed by op, node and status
-code, bound on first use) plus one counter increment (~0.5 us) and one histogram observation
-(~1.3 us): no label formatting on the hot path. Everything the router already counts (ejections,
-retries, throttling, skipped ops, breakers, key inventory) is not counted twice: a collector reads
-it when Prometheus scrapes. The registry is the daemon's own, not prometheus_client's global one.
+Per operation the daemon pays what opcount.py says (a dict lookup, two additions, a bisect); no label
+is formatted on the hot path. Everything the router already counts (ejections, retries, throttling,
+skipped ops, breakers, key inventory) is not counted twice: a collector reads it when Prometheus
+scrapes. The registry is the daemon's own, not prometheus_client's global one.
 """
 
 from __future__ import annotations
@@ -13,19 +12,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hsmlb.api.filters import Call, FilterBase, Item
 from hsmlb.router import Router
+from hsmlb.telemetry.opcount import DURATION_BUCKETS, OpCounts, OperationsCollector
 
-# 50 us .. 5 s: SoftHSM2 AES is ~20 us in the worker, a unary call ~0.2-1 ms end to end, an RSA sign
-# ~0.5 ms, a region tens of ms. prometheus_client's defaults start at 5 ms and would hide all of it.
-DURATION_BUCKETS = (0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
-                    0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+__all__ = ["DURATION_BUCKETS", "Metrics", "MetricsFilter", "RouterCollector", "shed_reason"]
 _SHED = grpc.StatusCode.RESOURCE_EXHAUSTED
 OPERATOR_STATES = ("active", "draining", "failed")
+_QUANTILES = {"p50": "0.5", "p99": "0.99", "p999": "0.999"}
 
 
 def shed_reason(message: str) -> str:
@@ -46,11 +44,8 @@ class Metrics:
 
     def __init__(self, router: Router) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.operations = Counter("hsmlb_operations", "Operations answered, by op, serving node and gRPC code",
-                                  ("op", "node", "code"), registry=self.registry)
-        self.duration = Histogram("hsmlb_operation_duration_seconds", "Operation latency in the daemon, from "
-                                  "decode to answer", ("op", "node"), buckets=DURATION_BUCKETS,
-                                  registry=self.registry)
+        self.counts = OpCounts()
+        self.registry.register(OperationsCollector(self.counts))
         self.shed = Counter("hsmlb_shed", "Operations refused RESOURCE_EXHAUSTED, by reason", ("reason",),
                             registry=self.registry)
         self.admin_actions = Counter("hsmlb_admin_actions", "Admin actions (drills, fault injection)",
@@ -64,31 +59,18 @@ class Metrics:
 
 
 class MetricsFilter(FilterBase):
-    """Counts every operation at `done`, whatever its outcome, with pre-bound children."""
+    """Counts every operation at `done`, whatever its outcome."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._children: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}
+        self.record = metrics.counts.record
 
     def done(self, call: Call, item: Item) -> None:
         op = item.op
-        node = op.node if op is not None else ""
         code = item.code
-        key = (item.field, node, code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._bind(key)
-        children[0].inc()
-        children[1].observe(item.latency_s)
+        self.record(item.field, op.node if op is not None else "", code, item.ended - item.started)
         if code is _SHED:
             self.metrics.shed.labels(shed_reason(item.message)).inc()
-
-    def _bind(self, key: tuple[str, str, grpc.StatusCode]) -> tuple[Any, Any]:
-        field, node, code = key
-        op, node = field or "unknown", node or "none"
-        children = (self.metrics.operations.labels(op, node, code.name), self.metrics.duration.labels(op, node))
-        self._children[key] = children
-        return children
 
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None:
         self.metrics.admin_actions.labels(action).inc()
@@ -206,3 +188,35 @@ class SpanCollector(Collector):
         queued = GaugeMetricFamily("hsmlb_spans_queued", "Spans waiting for export")
         queued.add_metric([], float(counts["queued"]))
         yield queued
+
+
+class ShadowCollector(Collector):
+    """Shadow outcomes and latencies per operation and side, read from the shadow's own counters at scrape."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        outcomes = CounterMetricFamily("hsmlb_shadow_outcomes", "Shadow comparisons by outcome",
+                                       labels=("op", "side", "outcome"))
+        errors = CounterMetricFamily("hsmlb_shadow_candidate_errors", "Shadow calls that failed, by gRPC status",
+                                     labels=("op", "side", "code"))
+        skipped = CounterMetricFamily("hsmlb_shadow_skipped", "Operations not shadowed, by reason",
+                                      labels=("op", "side", "reason"))
+        latency = GaugeMetricFamily("hsmlb_shadow_latency_seconds", "Latency quantiles of the primary and the "
+                                    "shadowed call", labels=("op", "side", "path", "quantile"))
+        for (op, side), s in sorted(self.stats.ops.items()):
+            for outcome, count in (("match", s.matches), ("discrepancy", s.discrepancies),
+                                   ("key_drift", s.key_drift), ("not_comparable", s.not_comparable)):
+                outcomes.add_metric([op, side, outcome], float(count))
+            for code, count in sorted(s.candidate_errors.items()):
+                errors.add_metric([op, side, code], float(count))
+            for reason, count in sorted(s.skipped.items()):
+                skipped.add_metric([op, side, reason], float(count))
+            for path, histogram in (("primary", s.primary_latency), ("candidate", s.candidate_latency)):
+                for name, value in histogram.summary_ms().items():
+                    latency.add_metric([op, side, path, _QUANTILES[name]], value / 1000)
+        yield from (outcomes, errors, skipped, latency)

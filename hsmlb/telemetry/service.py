@@ -52,10 +52,25 @@ class Telemetry:
             self.hardware = HardwareInfo(router, config.router.health_check.interval_s)
             self.filters += [self.metrics_filter(), self.drills]
             self.server = TelemetryServer(config.metrics.listen, self.metrics.registry, self.status)
+            self._add_shadow()
         if self.tracing is not None:
             self.filters.append(self.tracing.filter)
             if self.metrics is not None:
                 self.metrics.register(self.tracing.collector())
+
+    def _add_shadow(self) -> None:
+        """Shadowing's counters (hsmlb/shadow/) in /metrics and the page, where the router has them."""
+        shadow = getattr(self.router, "shadow", None)
+        table = getattr(self.router, "routes", None)
+        if shadow is not None and self.metrics is not None:
+            from hsmlb.telemetry.metrics import ShadowCollector
+
+            self.metrics.register(ShadowCollector(shadow.stats))
+            self.extras["shadow"] = lambda: shadow_section(shadow.stats)
+        if table is not None and hasattr(table, "routes"):
+            self.extras["routes"] = lambda: [{"op": r.op, "primary": r.primary, "failover": list(r.failover),
+                                              "candidate": r.candidate, "candidate_percent": r.candidate_percent,
+                                              "shadow_percent": r.shadow_percent} for r in table.routes()]
 
     def metrics_filter(self) -> MetricsFilter:
         from hsmlb.telemetry.metrics import MetricsFilter
@@ -90,3 +105,12 @@ class Telemetry:
             await self.server.stop()
         if self.tracing is not None:
             self.tracing.shutdown()
+
+
+def shadow_section(stats: Any) -> dict[str, Any]:
+    """Per op and side: samples, agreement, discrepancies, errors, p99s; and the latest discrepancy records
+    (names, KCVs, field and lengths: never a value)."""
+    from dataclasses import asdict
+
+    records = list(stats.records)[-20:]
+    return {"operations": stats.report(), "discrepancies": [asdict(r) for r in reversed(records)]}

@@ -38,6 +38,7 @@ from hsmlb.telemetry.logs import current_trace_id
 
 log = logging.getLogger("hsmlb.telemetry")
 SERVICE = "hsmlb.v1.Operations"
+UNKNOWN_ALIAS = "(not a known alias)"
 _METHODS: dict[str, str] = {}  # proto field -> RPC method name ("encrypt_data" -> "EncryptData")
 _LOW64 = (1 << 64) - 1
 
@@ -107,6 +108,13 @@ class OpTrace:
                              "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1})
         future.add_done_callback(partial(_attempt_done, span))
 
+    def shadow(self, side: str, member: Any, future: Any) -> None:
+        """A shadow call (off the response path) to `member`: a span of its own under the operation's."""
+        span = self.tracer.start_span("hsmlb.shadow", trace.set_span_in_context(self.span), SpanKind.CLIENT)
+        span.set_attributes({"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                             "hsmlb.shadow.side": side})
+        future.add_done_callback(partial(_attempt_done, span))
+
 
 def _attempt_done(span: trace.Span, future: Any) -> None:
     if future.cancelled():
@@ -138,10 +146,18 @@ def _attempt_done(span: trace.Span, future: Any) -> None:
 class TracingFilter(FilterBase):
     """Decides per operation; only a sampled one gets a span (and the op its router hook)."""
 
-    def __init__(self, tracer: trace.Tracer, sampler: Sampler, server_address: str) -> None:
+    def __init__(self, tracer: trace.Tracer, sampler: Sampler, server_address: str, router: Router | None) -> None:
         self.tracer = tracer
         self.sampler = sampler
         self.server_address = server_address
+        self.router = router
+
+    def _alias(self, alias: str | None) -> str:
+        """The key alias, when a node holds it: the caller's string is data until it names a known key
+        (a PAN pasted in the alias field must not reach a span)."""
+        if not alias:
+            return ""
+        return alias if self.router is None or self.router.cluster.key(alias) is not None else UNKNOWN_ALIAS
 
     def admit(self, call: Call, item: Item) -> None:
         op = item.op
@@ -163,7 +179,7 @@ class TracingFilter(FilterBase):
         span.set_attributes({
             "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
             "server.address": self.server_address, "network.peer.address": _peer_address(call.peer),
-            "hsmlb.operation": op.kind.value, "hsmlb.rpc": transport, "hsmlb.key_alias": op.key_alias or "",
+            "hsmlb.operation": op.kind.value, "hsmlb.rpc": transport, "hsmlb.key_alias": self._alias(op.key_alias),
         })
         if item.request_id:
             span.set_attribute("hsmlb.request_id", item.request_id)
@@ -191,7 +207,7 @@ class TracingFilter(FilterBase):
 class Tracing:
     """The tracer provider, its exporter behind a bounded queue, and the filter."""
 
-    def __init__(self, config: TracingConfig, server_address: str) -> None:
+    def __init__(self, config: TracingConfig, server_address: str, router: Router | None = None) -> None:
         exporter = make_exporter(config)
         assert exporter is not None
         self.config = config
@@ -203,7 +219,7 @@ class Tracing:
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("hsmlb")
         self.sampler = Sampler(config.sampler, config.sampler_arg)
-        self.filter = TracingFilter(self.tracer, self.sampler, server_address)
+        self.filter = TracingFilter(self.tracer, self.sampler, server_address, router)
 
     def collector(self) -> Any:
         from hsmlb.telemetry.metrics import SpanCollector
@@ -219,7 +235,7 @@ def build_tracing(config: TracingConfig, router: Router, server_address: str = "
     if not config.enabled or config.exporter == "none" or Sampler(config.sampler, config.sampler_arg).never:
         return None
     try:
-        return Tracing(config, server_address)
+        return Tracing(config, server_address, router)
     except ImportError as exc:  # an install without the OTLP exporter packages: serve, untraced, and say so once
         log.error("tracing is off: the %s exporter cannot be loaded (%s); install hsmlb's dependencies",
                   config.exporter, exc.name)
