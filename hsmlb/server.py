@@ -207,7 +207,8 @@ async def start_daemon(config: Config) -> Daemon:
 
     telemetry = Telemetry(config, router)
     filters = FilterChain(build_filters(config, router, telemetry))
-    server = grpc.aio.server(options=grpc_server_options(config.limits, fd_limit),
+    server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
+                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
     add_service("Operations", OperationsServicer(router, filters), server)
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
