@@ -72,17 +72,17 @@ def test_every_readme_example_runs_against_the_dev_cluster(client_venv: Path, da
 
 @pytest.mark.parametrize("first", ["hsmlb.v1.hsmlb_pb2", "hsmlb_client"])
 def test_the_client_and_the_daemons_stubs_share_one_process(first: str) -> None:
-    """Both register hsmlb/v1/hsmlb.proto in protobuf's pool, in either order; the daemon's messages are
-    accepted by the client."""
+    """The client keeps its descriptors in a pool of its own, so it imports beside the daemon's stubs in either
+    order (even when their protos differ); the daemon's messages are accepted, converted by their bytes."""
     second = "hsmlb_client" if first != "hsmlb_client" else "hsmlb.v1.hsmlb_pb2"
     code = (f"import {first}, {second}\n"
             "from hsmlb.v1 import hsmlb_pb2 as server\n"
             "from hsmlb_client._operations import build_request\n"
             "r = build_request('encrypt_data', server.EncryptDataRequest(key_identifier='alias/k'), {})\n"
-            "print(r.key_identifier)\n")
+            "print(r.key_identifier, type(r).__module__, type(r) is not server.EncryptDataRequest)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "alias/k"
+    assert done.stdout.split() == ["alias/k", "hsmlb_client.v1.hsmlb_pb2", "True"]  # its own classes, converted
 
 
 GEVENT_USERS = """

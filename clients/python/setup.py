@@ -48,6 +48,7 @@ def compile_protos() -> None:
             text = (Path(out) / "hsmlb" / "v1" / name).read_text()
             text = re.sub(r"^from hsmlb\.v1 import", "from hsmlb_client.v1 import", text, flags=re.M)
             text = _own_pool(text)
+            text = text.replace("'hsmlb.v1.hsmlb_pb2'", "'hsmlb_client.v1.hsmlb_pb2'")  # the classes' __module__
             target = PACKAGE / "v1" / name
             if not target.is_file() or target.read_text() != text:
                 target.write_text(text)
