@@ -48,7 +48,8 @@ def test_mix_at_full_shadow_has_no_discrepancy_and_skips_what_regions_cannot_ser
             batch = pb.BatchRequest(items=[pb.StreamRequest(request_id=i + 1, **{f: r})
                                            for i, (f, r) in enumerate(mix)])
             reply = pb_grpc.OperationsStub(channel).Batch(batch, timeout=30)  # the batched paths are shadowed too
-            assert [item.WhichOneof("result") for item in reply.items] == [f for f, _ in mix]
+            items = sorted(reply.items, key=lambda item: item.request_id)
+            assert [item.WhichOneof("result") for item in items] == [f for f, _ in mix]
             by_op = report(channel)
         json_report = subprocess.run([sys.executable, "-m", "hsmlb", "shadow", "report", "--json", "--address",
                                       daemon.address], capture_output=True, text=True, timeout=30, check=True)
