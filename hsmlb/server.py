@@ -152,6 +152,10 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     if config.audit is not None:
         filters.append(start_audit(config.audit, f"listen {config.listen}, {len(config.nodes)} nodes"))
     if telemetry is not None:
+        if filters and telemetry.metrics is not None:
+            from hsmlb.auth.metrics import SecurityCollector
+
+            telemetry.metrics.register(SecurityCollector(filters))
         filters.extend(telemetry.filters)
     return filters
 

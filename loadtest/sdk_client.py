@@ -16,7 +16,7 @@ from typing import Any
 
 import hsmlb_client
 
-from loadtest import stream_client
+from loadtest import stream_client, tls
 from loadtest.stream_client import Plan, Tally
 
 CALL_TIMEOUT_S = stream_client.MESSAGE_TIMEOUT_MS / 1000
@@ -30,7 +30,7 @@ async def drive(target: str, plan: Plan, seconds: float, streams: int, concurren
     perf = time.perf_counter
     stop_at = perf() + seconds
     async with hsmlb_client.AsyncClient(target, streams=streams, max_in_flight=max(4096, concurrency),
-                                        timeout=CALL_TIMEOUT_S) as client:
+                                        timeout=CALL_TIMEOUT_S, **tls.sdk_kwargs()) as client:
         methods = {n: getattr(client, f) for n, f in plan.fields.items()}
 
         async def transaction(offset: int) -> None:

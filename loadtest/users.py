@@ -27,7 +27,7 @@ from locust import User, task
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from loadtest import ops
+from loadtest import ops, tls
 
 RPC_TIMEOUT_S = 5.0
 STREAM_MESSAGE_TIMEOUT_MS = 5000  # the server answers a late message with DEADLINE_EXCEEDED, never hangs
@@ -51,7 +51,7 @@ class _Shared:
 
     def __init__(self, host: str, names: tuple[str, ...]) -> None:
         self.host = host
-        self.channel = grpc.insecure_channel(host)
+        self.channel = tls.channel(host)
         self.stub = pb_grpc.OperationsStub(self.channel)
         self.pools = ops.build_pools(list(names))
         ops.prime_pools(self.pools, lambda rpc, req: getattr(self.stub, rpc)(req, timeout=30))
@@ -62,7 +62,7 @@ class _Shared:
         with cls._lock:
             if host not in cls._clients:
                 cls._clients[host] = hsmlb_client.Client(host, max_batch=SDK_MAX_BATCH, linger=SDK_LINGER_S,
-                                                         timeout=RPC_TIMEOUT_S)
+                                                         timeout=RPC_TIMEOUT_S, **tls.sdk_kwargs())
             return cls._clients[host]
 
     @classmethod
