@@ -109,3 +109,38 @@ def test_loadtest_speaks_mtls(cluster: Cluster, tmp_path: Path, profile: str) ->
         assert plain.returncode != 0  # without a client certificate the daemon serves nothing
     finally:
         daemon.stop()
+
+
+def test_config_check_loads_the_security_material(tmp_path: Path) -> None:
+    from hsmlb.audit.cli import keygen
+    from tests._tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    keygen(tmp_path / "audit.key")
+    node = {"name": "a", "module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "a", "pin_env": "TEST_PIN"}
+    config = {"nodes": [node], "listen": "0.0.0.0:50051",
+              "tls": {"cert_file": str(pki.dir / "server.crt"), "key_file": str(pki.dir / "server.key"),
+                      "client_ca_file": str(pki.ca_file)},
+              "auth": {"callers": [{"identity": "spiffe://hsmlb.dev/app", "operations": ["*"], "keys": ["*"]}]},
+              "audit": {"dir": str(tmp_path / "audit"), "signing_key_file": str(tmp_path / "audit.key")}}
+    path = tmp_path / "hsmlb.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ok = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert ok.returncode == 0, ok.stderr
+    assert "client certificates required (mTLS)" in ok.stdout and "1 caller rules, deny by default" in ok.stdout
+    assert "warning:" not in ok.stdout
+    config["tls"]["key_file"] = str(pki.dir / "app.key")  # a key that is not the certificate's
+    config.pop("tls")["client_ca_file"] = None
+    config["audit"]["signing_key_file"] = str(pki.dir / "app.key")  # not an Ed25519 key
+    path.write_text(yaml.safe_dump(config))
+    bad = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert bad.returncode == 2 and "audit signing key: the audit signing key must be an Ed25519" in bad.stderr
+    assert "BEGIN" not in bad.stderr + bad.stdout  # never the key itself
+    config["audit"]["signing_key_file"] = str(tmp_path / "audit.key")
+    path.write_text(yaml.safe_dump(config))
+    open_door = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert "warning: listen 0.0.0.0:50051 is beyond loopback without tls" in open_door.stdout
+    config["tls"] = {"cert_file": str(pki.dir / "server.crt"), "key_file": str(pki.dir / "app.key")}
+    path.write_text(yaml.safe_dump(config))
+    mismatch = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert mismatch.returncode == 2 and "tls: key_file is not the private key of cert_file" in mismatch.stderr

@@ -190,3 +190,13 @@ def test_security_series_count_denials_and_the_audit_state(tmp_path: Path) -> No
     assert "hsmlb_auth_denied_total 1.0" in text
     assert "hsmlb_auth_rate_limited_total 0.0" in text
     assert "hsmlb_audit_writable 1.0" in text and "hsmlb_audit_alarms_total 0.0" in text
+
+
+def test_identity_prefers_spiffe_then_uri_then_dns_then_cn() -> None:
+    from hsmlb.auth.identity import choose
+
+    assert choose(["app.example.org", "10.0.0.1", "spiffe://example.org/app"], True) == "spiffe://example.org/app"
+    assert choose(["10.0.0.1", "ops@example.org", "https://example.org/app"], True) == "https://example.org/app"
+    assert choose(["10.0.0.1", "ops@example.org", "app.example.org"], True) == "app.example.org"
+    assert choose(["app"], False) == "app"
+    assert choose([], True) == "anonymous"
