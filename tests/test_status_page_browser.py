@@ -57,15 +57,19 @@ def _traffic(address: str, stop: threading.Event) -> None:
             time.sleep(0.005)
 
 
-def _node_state(driver: object, name: str) -> str:
-    from selenium.webdriver.common.by import By
+def _rows(driver: object) -> dict[str, str]:
+    """node -> its row's state, read in one script: the page re-renders its tables on every refresh, so an
+    element found in one call may be gone by the next (a stale reference)."""
+    return dict(driver.execute_script(  # type: ignore[attr-defined]
+        "return Array.from(document.querySelectorAll('tr[data-node]')).map(r => [r.dataset.node, r.dataset.state])"))
 
-    rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-node="{name}"]')  # type: ignore[attr-defined]
-    return rows[0].get_attribute("data-state") if rows else ""
+
+def _text(driver: object, element_id: str) -> str:
+    return str(driver.execute_script(  # type: ignore[attr-defined]
+        "const e = document.getElementById(arguments[0]); return e ? e.textContent : ''", element_id))
 
 
 def test_status_page_lists_nodes_and_shows_a_drill(cluster: Cluster, tmp_path: Path, browser: object) -> None:
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = browser
@@ -75,26 +79,22 @@ def test_status_page_lists_nodes_and_shows_a_drill(cluster: Cluster, tmp_path: P
         load.start()
         try:
             driver.get(url)  # type: ignore[attr-defined]
-            WebDriverWait(driver, 20).until(
-                lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr[data-node]")) == len(NODES))
-            listed = [r.get_attribute("data-node") for r in driver.find_elements(By.CSS_SELECTOR, "tr[data-node]")]  # type: ignore[attr-defined]
-            assert listed == list(NODES)
-            assert all(_node_state(driver, n).startswith("healthy") for n in NODES)
-            WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-hw="node-a"]'))
-            hardware = driver.find_element(By.ID, "hardware").text  # type: ignore[attr-defined]
-            assert "SoftHSM" in hardware
+            WebDriverWait(driver, 20).until(lambda d: len(_rows(d)) == len(NODES))
+            assert list(_rows(driver)) == list(NODES)
+            assert all(state.startswith("healthy") for state in _rows(driver).values())
+            WebDriverWait(driver, 20).until(lambda d: "SoftHSM" in _text(d, "hardware"))
 
             admin = pb_grpc.AdminStub(channel)
             admin.SetNodeState(pb.SetNodeStateRequest(node="node-b", action=pb.FAIL, requested_by=WHO), timeout=5)
             drilled = time.monotonic()
             WebDriverWait(driver, 10, poll_frequency=0.05).until(
-                lambda d: _node_state(d, "node-b").startswith("failed"))
+                lambda d: _rows(d).get("node-b", "").startswith("failed"))
             shown_after = time.monotonic() - drilled
             print(f"drill shown on the page {shown_after:.2f}s after SetNodeState returned")
             assert shown_after <= SHOWN_WITHIN_S
-            WebDriverWait(driver, 10).until(lambda d: WHO in d.find_element(By.ID, "drills").text)
+            WebDriverWait(driver, 10).until(lambda d: WHO in _text(d, "drills"))
             time.sleep(4)  # a few chart points with traffic in them, for the screenshot
-            assert driver.find_element(By.ID, "v-tps").text not in ("", "\u2013")  # type: ignore[attr-defined]
+            assert _text(driver, "v-tps") not in ("", "\u2013")
             # self-contained: every resource the page loaded came from the daemon's listener
             resources = driver.execute_script(  # type: ignore[attr-defined]
                 "return performance.getEntriesByType('resource').map(e => e.name)")

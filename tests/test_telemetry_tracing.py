@@ -149,10 +149,11 @@ def test_no_planted_secret_in_any_exported_span(cluster: Cluster, tmp_path: Path
     assert not found, found
 
 
-def test_default_sampler_with_no_collector_serves_and_logs_once(cluster: Cluster, tmp_path: Path,
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_default_sampler_with_no_collector_serves_and_logs_once(cluster: Cluster, tmp_path: Path, protocol: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing listens where spans go; trace ids under the 1% ratio's bound make every operation sampled."""
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # discard: nothing listens
     for var in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED"):
         monkeypatch.delenv(var, raising=False)

@@ -21,6 +21,7 @@ from hsmlb.telemetry.opcount import DURATION_BUCKETS, cumulative
 log = logging.getLogger("hsmlb.telemetry")
 TOTAL = "*"
 BOUNDS = (*DURATION_BUCKETS, float("inf"))
+WINDOW_S = 60.0
 
 
 @dataclass(slots=True)
@@ -54,6 +55,9 @@ class History:
         self.samples: deque[dict[str, Any]] = deque(maxlen=max(2, int(history_s / interval_s)))
         self._last: dict[str, _Cumulative] | None = None
         self._last_at = 0.0
+        # cumulative snapshots over the last WINDOW_S, for the node table's "last minute" figures
+        self._snapshots: deque[tuple[float, dict[str, _Cumulative]]] = deque(maxlen=int(WINDOW_S / interval_s) + 1)
+        self.window: dict[str, dict[str, float | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,20 +98,31 @@ class History:
         now = self.read()
         last, elapsed = self._last, at - self._last_at
         self._last, self._last_at = now, at
+        self._snapshots.append((at, now))
         if last is None or elapsed <= 0:
             return
-        nodes: dict[str, dict[str, float | None]] = {}
-        for node, c in now.items():
-            before = last.get(node, _Cumulative())
-            delta = {le: n - before.buckets.get(le, 0.0) for le, n in c.buckets.items()}
-            p99 = p99_from(delta)
-            nodes[node] = {"tps": round((c.ok - before.ok) / elapsed, 1),
-                           "errors_per_s": round((c.errors - before.errors) / elapsed, 2),
-                           "p99_ms": round(p99 * 1000, 3) if p99 is not None else None}
-        self.samples.append({"t": round(time.time(), 1), "nodes": nodes})
+        self.samples.append({"t": round(time.time(), 1), "nodes": _rates(now, last, elapsed)})
+        first_at, first = self._snapshots[0]
+        self.window = _rates(now, first, at - first_at) if at > first_at else {}
 
     def series(self) -> list[dict[str, Any]]:
         return list(self.samples)
 
     def latest(self, node: str) -> dict[str, float | None]:
         return self.samples[-1]["nodes"].get(node, {}) if self.samples else {}
+
+    def last_minute(self, node: str) -> dict[str, float | None]:
+        """TPS, errors/s and p99 of `node` (or TOTAL) over the last WINDOW_S (less just after the start)."""
+        return self.window.get(node, {})
+
+
+def _rates(now: dict[str, _Cumulative], before_all: dict[str, _Cumulative],
+           elapsed: float) -> dict[str, dict[str, float | None]]:
+    rates: dict[str, dict[str, float | None]] = {}
+    for node, c in now.items():
+        before = before_all.get(node, _Cumulative())
+        p99 = p99_from({le: n - before.buckets.get(le, 0.0) for le, n in c.buckets.items()})
+        rates[node] = {"tps": round((c.ok - before.ok) / elapsed, 1),
+                       "errors_per_s": round((c.errors - before.errors) / elapsed, 2),
+                       "p99_ms": round(p99 * 1000, 3) if p99 is not None else None}
+    return rates

@@ -57,7 +57,7 @@ def key_inventory(router: Router) -> list[dict[str, Any]]:
 
 def _node(member: Any, now: float, history: History | None) -> dict[str, Any]:
     s = node_status(member, now)
-    recent = history.latest(s.name) if history is not None else {}
+    recent = history.last_minute(s.name) if history is not None else {}
     return {"name": s.name, "kind": s.kind, "state": s.state, "backend_state": s.backend_state,
             "operator": s.operator, "healthy": s.state.startswith("healthy"), "breaker": s.breaker,
             "ejections": member.health.ejections_total, "ejected_for_s": round(s.ejected_for_s, 1),
@@ -84,7 +84,7 @@ def status_document(router: Router, history: History | None, drills: DrillLog | 
         "drills": list(drills.recent) if drills is not None else [],
         "hardware": hardware() if hardware is not None else {},
         "history": history.series() if history is not None else [],
-        "total": history.latest(TOTAL) if history is not None else {},
+        "total": history.last_minute(TOTAL) if history is not None else {},
     }
     for name, section in (extras or {}).items():
         doc[name] = section()
