@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _debris() -> set[str]:
-    return {p.name for p in ROOT.iterdir() if p.name == "build" or p.name.endswith(".egg-info")} | \
-           {p.name for p in (ROOT / "hsmlb").iterdir() if p.name.endswith(".egg-info")}
+    """build/ and *.egg-info where setuptools leaves them by default: beside each setup.py and the package."""
+    return {str(p.relative_to(ROOT)) for d in (ROOT, ROOT / "hsmlb", ROOT / "clients" / "python")
+            for p in d.iterdir() if p.name == "build" or p.name.endswith(".egg-info")}
 
 
 def test_wheel_has_the_license_and_the_build_leaves_no_debris(tmp_path: Path) -> None:
@@ -30,6 +31,9 @@ def test_wheel_has_the_license_and_the_build_leaves_no_debris(tmp_path: Path) ->
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata or "License: Apache-2.0" in metadata
     assert "hsmlb/dev/dev-keys.yaml" in names and "hsmlb/v1/hsmlb_pb2.py" in names
+    client = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheel"),
+                             str(ROOT / "clients" / "python")], capture_output=True, text=True, timeout=600)
+    assert client.returncode == 0, client.stderr[-3000:]
     assert _debris() == before, _debris() - before  # nothing new in the checkout
 
 

@@ -6,6 +6,8 @@ in one pool refuse to load ("duplicate file name"). With its own pool the client
 `hsmlb` version; a message of the daemon's stubs passed to the client is converted by its bytes.
 """
 
+import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -88,4 +90,9 @@ class SdistWithProto(sdist):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithProtos, "sdist": SdistWithProto}, install_requires=_requirements())
+# Build debris (egg-info, build/) outside the checkout, one directory per checkout, as the daemon's setup.py does.
+OUT = Path(os.environ.get("HSMLB_BUILD_DIR") or tempfile.gettempdir()) / \
+    f"hsmlb-client-build-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+OUT.mkdir(parents=True, exist_ok=True)
+setup(cmdclass={"build_py": BuildPyWithProtos, "sdist": SdistWithProto}, install_requires=_requirements(),
+      options={"egg_info": {"egg_base": str(OUT)}, "build": {"build_base": str(OUT / "build")}})
