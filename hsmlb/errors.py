@@ -17,6 +17,8 @@ Backends translate their own failures (PKCS#11 return codes, HTTP statuses) into
 at their boundary; everything above the backend speaks only these types.
 Messages never carry PANs, PINs, PIN blocks or key material: every message goes through `redact`
 when the error is made, since many carry a caller's value (a key alias) that may hold one.
+Callers of the Operations service see `public_message` (no node or region names; api/status.py),
+and an InvalidArgument carries its field violations (`field.path: rule`) for google.rpc.BadRequest.
 """
 
 from __future__ import annotations
