@@ -19,13 +19,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from hsmlb.server import MAX_MESSAGE_BYTES
 from hsmlb.v1 import hsmlb_pb2 as pb
 from tests._sensitive_plant import STREAM_FIELDS, VARIANTS, leaks, planted_requests
 
 OPS = "/hsmlb.v1.Operations/"
 ADMIN = {"ListNodes": pb.ListNodesRequest, "GetRouterStatus": pb.GetRouterStatusRequest}
 BAD = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
-MAX_MESSAGE = 4 * 1024 * 1024  # grpc's default receive limit: larger is RESOURCE_EXHAUSTED
 
 
 @dataclass
@@ -262,10 +262,32 @@ def fuzz_batches(channel: grpc.Channel, mutator: Mutator, count: int, per_batch:
     return report
 
 
+def oversized(channel: grpc.Channel) -> Report:
+    """One message over the server's receive limit on each path: RESOURCE_EXHAUSTED, nothing else."""
+    report = Report()
+    data = b"\x0a" + b"\xff" * 5 + b"\x00" * (MAX_MESSAGE_BYTES + 1)
+    calls = {"unary": lambda: channel.unary_unary(OPS + "EncryptData")(data, timeout=60),
+             "Stream": lambda: list(channel.stream_stream(OPS + "Stream")(iter([data]), timeout=60)),
+             "Batch": lambda: channel.unary_unary(OPS + "Batch")(data, timeout=60)}
+    for where, call in calls.items():
+        report.messages += 1
+        try:
+            call()
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+            report.texts.append(exc.details() or "")
+        report.codes[f"oversized {code.name}"] += 1
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            report.failures.append(f"{where}: a message over {MAX_MESSAGE_BYTES} bytes answered {code.name}")
+    return report
+
+
 def fuzz(address: str, seed: int, unary: int, stream: int, batched: int) -> Report:
     mutator = Mutator(seed)
     report = Report()
     with grpc.insecure_channel(address) as channel:
+        report.merge(oversized(channel))
         report.merge(fuzz_unary(channel, mutator, unary))
         report.merge(fuzz_stream(channel, mutator, stream))
         report.merge(fuzz_batches(channel, mutator, batched))

@@ -16,6 +16,7 @@ from tests.conftest import DaemonProcess
 def test_fuzzed_messages_get_clean_statuses_and_leak_nothing(fresh_daemon: DaemonProcess) -> None:
     report = fuzz(fresh_daemon.address, seed=10, unary=1200, stream=1600, batched=800)
     assert report.messages >= 3600
+    assert report.codes["oversized RESOURCE_EXHAUSTED"] == 3, report.codes  # unary, Stream, Batch over the limit
     assert not report.failures, (report.failures[:20], report.codes)
     assert report.codes["INVALID_ARGUMENT"] > 100 and report.codes["item INVALID_ARGUMENT"] > 100, report.codes
     assert report.codes["OK"] + report.codes["item OK"] > 0, report.codes  # some mutations stay valid
