@@ -44,6 +44,7 @@ log = logging.getLogger("hsmlb.backends.pkcs11")
 # 2 vCPUs, stream load at ~1,100 ops/s per node: 0 -> 1.0 worker wake-ups per op; 1 ms -> 0.95;
 # 2 ms -> 0.65, each ~8% less server CPU per op. Batches grow with the per-node rate.
 WAKE_INTERVAL_S = 0.001
+STOPPED_POLL_S = 0.1  # how often the supervisor looks whether the worker is stopped (SIGSTOP): ~20 us a look
 
 WORKER_OP = {
     OpKind.ENCRYPT: "encrypt",
@@ -54,6 +55,15 @@ WORKER_OP = {
     OpKind.VERIFY: "verify",
     OpKind.RANDOM: "random",
 }
+
+
+def _process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped by a signal or a tracer (/proc state T or t)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1][1:2] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -109,6 +119,7 @@ class Pkcs11Backend(BackendState):
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         self._probe: asyncio.Future[Any] | None = None  # the canary the worker has not answered yet
+        self._stopped = False  # the worker process is stopped (state T): see _check_stopped
         self.down_reason = ""  # why the worker is not up (no PIN, no secret): shown in health details
         self.restarts = 0
 
@@ -310,6 +321,7 @@ class Pkcs11Backend(BackendState):
             await self._proc.wait()
             raise
         self._keys = self._index(hello["ready"])
+        self._stopped = False
         self.down_reason = ""
         self._set_state("up")
         log.info("node %s up: worker pid %s, %d sessions, %d keys",
@@ -325,6 +337,24 @@ class Pkcs11Backend(BackendState):
                                   key_usage=entry.get("key_usage", ""), algorithm=entry.get("algorithm", ""))
         return keys
 
+    def _check_stopped(self, pid: int) -> None:
+        """A worker stopped by a signal (SIGSTOP, a debugger) answers nothing until it is continued:
+        out of rotation at once, its requests fail over now (as node faults, retried elsewhere) instead
+        of waiting out worker_timeout_s; back in (health checks, then slow start) once it runs again.
+        Its late answers to the failed requests are dropped (their ids are no longer pending)."""
+        stopped = _process_stopped(pid)
+        if stopped and not self._stopped:
+            self._stopped = True
+            self.down_reason = "token worker is stopped (SIGSTOP?): not answering"
+            log.warning("node %s: %s (pid %s); its requests go to other nodes", self.name, self.down_reason, pid)
+            self._fail_pending(NodeFault(f"node {self.name}: the token worker stopped answering"))
+            self._set_state("down")
+        elif not stopped and self._stopped:
+            self._stopped = False
+            self.down_reason = ""
+            log.warning("node %s: token worker running again (pid %s)", self.name, pid)
+            self._set_state("up")
+
     def _hung(self, limit_s: float) -> bool:
         """Requests wait in the worker, and it has written nothing for limit_s since it got busy."""
         busy = self._in_worker > 0 or bool(self._pending_slow)
@@ -338,12 +368,13 @@ class Pkcs11Backend(BackendState):
         killed = False
         try:
             while True:
-                done, _ = await asyncio.wait({exited}, timeout=min(1.0, limit_s / 4))
+                done, _ = await asyncio.wait({exited}, timeout=min(STOPPED_POLL_S, limit_s / 4))
                 if done:
                     code = exited.result()
                     if not killed:
                         self.down_reason = f"token worker exited with {code}"
                     return code
+                self._check_stopped(proc.pid)
                 if self._hung(limit_s) and proc.returncode is None:
                     killed = True
                     self.down_reason = f"token worker answered nothing for {limit_s:g}s: killed as hung"

@@ -5,6 +5,13 @@ hands out slot numbers so at most `size` operations are in flight per node, queu
 `queue_limit` more, and refuses the rest at once (RESOURCE_EXHAUSTED) rather than letting
 latency grow without bound.
 
+Waiting is bounded in time too (`max_wait_s`): an operation still queued after it is shed with
+RESOURCE_EXHAUSTED (the router then tries a node with room), whether a slot frees (checked as it
+is taken) or not (one timer per pool sweeps the queue: a node that stops answering frees none).
+A new operation is not queued at all when the wait it would face, estimated from the node's recent
+service time, is already over the bound: the node counts as saturated, so the router picks
+another or sheds at once. Overload then costs callers a fast answer, not seconds of queueing.
+
 Slow operations (RSA) may hold at most size - 1 slots, and waiting fast operations are served
 first, so symmetric traffic never queues behind a backlog of signatures.
 
@@ -17,32 +24,43 @@ in the same loop turn, so it rides in the same batch to the token worker.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from functools import partial
 from typing import Any
 
 from hsmlb.backends.base import Backend, NodeStats
+from hsmlb.clock import Clock
 from hsmlb.errors import HsmlbError, Overloaded
 from hsmlb.ops import CostClass, Operation
+
+SERVICE_EWMA = 0.1  # weight of the newest sample in the node's service-time average
 
 
 class _Queued:
     """An operation waiting for a slot; `waiter` is the future its caller holds."""
 
-    __slots__ = ("op", "slow", "started", "waiter", "weight")
+    __slots__ = ("op", "queued_at", "slow", "started", "waiter", "weight")
 
-    def __init__(self, op: Operation, slow: bool, weight: float, waiter: asyncio.Future[Any]) -> None:
+    def __init__(self, op: Operation, slow: bool, weight: float, waiter: asyncio.Future[Any], queued_at: float) -> None:
         self.op = op
         self.slow = slow
         self.weight = weight
         self.waiter = waiter
+        self.queued_at = queued_at
         self.started = False
 
 
 class NodePool:
     def __init__(self, backend: Backend, size: int, queue_limit: int,
-                 cost_weights: dict[CostClass, float] | None = None) -> None:
+                 cost_weights: dict[CostClass, float] | None = None, max_wait_s: float | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.backend = backend
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self.service_s = 0.0  # EWMA of an operation's time on a session (fast ones), for the wait estimate
+        self.shed = 0  # operations shed for waiting longer than max_wait_s
+        self._sweep: asyncio.TimerHandle | None = None
         self.cost_weights = cost_weights or {c: 1.0 for c in CostClass}
         self.load = 0.0  # cost-weighted in-flight + queued work, for the balancer
         self.name = backend.name
@@ -70,7 +88,16 @@ class NodePool:
 
     @property
     def saturated(self) -> bool:
-        return not self._free and len(self._fast_waiters) + len(self._slow_waiters) >= self.queue_limit
+        """No free session, and no room in the queue: by count, or by the wait a newcomer would face."""
+        if self._free:
+            return False
+        queued = len(self._fast_waiters) + len(self._slow_waiters)
+        return queued >= self.queue_limit or self._wait_too_long(queued)
+
+    def _wait_too_long(self, queued: int) -> bool:
+        """Would an op queued behind `queued` others wait past max_wait_s? (service_s per op, size at a time)"""
+        limit = self.max_wait_s
+        return limit is not None and (queued + 1) * self.service_s > limit * self.size
 
     def perform(self, op: Operation) -> asyncio.Future[Any]:
         """Run `op` on a free session, or queue it; never raises: failures come out of the future.
@@ -88,17 +115,21 @@ class NodePool:
             self._slow_in_use += slow
             self.load += weight
             self._start(op, self._free.pop(), slow, weight, done)
-        elif self.queued >= self.queue_limit:
+        elif (queued := self.queued) >= self.queue_limit or self._wait_too_long(queued):
             done.set_exception(
-                Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued"))
+                Overloaded(f"node {self.name}: all {self.size} sessions busy and {queued} queued"))
         else:
-            entry = _Queued(op, slow, weight, done)
+            now = self.clock()
+            entry = _Queued(op, slow, weight, done, now)
             (self._slow_waiters if slow else self._fast_waiters).append(entry)
             self.load += weight
             done.add_done_callback(partial(self._leave_queue, entry))
+            if self.max_wait_s is not None and self._sweep is None:
+                self._sweep = loop.call_later(self.max_wait_s, self._sweep_queue)
         return done
 
     def _start(self, op: Operation, slot: int, slow: bool, weight: float, done: asyncio.Future[Any]) -> None:
+        began = self.clock()
         try:
             started = self.backend.perform(op, slot)
             if not isinstance(started, asyncio.Future):  # a coroutine (HTTP backends): its own task,
@@ -107,11 +138,13 @@ class NodePool:
         except Exception as exc:  # a backend that fails at once fails through the same path
             started = done.get_loop().create_future()
             started.set_exception(exc)
-        started.add_done_callback(partial(self._finished, slot, slow, weight, done))
+        started.add_done_callback(partial(self._finished, slot, slow, weight, done, began))
 
-    def _finished(self, slot: int, slow: bool, weight: float, done: asyncio.Future[Any],
+    def _finished(self, slot: int, slow: bool, weight: float, done: asyncio.Future[Any], began: float,
                   started: asyncio.Future[Any]) -> None:
         """The backend answered: slot back (a queued op may start on it), stats, then the caller."""
+        if not slow:
+            self.service_s += SERVICE_EWMA * (self.clock() - began - self.service_s)
         self.load -= weight
         self._release(slot, slow)
         if started.cancelled():
@@ -133,6 +166,7 @@ class NodePool:
     def _release(self, slot: int, slow: bool) -> None:
         self._free.append(slot)
         self._slow_in_use -= slow
+        oldest = self.clock() - self.max_wait_s if self.max_wait_s is not None and self.queued else None
         while self._free:
             if self._fast_waiters:
                 entry = self._fast_waiters.popleft()
@@ -140,9 +174,38 @@ class NodePool:
                 entry = self._slow_waiters.popleft()
             else:
                 return
-            self._slow_in_use += entry.slow
             entry.started = True
+            if oldest is not None and entry.queued_at < oldest:
+                self._shed(entry)
+                continue
+            self._slow_in_use += entry.slow
             self._start(entry.op, self._free.pop(), entry.slow, entry.weight, entry.waiter)
+
+    def _shed(self, entry: _Queued) -> None:
+        """An op waited past max_wait_s: RESOURCE_EXHAUSTED (the router tries a node with room)."""
+        self.load -= entry.weight
+        self.shed += 1
+        if not entry.waiter.done():
+            entry.waiter.set_exception(Overloaded(f"node {self.name}: no session within {self.max_wait_s:g}s"))
+
+    def _sweep_queue(self) -> None:
+        """Shed what has waited too long though no slot freed (a node that stopped answering)."""
+        self._sweep = None
+        limit = self.max_wait_s
+        if limit is None:
+            return
+        now = self.clock()
+        next_due = None
+        for waiters in (self._fast_waiters, self._slow_waiters):
+            while waiters and waiters[0].queued_at <= now - limit:
+                entry = waiters.popleft()
+                entry.started = True
+                self._shed(entry)
+            if waiters:
+                due = waiters[0].queued_at + limit
+                next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None and self._loop is not None:
+            self._sweep = self._loop.call_later(max(0.001, next_due - now), self._sweep_queue)
 
     def _leave_queue(self, entry: _Queued, waiter: asyncio.Future[Any]) -> None:
         """The caller gave up while its operation was still queued: take it out, with its load."""
