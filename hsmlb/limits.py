@@ -44,13 +44,8 @@ class LimitsConfig(BaseModel):
     max_unary_in_flight: int = Field(
         256, ge=0, description="unary calls being served at once; more get RESOURCE_EXHAUSTED at once (0: no bound)")
     max_queue_wait_ms: float = Field(
-        20.0, ge=0, description="longest an operation may wait for a node's session before it is shed "
+        100.0, ge=0, description="longest an operation may wait for a node's session before it is shed "
         "(RESOURCE_EXHAUSTED, or another node with room)")
-    attempt_timeout_min_ms: float = Field(
-        250.0, gt=0, description="per-attempt timeout of an idempotent op: at least this long")
-    attempt_timeout_max_ms: float = Field(1000.0, gt=0, description="and at most this long")
-    attempt_timeout_factor: float = Field(
-        8.0, gt=1, description="the node's recent slow-tail latency times this, between min and max")
 
 
 def raise_fd_limit() -> int:

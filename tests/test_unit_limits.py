@@ -15,6 +15,7 @@ from hsmlb.errors import Overloaded
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.health.checker import HealthChecker
 from hsmlb.limits import FD_RESERVE, LimitsConfig, connection_cap, grpc_server_options, raise_fd_limit
+from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
 from hsmlb.pool.overload import InFlightLimit
 from tests.test_unit_policy import FakeBackend, _op, _settle
@@ -59,29 +60,31 @@ async def test_the_queue_is_swept_when_no_slot_ever_frees():
     assert (pool.queued, pool.shed, pool.in_use) == (0, 3, 1)
 
 
-async def test_a_slow_node_counts_as_saturated_before_its_queue_is_full():
-    """With a 10 ms service time, 4 sessions and a 20 ms bound, a 9th queued op would wait too long."""
+async def test_slow_ops_may_wait_longer_than_fast_ones():
+    """An RSA signature queued behind others is not shed at the symmetric bound (it costs ~25 of them)."""
     clock = FakeClock()
     backend = FakeBackend()
-    pool = NodePool(backend, size=4, queue_limit=1000, max_wait_s=0.02, clock=clock)
-    for _ in range(4):
-        pool.perform(_op())
-    for i in range(4):  # learn the service time: each op took 10 ms
-        clock.advance(0.01)
-        backend.results[i].set_result(b"x")
-        pool.perform(_op())
-        await _settle()
-    assert (pool.in_use, pool.queued) == (4, 0)
-    for _ in range(200):  # the average converges on 10 ms
-        pool.service_s += 0.1 * (0.01 - pool.service_s)
-    waiting = []
-    while not pool.saturated:
-        waiting.append(pool.perform(_op()))
-    assert len(waiting) == 8 and pool.queued == 8
+    pool = NodePool(backend, size=2, queue_limit=8, max_wait_s=0.02, clock=clock)
+    pool.perform(_op())
+    pool.perform(_op())
+    slow = pool.perform(_rsa())
+    fast = pool.perform(_op())
+    clock.advance(0.1)  # past the fast bound, within the slow one
+    backend.results[0].set_result(b"x")
+    await _settle()
     with pytest.raises(Overloaded):
-        await pool.perform(_op())
-    for future in waiting:
-        future.cancel()
+        await fast
+    assert len(backend.calls) == 3 and backend.calls[2][0].cost.name == "RSA" and not slow.done()
+    backend.results[2].set_result(b"sig")
+    assert await slow == b"sig"
+
+
+def _rsa():
+    from hsmlb.ops import Operation, OpKind
+
+    op = Operation(OpKind.SIGN, "alias/rsa", (b"m",))
+    op.cost = CostClass.RSA
+    return op
 
 
 def test_in_flight_limit_admits_up_to_its_bound_and_counts_the_rest():
@@ -143,3 +146,15 @@ async def test_health_checker_loops_stop_on_the_event_between_checks():
     seen = calls
     await asyncio.sleep(0.05)
     assert seen > 0 and calls == seen
+
+
+def test_a_failed_respawn_says_what_really_failed(tmp_path):
+    """A full descriptor table is reported as such, not as a PIN problem."""
+    import errno
+
+    from hsmlb.backends.pkcs11 import _why
+    from hsmlb.config import ConfigError, PinSource
+
+    assert _why(OSError(errno.EMFILE, "Too many open files")) == "OSError: Too many open files (EMFILE)"
+    with pytest.raises(ConfigError, match="Is a directory"):
+        PinSource(pin_file=tmp_path).read_pin()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -55,6 +56,16 @@ WORKER_OP = {
     OpKind.VERIFY: "verify",
     OpKind.RANDOM: "random",
 }
+
+
+def _why(exc: BaseException) -> str:
+    """What really failed, in words safe to log: ours are redacted; an OSError says its errno
+    (a full descriptor table is EMFILE, not 'cannot read a PIN'); anything else, its class."""
+    if isinstance(exc, HsmlbError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__}: {os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return type(exc).__name__
 
 
 def _process_stopped(pid: int) -> bool:
@@ -120,6 +131,7 @@ class Pkcs11Backend(BackendState):
         self._closing = False
         self._probe: asyncio.Future[Any] | None = None  # the canary the worker has not answered yet
         self._stopped = False  # the worker process is stopped (state T): see _check_stopped
+        self._stopped_at = 0.0
         self.down_reason = ""  # why the worker is not up (no PIN, no secret): shown in health details
         self.restarts = 0
 
@@ -345,6 +357,7 @@ class Pkcs11Backend(BackendState):
         stopped = _process_stopped(pid)
         if stopped and not self._stopped:
             self._stopped = True
+            self._stopped_at = time.monotonic()
             self.down_reason = "token worker is stopped (SIGSTOP?): not answering"
             log.warning("node %s: %s (pid %s); its requests go to other nodes", self.name, self.down_reason, pid)
             self._fail_pending(NodeFault(f"node {self.name}: the token worker stopped answering"))
@@ -356,9 +369,13 @@ class Pkcs11Backend(BackendState):
             self._set_state("up")
 
     def _hung(self, limit_s: float) -> bool:
-        """Requests wait in the worker, and it has written nothing for limit_s since it got busy."""
+        """Requests wait in the worker, and it has written nothing for limit_s since it got busy; or it
+        has been stopped that long (its requests already failed over: it is respawned, not waited for)."""
+        now = time.monotonic()
+        if self._stopped:
+            return now - self._stopped_at > limit_s
         busy = self._in_worker > 0 or bool(self._pending_slow)
-        return busy and time.monotonic() - max(self._last_wake, self._last_answer) > limit_s
+        return busy and now - max(self._last_wake, self._last_answer) > limit_s
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> int:
         """Wait for the worker to exit; kill it first if it hangs (a C call that never returns,
@@ -403,5 +420,7 @@ class Pkcs11Backend(BackendState):
                     break
                 except Exception as exc:  # whatever failed, this loop must live on to try again
                     delay = min(delay * 2, 5.0)
-                    log.warning("node %s: restart failed (%s); next try in %.2fs", self.name,
-                                getattr(exc, "message", type(exc).__name__), delay)
+                    reason = _why(exc)
+                    if not isinstance(exc, HsmlbError):  # ours set down_reason; an OSError (EMFILE) says it here
+                        self.down_reason = f"token worker could not be started: {reason}"
+                    log.warning("node %s: restart failed (%s); next try in %.2fs", self.name, reason, delay)

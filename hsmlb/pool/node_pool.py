@@ -5,12 +5,11 @@ hands out slot numbers so at most `size` operations are in flight per node, queu
 `queue_limit` more, and refuses the rest at once (RESOURCE_EXHAUSTED) rather than letting
 latency grow without bound.
 
-Waiting is bounded in time too (`max_wait_s`): an operation still queued after it is shed with
+Waiting is bounded in time too (`max_wait_s`; slow operations SLOW_WAIT_FACTOR times that, as an
+RSA signature costs ~25 symmetric ops): an operation still queued after it is shed with
 RESOURCE_EXHAUSTED (the router then tries a node with room), whether a slot frees (checked as it
 is taken) or not (one timer per pool sweeps the queue: a node that stops answering frees none).
-A new operation is not queued at all when the wait it would face, estimated from the node's recent
-service time, is already over the bound: the node counts as saturated, so the router picks
-another or sheds at once. Overload then costs callers a fast answer, not seconds of queueing.
+Overload then costs callers a fast answer, not seconds of queueing behind a backlog.
 
 Slow operations (RSA) may hold at most size - 1 slots, and waiting fast operations are served
 first, so symmetric traffic never queues behind a backlog of signatures.
@@ -34,7 +33,7 @@ from hsmlb.clock import Clock
 from hsmlb.errors import HsmlbError, Overloaded
 from hsmlb.ops import CostClass, Operation
 
-SERVICE_EWMA = 0.1  # weight of the newest sample in the node's service-time average
+SLOW_WAIT_FACTOR = 25.0  # slow ops (RSA) may wait this many times max_wait_s: the cost weight of RSA
 
 
 class _Queued:
@@ -58,7 +57,6 @@ class NodePool:
         self.backend = backend
         self.max_wait_s = max_wait_s
         self.clock = clock
-        self.service_s = 0.0  # EWMA of an operation's time on a session (fast ones), for the wait estimate
         self.shed = 0  # operations shed for waiting longer than max_wait_s
         self._sweep: asyncio.TimerHandle | None = None
         self.cost_weights = cost_weights or {c: 1.0 for c in CostClass}
@@ -88,16 +86,7 @@ class NodePool:
 
     @property
     def saturated(self) -> bool:
-        """No free session, and no room in the queue: by count, or by the wait a newcomer would face."""
-        if self._free:
-            return False
-        queued = len(self._fast_waiters) + len(self._slow_waiters)
-        return queued >= self.queue_limit or self._wait_too_long(queued)
-
-    def _wait_too_long(self, queued: int) -> bool:
-        """Would an op queued behind `queued` others wait past max_wait_s? (service_s per op, size at a time)"""
-        limit = self.max_wait_s
-        return limit is not None and (queued + 1) * self.service_s > limit * self.size
+        return not self._free and len(self._fast_waiters) + len(self._slow_waiters) >= self.queue_limit
 
     def perform(self, op: Operation) -> asyncio.Future[Any]:
         """Run `op` on a free session, or queue it; never raises: failures come out of the future.
@@ -115,12 +104,11 @@ class NodePool:
             self._slow_in_use += slow
             self.load += weight
             self._start(op, self._free.pop(), slow, weight, done)
-        elif (queued := self.queued) >= self.queue_limit or self._wait_too_long(queued):
+        elif self.queued >= self.queue_limit:
             done.set_exception(
-                Overloaded(f"node {self.name}: all {self.size} sessions busy and {queued} queued"))
+                Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued"))
         else:
-            now = self.clock()
-            entry = _Queued(op, slow, weight, done, now)
+            entry = _Queued(op, slow, weight, done, self.clock())
             (self._slow_waiters if slow else self._fast_waiters).append(entry)
             self.load += weight
             done.add_done_callback(partial(self._leave_queue, entry))
@@ -129,7 +117,6 @@ class NodePool:
         return done
 
     def _start(self, op: Operation, slot: int, slow: bool, weight: float, done: asyncio.Future[Any]) -> None:
-        began = self.clock()
         try:
             started = self.backend.perform(op, slot)
             if not isinstance(started, asyncio.Future):  # a coroutine (HTTP backends): its own task,
@@ -138,13 +125,11 @@ class NodePool:
         except Exception as exc:  # a backend that fails at once fails through the same path
             started = done.get_loop().create_future()
             started.set_exception(exc)
-        started.add_done_callback(partial(self._finished, slot, slow, weight, done, began))
+        started.add_done_callback(partial(self._finished, slot, slow, weight, done))
 
-    def _finished(self, slot: int, slow: bool, weight: float, done: asyncio.Future[Any], began: float,
+    def _finished(self, slot: int, slow: bool, weight: float, done: asyncio.Future[Any],
                   started: asyncio.Future[Any]) -> None:
         """The backend answered: slot back (a queued op may start on it), stats, then the caller."""
-        if not slow:
-            self.service_s += SERVICE_EWMA * (self.clock() - began - self.service_s)
         self.load -= weight
         self._release(slot, slow)
         if started.cancelled():
@@ -167,6 +152,7 @@ class NodePool:
         self._free.append(slot)
         self._slow_in_use -= slow
         oldest = self.clock() - self.max_wait_s if self.max_wait_s is not None and self.queued else None
+        oldest_slow = None if oldest is None else oldest - (SLOW_WAIT_FACTOR - 1) * self.max_wait_s  # type: ignore[operator]
         while self._free:
             if self._fast_waiters:
                 entry = self._fast_waiters.popleft()
@@ -175,7 +161,7 @@ class NodePool:
             else:
                 return
             entry.started = True
-            if oldest is not None and entry.queued_at < oldest:
+            if oldest is not None and entry.queued_at < (oldest_slow if entry.slow else oldest):  # type: ignore[operator]
                 self._shed(entry)
                 continue
             self._slow_in_use += entry.slow
@@ -186,7 +172,8 @@ class NodePool:
         self.load -= entry.weight
         self.shed += 1
         if not entry.waiter.done():
-            entry.waiter.set_exception(Overloaded(f"node {self.name}: no session within {self.max_wait_s:g}s"))
+            limit = self.max_wait_s * (SLOW_WAIT_FACTOR if entry.slow else 1)  # type: ignore[operator]
+            entry.waiter.set_exception(Overloaded(f"node {self.name}: no session within {limit:g}s"))
 
     def _sweep_queue(self) -> None:
         """Shed what has waited too long though no slot freed (a node that stopped answering)."""
@@ -196,13 +183,13 @@ class NodePool:
             return
         now = self.clock()
         next_due = None
-        for waiters in (self._fast_waiters, self._slow_waiters):
-            while waiters and waiters[0].queued_at <= now - limit:
+        for waiters, wait in ((self._fast_waiters, limit), (self._slow_waiters, limit * SLOW_WAIT_FACTOR)):
+            while waiters and waiters[0].queued_at <= now - wait:
                 entry = waiters.popleft()
                 entry.started = True
                 self._shed(entry)
             if waiters:
-                due = waiters[0].queued_at + limit
+                due = waiters[0].queued_at + wait
                 next_due = due if next_due is None else min(next_due, due)
         if next_due is not None and self._loop is not None:
             self._sweep = self._loop.call_later(max(0.001, next_due - now), self._sweep_queue)
