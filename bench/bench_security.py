@@ -130,7 +130,7 @@ def _start(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def _load(address: str, daemon: int, args: argparse.Namespace, tls: dict[str, Path] | None) -> dict[str, Any]:
     """One measured phase; adds the daemon's CPU (its whole process tree: token workers too) per op."""
-    from _procs import tree_cpu_s
+    from _procs import cpu_split
 
     cmd = [sys.executable, __file__, "--client", "--address", address, "--seconds", str(args.seconds),
            "--batch", str(args.batch), "--window", str(args.window)]
@@ -141,17 +141,20 @@ def _load(address: str, daemon: int, args: argparse.Namespace, tls: dict[str, Pa
         assert client.stdin is not None and client.stdout is not None
         if client.stdout.readline().strip() != "READY":
             raise SystemExit("load client did not get ready")
-        cpu = tree_cpu_s(daemon)
+        before = cpu_split(daemon)
         client.stdin.write("go\n")
         client.stdin.flush()
         line = client.stdout.readline()
-        cpu = tree_cpu_s(daemon) - cpu
+        after = cpu_split(daemon)
         client.wait(60)
     finally:
         if client.poll() is None:
             client.kill()
     figures = json.loads(line)
-    figures["cpu_us_per_op"] = cpu / max(1, figures["ops"]) * 1e6
+    ops = max(1, figures["ops"])
+    for key, name in (("main_s", "loop"), ("threads_s", "threads"), ("children_s", "workers")):
+        figures[f"{name}_us_per_op"] = (after[key] - before[key]) / ops * 1e6
+    figures["cpu_us_per_op"] = figures["loop_us_per_op"] + figures["threads_us_per_op"] + figures["workers_us_per_op"]
     return figures
 
 
@@ -223,7 +226,9 @@ def main() -> None:
                 figures = _load(address, (off if name == "off" else on).pid, args, tls)
                 results[name].append(figures)
                 print(f"run {run + 1} {name:>3}: {figures['ops_per_s']:,.0f} ops/s  p50 {figures['p50_us']:,.0f} us  "
-                      f"p99 {figures['p99_us']:,.0f} us  daemon CPU {figures['cpu_us_per_op']:,.1f} us/op  "
+                      f"p99 {figures['p99_us']:,.0f} us  daemon CPU {figures['cpu_us_per_op']:,.1f} us/op (event loop "
+                      f"{figures['loop_us_per_op']:,.1f}, other threads {figures['threads_us_per_op']:,.1f}, "
+                      f"token workers {figures['workers_us_per_op']:,.1f})  "
                       f"errors {figures['errors']}", flush=True)
     finally:
         for proc in procs:
@@ -233,12 +238,13 @@ def main() -> None:
           f"token nodes, {args.runs} runs of {args.seconds:g} s each; on = {args.features}; "
           f"audit records written: {audit_records:,}")
     summary: dict[str, Any] = {}
-    for key in ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op"):
+    for key in ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_op", "loop_us_per_op", "threads_us_per_op",
+                "workers_us_per_op"):
         for name in ("off", "on"):
             values = [r[key] for r in results[name]]
             summary[f"{name}.{key}"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
             s = summary[f"{name}.{key}"]
-            print(f"{name:>3} {key:<13} median {s['median']:>10,.1f}  (min {s['min']:,.1f}, max {s['max']:,.1f})")
+            print(f"{name:>3} {key:<17} median {s['median']:>10,.1f}  (min {s['min']:,.1f}, max {s['max']:,.1f})")
     ratio = summary["on.ops_per_s"]["median"] / summary["off.ops_per_s"]["median"]
     p99_delta_ms = (summary["on.p99_us"]["median"] - summary["off.p99_us"]["median"]) / 1000
     ratios = [a["ops_per_s"] / b["ops_per_s"] for a, b in zip(results["on"], results["off"], strict=True)]

@@ -49,8 +49,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for node in config.nodes:
         if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
             node.read_pin()
+    from hsmlb.auth.check import check as check_security
+
+    security = check_security(config)  # TLS material, the audit key: loaded here, as at start
     print(f"{args.file}: OK ({len(config.nodes)} nodes)")
     print("\n".join(describe_config_routes(config)))
+    print("\n".join(security))
     return 0
 
 
@@ -70,6 +74,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     try:
         with one_line_errors(args.state_dir):
             path = dev_up(args.state_dir, keys, listen=args.listen, fault_injection=args.fault_injection,
+                          pool_size=args.pool_size,
                           regions=[region_node_config(r, args.state_dir.resolve()) for r in regions],
                           shadow=args.shadow)
         pki = None
@@ -225,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keys", type=Path)
     up.add_argument("--listen", default="127.0.0.1:50051")
     up.add_argument("--fault-injection", action="store_true", help="enable test-only fault hooks")
+    up.add_argument("--pool-size", type=int, default=4, choices=range(1, 257), metavar="N",
+                    help="sessions per token node, which is also how many operations a token worker gets at once "
+                    "(default 4; 32 measured ~25%% less daemon CPU per batched op: README, Performance)")
     up.add_argument("--tls", action="store_true", help="a dev CA, server and client certificates (app, operator), "
                     "a config that requires them (mTLS), caller policies and the signed audit log")
     up.add_argument("--serve", action="store_true", help="then run the daemon on it (with emulated regions)")

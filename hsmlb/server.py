@@ -51,9 +51,13 @@ _background: set[asyncio.Future[None]] = set()
 # so_reuseport 0: a second daemon on the same port fails to bind instead of silently sharing it
 # (several daemons behind one port measured no better on 2 vCPUs). Tried on the echo baseline,
 # no measurable change: grpc.http2.bdp_probe 0, grpc.optimization_target "throughput".
+# max_receive_message_length: a BatchRequest of MAX_BATCH_ITEMS items at the largest data size
+# (8192 hex digits each) is ~9 MB; a bigger message is refused whole by gRPC (RESOURCE_EXHAUSTED).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.so_reuseport", 0),
     ("grpc.max_concurrent_streams", 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 STOP_STEP_S = 5.0  # each shutdown step after the grace (health checks, node closes) waits at most this
 SERVICE_NAMES = (
@@ -149,12 +153,20 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     """The per-operation seam's filters, in their stated order (see api/filters.py):
     authentication and authorization, then rate limits, then audit, then telemetry.
     admit() runs in this order and done() in reverse. Empty: the servicers skip the seam."""
+    from hsmlb.auth.check import warnings
+
+    for warning in warnings(config):
+        log.warning("security: %s", warning)
     filters: list[Filter] = []
     if config.tls is not None or config.auth.callers or config.auth.deny:
         filters.append(AuthFilter(config.auth))
     if config.audit is not None:
         filters.append(start_audit(config.audit, f"listen {config.listen}, {len(config.nodes)} nodes"))
     if telemetry is not None:
+        if filters and telemetry.metrics is not None:
+            from hsmlb.auth.metrics import SecurityCollector
+
+            telemetry.metrics.register(SecurityCollector(filters))
         filters.extend(telemetry.filters)
     return filters
 
@@ -198,7 +210,8 @@ async def start_daemon(config: Config) -> Daemon:
 
     telemetry = Telemetry(config, router)
     filters = FilterChain(build_filters(config, router, telemetry))
-    server = grpc.aio.server(options=grpc_server_options(config.limits, fd_limit),
+    server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
+                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
     limit = InFlightLimit(config.limits.max_unary_in_flight) if config.limits.max_unary_in_flight else None
     add_service("Operations", OperationsServicer(router, filters, limit), server)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from loadtest import profiles
+from loadtest import profiles, tls
 
 
 def _thresholds(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", help="HOST:PORT of a running daemon instead of starting a dev cluster")
     run.add_argument("--report-dir", help="parent of the report directory (default loadtest/reports)")
     _thresholds(run)
+    tls.add_arguments(run)
 
     stream = sub.add_parser("stream", help="the own asyncio client (Stream, or the SDK per the profile) against a "
                             "running daemon")
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--json", help="write the verdict and figures here")
     stream.add_argument("--quiet", action="store_true", help="do not print the verdict table (the caller will)")
     _thresholds(stream)
+    tls.add_arguments(stream)
 
     sub.add_parser("profiles", help="list the profiles")
     return parser
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "stream"):
+        tls.export(args.ca, args.cert, args.key)  # Locust workers and stream clients inherit it
     if args.command == "run":
         from loadtest.runner import cmd_run
 

@@ -26,6 +26,7 @@ import grpc
 from hsmlb.dev.procs import stop  # bounded SIGTERM, then kill the group start_daemon created
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from loadtest import tls
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_UP_TIMEOUT_S = 180.0
@@ -102,7 +103,7 @@ def start_daemon(config: Path, log_path: Path) -> Daemon:
 
 
 def wait_nodes_up(address: str, deadline: float) -> None:
-    with grpc.insecure_channel(address) as channel:
+    with tls.channel(address) as channel:
         admin = pb_grpc.AdminStub(channel)
         while time.monotonic() < deadline:
             try:

@@ -28,7 +28,7 @@ if ROOT not in sys.path:  # Locust puts loadtest/ itself on sys.path, not the re
 
 from hsmlb.v1 import hsmlb_pb2 as pb  # noqa: E402
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc  # noqa: E402
-from loadtest import ops, profiles, verdict  # noqa: E402
+from loadtest import ops, profiles, tls, verdict  # noqa: E402
 from loadtest.users import GatewayUser, StreamUser, UnaryUser  # noqa: E402
 
 ADMIN_TIMEOUT_S = 5.0
@@ -91,7 +91,7 @@ def _drill(host: str, drill: profiles.Drill) -> None:
     """Fail a node through the Admin API while load runs, hold, restore; record what the daemon said."""
     gevent.sleep(drill.fail_after_s)
     try:
-        with grpc.insecure_channel(host) as channel:
+        with tls.channel(host) as channel:
             admin = pb_grpc.AdminStub(channel)
             reply = admin.SetNodeState(pb.SetNodeStateRequest(node=drill.node, action=pb.FAIL,
                                                               requested_by="loadtest"), timeout=ADMIN_TIMEOUT_S)

@@ -22,7 +22,7 @@ import grpc
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
-from loadtest import ops, verdict
+from loadtest import ops, tls, verdict
 
 MESSAGE_TIMEOUT_MS = 5000  # per message: the server answers a late one with DEADLINE_EXCEEDED
 DRAIN_S = 10.0  # how long a stream may take to answer what is outstanding when sending stops
@@ -59,7 +59,7 @@ def prepare(target: str, mix: Mapping[str, float], exclude: tuple[str, ...] = ()
     runnable, notices = ops.resolve_mix(mix, stream=True, exclude=exclude)
     names = sorted(runnable)
     pools = ops.build_pools(names)
-    with grpc.insecure_channel(target) as channel:
+    with tls.channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         stub = pb_grpc.OperationsStub(channel)
         ops.prime_pools(pools, lambda rpc, req: getattr(stub, rpc)(req, timeout=PRIME_TIMEOUT_S))
@@ -135,7 +135,7 @@ async def drive(target: str, plan: Plan, seconds: float, streams: int, in_flight
     """Run the streams for `seconds` (then drain); every stream gets 1/N of the rate."""
     tally = Tally(latencies={k: [] for k in set(plan.klass.values())})
     per_stream_rate = rate / streams if rate else None
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with tls.aio_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
         stub = pb_grpc.OperationsStub(channel)
         runs = (_one_stream(stub, plan, k * 97, seconds, in_flight, per_stream_rate, tally) for k in range(streams))

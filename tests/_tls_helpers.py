@@ -48,6 +48,8 @@ def make_pki(directory: Path) -> Pki:
     write_pair(directory, "server", ca.issue("localhost", dns=("localhost",), ips=("127.0.0.1",), server=True))
     for name in ("app", "operator", "metered"):
         write_pair(directory, name, ca.issue(name, uris=(spiffe_id(name),)))
+    write_pair(directory, "cnonly", ca.issue("batch-job"))  # no SAN: the subject CN is the identity
+    write_pair(directory, "dnsname", ca.issue("ignored-cn", dns=("svc.example.org",), ips=("10.1.2.3",)))
     stranger = Authority.create("another CA")
     write_pair(directory, "stranger", stranger.issue("operator", uris=(OPERATOR,)))
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)

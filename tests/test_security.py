@@ -82,6 +82,15 @@ def test_app_may_use_its_operations_and_keys_only(secure: DaemonProcess, pki: Pk
         assert replies[3].status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
 
 
+@pytest.mark.parametrize("who, identity", [("cnonly", "batch-job"), ("dnsname", "svc.example.org")])
+def test_identity_from_dns_san_or_cn_and_unknown_callers_are_denied(secure: DaemonProcess, pki: Pki, who: str,
+                                                                    identity: str) -> None:
+    with pki.channel(secure.address, who) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.OperationsStub(channel).EncryptData(nist_request(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert info.value.details() == f"caller {identity} may not call encrypt_data with key alias/zek-aes128"
+
+
 def test_operator_drills_under_its_own_name(secure: DaemonProcess, pki: Pki) -> None:
     with pki.channel(secure.address, "operator") as channel:
         admin = pb_grpc.AdminStub(channel)

@@ -79,3 +79,68 @@ def test_audit_config_needs_exactly_one_key_source(missing: str) -> None:
                                                           "signing_key_env": "K"}
     with pytest.raises(ConfigError, match=r"audit: .*exactly one of signing_key_file or signing_key_env"):
         parse_config({"nodes": [{"name": "a", "module": "/x", "token_label": "a", "pin_env": "P"}], "audit": audit})
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("profile", ["burst-async", "burst-stream"])
+def test_loadtest_speaks_mtls(cluster: Cluster, tmp_path: Path, profile: str) -> None:
+    """The load generators (the SDK's AsyncClient, the own Stream client) with --ca/--cert/--key."""
+    import json
+
+    from tests._tls_helpers import make_pki, secure_config
+
+    pki = make_pki(tmp_path / "pki")
+    daemon = start_secure(secure_config(cluster, pki, tmp_path / "hsmlb.yaml"), tmp_path / "daemon.log", pki)
+    root = Path(__file__).resolve().parents[1]
+    try:
+        cert, key = pki.client("operator")
+        common = ["-m", "loadtest", "stream", "--target", daemon.address, "--profile", profile, "--seconds", "2",
+                  "--warmup", "0.5", "--min-tps", "1", "--p99-sym-ms", "5000", "--p99-asym-ms", "5000",
+                  "--exclude", "CardValidation,TranslatePin,AuthRequestCryptogram", "--quiet"]
+        done = subprocess.run([sys.executable, *common, "--json", str(tmp_path / "tls.json"), "--ca",
+                               str(pki.ca_file), "--cert", str(cert), "--key", str(key)],
+                              capture_output=True, text=True, timeout=150, cwd=root)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        summary = json.loads((tmp_path / "tls.json").read_text())["summary"]
+        assert summary["requests"] > 0 and summary["failures"] == 0
+        plain = subprocess.run([sys.executable, *common, "--json", str(tmp_path / "plain.json")],
+                               capture_output=True, text=True, timeout=150, cwd=root,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("HSMLB_")})
+        assert plain.returncode != 0  # without a client certificate the daemon serves nothing
+    finally:
+        daemon.stop()
+
+
+def test_config_check_loads_the_security_material(tmp_path: Path) -> None:
+    from hsmlb.audit.cli import keygen
+    from tests._tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    keygen(tmp_path / "audit.key")
+    node = {"name": "a", "module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "a", "pin_env": "TEST_PIN"}
+    config = {"nodes": [node], "listen": "0.0.0.0:50051",
+              "tls": {"cert_file": str(pki.dir / "server.crt"), "key_file": str(pki.dir / "server.key"),
+                      "client_ca_file": str(pki.ca_file)},
+              "auth": {"callers": [{"identity": "spiffe://hsmlb.dev/app", "operations": ["*"], "keys": ["*"]}]},
+              "audit": {"dir": str(tmp_path / "audit"), "signing_key_file": str(tmp_path / "audit.key")}}
+    path = tmp_path / "hsmlb.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ok = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert ok.returncode == 0, ok.stderr
+    assert "client certificates required (mTLS)" in ok.stdout and "1 caller rules, deny by default" in ok.stdout
+    assert "warning:" not in ok.stdout
+    config["tls"]["key_file"] = str(pki.dir / "app.key")  # a key that is not the certificate's
+    config.pop("tls")["client_ca_file"] = None
+    config["audit"]["signing_key_file"] = str(pki.dir / "app.key")  # not an Ed25519 key
+    path.write_text(yaml.safe_dump(config))
+    bad = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert bad.returncode == 2 and "audit signing key: the audit signing key must be an Ed25519" in bad.stderr
+    assert "BEGIN" not in bad.stderr + bad.stdout  # never the key itself
+    config["audit"]["signing_key_file"] = str(tmp_path / "audit.key")
+    path.write_text(yaml.safe_dump(config))
+    open_door = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert "warning: listen 0.0.0.0:50051 is beyond loopback without tls" in open_door.stdout
+    config["tls"] = {"cert_file": str(pki.dir / "server.crt"), "key_file": str(pki.dir / "app.key")}
+    path.write_text(yaml.safe_dump(config))
+    mismatch = hsmlb("config", "check", str(path), env={"TEST_PIN": "1234"})
+    assert mismatch.returncode == 2 and "tls: key_file is not the private key of cert_file" in mismatch.stderr

@@ -166,3 +166,37 @@ def test_fast_operation_records_are_canonical_json(variant: str) -> None:
     record = build(tuple(entry))
     record.update(seq=42, prev="ab" * 32)
     assert op_body(tuple(entry), 42, "ab" * 32) == canonical(record)
+
+
+def test_security_series_count_denials_and_the_audit_state(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hsmlb.auth.filter import AuthFilter
+    from hsmlb.auth.metrics import SecurityCollector
+    from hsmlb.errors import PermissionDenied
+
+    auth = AuthFilter(AuthConfig.model_validate({"callers": [{"identity": APP, "operations": ["sign"]}]}))
+    call = Call("/hsmlb.v1.Operations/EncryptData", "ipv4:127.0.0.1:1")
+    auth.open(call)  # no certificate: anonymous, no rule
+    with pytest.raises(PermissionDenied, match="caller anonymous may not call encrypt_data with key alias/k"):
+        auth.admit(call, Item("encrypt_data", op=Operation(OpKind.ENCRYPT, "alias/k", ())))
+    cfg = AuditConfig(dir=tmp_path / "audit", signing_key_file=tmp_path / "unused", flush_interval_ms=5)
+    writer = AuditWriter(cfg, Ed25519PrivateKey.generate())
+    writer.start()
+    registry = CollectorRegistry()
+    registry.register(SecurityCollector([auth, AuditFilter(writer)]))
+    text = generate_latest(registry).decode()
+    writer.close()
+    assert "hsmlb_auth_denied_total 1.0" in text
+    assert "hsmlb_auth_rate_limited_total 0.0" in text
+    assert "hsmlb_audit_writable 1.0" in text and "hsmlb_audit_alarms_total 0.0" in text
+
+
+def test_identity_prefers_spiffe_then_uri_then_dns_then_cn() -> None:
+    from hsmlb.auth.identity import choose
+
+    assert choose(["app.example.org", "10.0.0.1", "spiffe://example.org/app"], True) == "spiffe://example.org/app"
+    assert choose(["10.0.0.1", "ops@example.org", "https://example.org/app"], True) == "https://example.org/app"
+    assert choose(["10.0.0.1", "ops@example.org", "app.example.org"], True) == "app.example.org"
+    assert choose(["app"], False) == "app"
+    assert choose([], True) == "anonymous"

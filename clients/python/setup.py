@@ -1,9 +1,9 @@
 """Build hsmlb-client: copy the repository's .proto into the package and compile it into hsmlb_client.v1.
 
-Why the registered file name stays `hsmlb/v1/hsmlb.proto`: protobuf keeps one descriptor pool per
-process, and the daemon's own stubs (package `hsmlb`) register that file too. The same name with the
-same content is accepted twice, so a process may import both `hsmlb` and `hsmlb_client`; only the
-Python module path of the stubs changes (`hsmlb_client.v1`).
+Why the stubs get a descriptor pool of their own: protobuf keeps one default pool per process, and the
+daemon's package (`hsmlb`) registers `hsmlb/v1/hsmlb.proto` there too; two builds of a changed proto
+in one pool refuse to load ("duplicate file name"). With its own pool the client imports beside any
+`hsmlb` version; a message of the daemon's stubs passed to the client is converted by its bytes.
 """
 
 import re
@@ -47,6 +47,9 @@ def compile_protos() -> None:
         for name in STUBS:
             text = (Path(out) / "hsmlb" / "v1" / name).read_text()
             text = re.sub(r"^from hsmlb\.v1 import", "from hsmlb_client.v1 import", text, flags=re.M)
+            text = text.replace("_descriptor_pool.Default().AddSerializedFile(",
+                                "_descriptor_pool.DescriptorPool().AddSerializedFile(")
+            text = text.replace("'hsmlb.v1.hsmlb_pb2'", "'hsmlb_client.v1.hsmlb_pb2'")  # the classes' __module__
             target = PACKAGE / "v1" / name
             if not target.is_file() or target.read_text() != text:
                 target.write_text(text)

@@ -313,6 +313,7 @@ class Pkcs11Backend(BackendState):
                 "token_serial": self.config.token_serial,
                 "pin": pin,
                 "pool_size": self.config.pool_size,
+                "session_key_copies": self.config.session_key_copies,
                 "fault_injection": self.fault_injection,
             }
             assert self._link.transport is not None
