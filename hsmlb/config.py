@@ -228,6 +228,22 @@ def _describe(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def check_node_sources(node: Any) -> str:
+    """What a node reads at start that the model cannot check: its PIN source (token nodes) or its
+    credentials file (regions). '' when all is readable, else "field: problem" (never the PIN)."""
+    if isinstance(node, PinSource):
+        try:
+            node.read_pin()
+        except ConfigError as exc:
+            return str(exc)
+    elif isinstance(node, ApcRegionConfig) and node.credentials_file is not None:
+        try:
+            node.credentials_file.read_bytes()
+        except OSError as exc:
+            return f"credentials_file: cannot read {node.credentials_file}: {exc.strerror}"
+    return ""
+
+
 def parse_config(data: Any) -> Config:
     try:
         return Config.model_validate(data)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from hsmlb.api.admin import AdminServicer
 from hsmlb.api.filters import Filter, FilterChain
 from hsmlb.api.operations import OperationsServicer
+from hsmlb.api.reflection import enable_reflection
 from hsmlb.api.registration import add_service
 from hsmlb.audit.filter import start_audit
 from hsmlb.auth.filter import AuthFilter
@@ -218,7 +218,7 @@ async def start_daemon(config: Config) -> Daemon:
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
                                        balancer_name=config.router.balancer, filters=filters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)  # v1alpha and v1
     try:  # bound now, before any node starts; grpc listens from server.start()
         port = server.add_secure_port(config.listen, ReloadingServerCredentials(config.tls).credentials) \
             if config.tls is not None else server.add_insecure_port(config.listen)
