@@ -52,6 +52,13 @@ def summarise(profile: str, results: list[dict[str, Any]]) -> list[str]:
         shares = [c[part] / c["wall_s"] for c in cpus if c.get(part) is not None]
         if shares:
             lines.append(f"  CPU {part[:-2]}: {_spread([100 * x for x in shares], '{:.0f}')} % of one core")
+    # CPU per request over the whole run (start-up and priming included, so an upper bound per operation)
+    per_op = {part: [r["cpu"][part] / r["verdict"]["summary"]["requests"] * 1e6 for r in results
+                     if r["cpu"].get(part) is not None and r["verdict"].get("summary", {}).get("requests")]
+              for part in ("daemon_s", "workers_s", "driver_s")}
+    if any(per_op.values()):
+        lines.append("  CPU per request (us, whole run): " + ", ".join(
+            f"{part[:-2]} {_spread(values, '{:.0f}')}" for part, values in per_op.items() if values))
     return lines
 
 

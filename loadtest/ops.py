@@ -315,6 +315,14 @@ def prime_pools(pools: dict[str, list[Message]], call: Caller) -> None:
             pool[:] = [prime(call, req) for req in pool]
 
 
+def sdk_messages(name: str, pool: list[Message]) -> list[Message]:
+    """A pool as the SDK's own messages (hsmlb_client keeps its stubs apart from the daemon's), converted once."""
+    import hsmlb_client
+
+    cls = getattr(hsmlb_client.pb, f"{OPS[name].rpc}Request")
+    return [cls.FromString(message.SerializeToString()) for message in pool]
+
+
 def schedule(mix: Mapping[str, float], length: int = 1024, seed: int = 7) -> list[str]:
     """Op names in exact proportion to the weights, shuffled: cycling it costs one index per request."""
     total = sum(mix.values())

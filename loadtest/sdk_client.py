@@ -16,7 +16,7 @@ from typing import Any
 
 import hsmlb_client
 
-from loadtest import stream_client, tls
+from loadtest import ops, stream_client, tls
 from loadtest.stream_client import Plan, Tally
 
 CALL_TIMEOUT_S = stream_client.MESSAGE_TIMEOUT_MS / 1000
@@ -25,7 +25,7 @@ CALL_TIMEOUT_S = stream_client.MESSAGE_TIMEOUT_MS / 1000
 async def drive(target: str, plan: Plan, seconds: float, streams: int, concurrency: int) -> tuple[Tally, dict]:
     tally = Tally(latencies={k: [] for k in set(plan.klass.values())})
     # The pools hold StreamRequests (stream_client's plan); the SDK takes the operation's own request.
-    requests = {n: [getattr(m, plan.fields[n]) for m in pool] for n, pool in plan.messages.items()}
+    requests = {n: ops.sdk_messages(n, [getattr(m, plan.fields[n]) for m in pool]) for n, pool in plan.messages.items()}
     schedule, length = plan.schedule, len(plan.schedule)
     perf = time.perf_counter
     stop_at = perf() + seconds

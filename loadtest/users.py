@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gevent.lock
 import gevent.queue
 import grpc
-import hsmlb_client
 from locust import User, task
 
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 from loadtest import ops, tls
+
+if TYPE_CHECKING:  # imported where used: a profile without gateway users runs without the SDK installed
+    import hsmlb_client
 
 RPC_TIMEOUT_S = 5.0
 STREAM_MESSAGE_TIMEOUT_MS = 5000  # the server answers a late message with DEADLINE_EXCEEDED, never hangs
@@ -59,6 +61,8 @@ class _Shared:
     @classmethod
     def sdk(cls, host: str) -> hsmlb_client.Client:
         """The process's one SDK client per host: one batcher for all its gateway users."""
+        import hsmlb_client
+
         with cls._lock:
             if host not in cls._clients:
                 cls._clients[host] = hsmlb_client.Client(host, max_batch=SDK_MAX_BATCH, linger=SDK_LINGER_S,
@@ -213,9 +217,12 @@ class GatewayUser(HsmlbUser):
     stream = True  # the ops must exist as batch items (StreamRequest fields)
 
     def on_start(self) -> None:
+        import hsmlb_client
+
         super().on_start()
+        self._sdk_error = hsmlb_client.HsmlbError
         client, pools = _Shared.sdk(self.host), self._shared.pools
-        self._calls = {n: (getattr(client, ops.OPS[n].stream_field), pools[n], self._verifies[n])
+        self._calls = {n: (getattr(client, ops.OPS[n].stream_field), ops.sdk_messages(n, pools[n]), self._verifies[n])
                        for n in self._names}
 
     @task
@@ -230,6 +237,6 @@ class GatewayUser(HsmlbUser):
             reply = method(request)
             if check and not reply.verified:
                 exc = RequestFailed(f"not verified: {reply.reason}")
-        except hsmlb_client.HsmlbError as error:
+        except self._sdk_error as error:
             exc = RequestFailed(f"{error.code.name}: {error.message}")
         self._report(name, started, exc)

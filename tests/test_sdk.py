@@ -137,6 +137,57 @@ async def test_a_calls_timeout_reaches_the_daemon_as_the_items_timeout_ms(fresh_
         assert _nist(sync_client).cipher_text == NIST_ECB
 
 
+async def test_a_call_whose_answer_never_comes_ends_at_its_local_deadline(daemon: DaemonProcess) -> None:
+    """The answers stop at a proxy: each client gives up at the call's timeout (plus a small grace) with
+    DeadlineExceeded, and the stream stays usable once answers flow again."""
+    proxy = TcpProxy(daemon.address)
+    try:
+        async with hsmlb_client.AsyncClient(proxy.address) as client:
+            assert (await _nist(client)).cipher_text == NIST_ECB
+            proxy.hold_answers()
+            async with asyncio.timeout(WAIT_S):
+                outcomes = await asyncio.gather(*(_nist(client, timeout=0.2) for _ in range(3)),
+                                                return_exceptions=True)
+            assert all(isinstance(o, hsmlb_client.DeadlineExceeded) for o in outcomes), outcomes
+            assert client.in_flight == 0
+            proxy.release_answers()
+            async with asyncio.timeout(WAIT_S):
+                assert (await _nist(client)).cipher_text == NIST_ECB
+        with hsmlb_client.Client(proxy.address) as sync_client:
+            assert _nist(sync_client).cipher_text == NIST_ECB
+            proxy.hold_answers()
+            with pytest.raises(hsmlb_client.DeadlineExceeded):
+                _nist(sync_client, timeout=0.2)
+            assert sync_client.in_flight == 0
+    finally:
+        proxy.close()
+
+
+async def test_calls_queue_behind_the_pipeline_and_leave_in_one_message(daemon: DaemonProcess) -> None:
+    """pipeline=1: while a message waits for its answers (held at a proxy), calls made in later event-loop
+    turns queue, and all of them leave together once it is answered."""
+    proxy = TcpProxy(daemon.address)
+    try:
+        async with hsmlb_client.AsyncClient(proxy.address, streams=1, pipeline=1) as client:
+            assert (await _nist(client)).cipher_text == NIST_ECB  # message 1
+            proxy.hold_answers()
+            first = asyncio.ensure_future(_nist(client))  # message 2, its answer held
+            while client.batches < 2:
+                await asyncio.sleep(0)
+            later = []
+            for _ in range(10):  # ten separate flushes
+                later.append(asyncio.ensure_future(_nist(client)))
+                await asyncio.sleep(0.001)
+            assert client.batches == 2 and client.operations == 12
+            proxy.release_answers()
+            async with asyncio.timeout(WAIT_S):
+                results = await asyncio.gather(first, *later)
+            assert [r.cipher_text for r in results] == [NIST_ECB] * 11
+            assert client.batches == 3
+    finally:
+        proxy.close()
+
+
 # -------------------------------------------------------------------------------- back-pressure
 async def test_async_back_pressure_fails_fast_beyond_max_in_flight(daemon: DaemonProcess) -> None:
     async with hsmlb_client.AsyncClient(daemon.address, max_in_flight=4, wait_when_full=False) as client:

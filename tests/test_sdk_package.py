@@ -72,17 +72,17 @@ def test_every_readme_example_runs_against_the_dev_cluster(client_venv: Path, da
 
 @pytest.mark.parametrize("first", ["hsmlb.v1.hsmlb_pb2", "hsmlb_client"])
 def test_the_client_and_the_daemons_stubs_share_one_process(first: str) -> None:
-    """Both register hsmlb/v1/hsmlb.proto in protobuf's pool, in either order; the daemon's messages are
-    accepted by the client."""
+    """The client keeps its descriptors in a pool of its own, so it imports beside the daemon's stubs in either
+    order (even when their protos differ); the daemon's messages are accepted, converted by their bytes."""
     second = "hsmlb_client" if first != "hsmlb_client" else "hsmlb.v1.hsmlb_pb2"
     code = (f"import {first}, {second}\n"
             "from hsmlb.v1 import hsmlb_pb2 as server\n"
             "from hsmlb_client._operations import build_request\n"
             "r = build_request('encrypt_data', server.EncryptDataRequest(key_identifier='alias/k'), {})\n"
-            "print(r.key_identifier)\n")
+            "print(r.key_identifier, type(r).__module__, type(r) is not server.EncryptDataRequest)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "alias/k"
+    assert done.stdout.split() == ["alias/k", "hsmlb_client.v1.hsmlb_pb2", "True"]  # its own classes, converted
 
 
 GEVENT_USERS = """
@@ -99,6 +99,11 @@ def user():
                                        plain_text="6BC1BEE22E409F96E93D7E117393172A",
                                        encryption_attributes={"symmetric": {"mode": "ECB"}}).cipher_text)
 gevent.joinall([gevent.spawn(user) for _ in range(50)], timeout=60)
+try:
+    client.encrypt_data(key_identifier="alias/no-such-key", plain_text="00" * 16,
+                        encryption_attributes={"symmetric": {"mode": "ECB"}})
+except hsmlb_client.NotFound as error:
+    print("NotFound", error.code.name)
 print(len(out), ",".join(sorted(set(out))), client.batches, client.operations)
 client.close()
 """
@@ -109,6 +114,8 @@ def test_the_sync_client_batches_under_gevent(daemon: DaemonProcess) -> None:
     done = subprocess.run([sys.executable, "-c", GEVENT_USERS, daemon.address], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    count, answers, batches, operations = done.stdout.split()
-    assert (int(count), answers, int(operations)) == (500, NIST_ECB, 500)
+    typed, counts = done.stdout.splitlines()
+    assert typed == "NotFound NOT_FOUND"  # an item's status reaches the caller as a typed error
+    count, answers, batches, operations = counts.split()
+    assert (int(count), answers, int(operations)) == (500, NIST_ECB, 501)
     assert int(batches) < 500 // 5, f"{batches} batches for 500 operations"

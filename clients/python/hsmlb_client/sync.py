@@ -65,7 +65,7 @@ def _gevent_patched() -> bool:
 class Client(Operations):
     """hsmlb for threads and gevent with transparent batching. Use as `with Client(target) as client:`.
 
-    Same parameters as AsyncClient, less `streams`; `linger` defaults to 0.5 ms. Under gevent
+    Same parameters as AsyncClient (wait_for_ready included), less `streams`; `linger` defaults to 0.5 ms. Under gevent
     monkey-patching, gRPC is made cooperative (`grpc.experimental.gevent.init_gevent()`) before the
     channel is made.
     """
@@ -74,7 +74,7 @@ class Client(Operations):
                  max_in_flight: int = 4096, wait_when_full: bool = True, timeout: float | None = DEFAULT_TIMEOUT_S,
                  tls: bool = False, root_certificates: Pem = None, certificate_chain: Pem = None,
                  private_key: Pem = None, server_name: str | None = None, metadata: Sequence[tuple[str, str]] = (),
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+                 options: Sequence[tuple[str, Any]] = (), wait_for_ready: bool = True) -> None:
         if max_in_flight < 1 or not 1 <= max_batch <= MAX_BATCH_ITEMS or linger < 0:
             raise ValueError(f"need max_in_flight >= 1, 1 <= max_batch <= {MAX_BATCH_ITEMS}, linger >= 0")
         if _gevent_patched():
@@ -85,13 +85,15 @@ class Client(Operations):
         self._max_batch, self._linger, self._timeout = max_batch, linger, timeout
         self._max_in_flight, self._wait_when_full = max_in_flight, wait_when_full
         self._metadata = tuple(metadata) or None
+        self._wait_for_ready = wait_for_ready
         tls_settings = Tls.of(tls, root_certificates, certificate_chain, private_key, server_name)
         self._channel = sync_channel(target, tls_settings, options)
         self._batch = pb_grpc.OperationsStub(self._channel).Batch
         self._lock = threading.Lock()
         self._buffer: list[_Waiter] = []
         self._wake = threading.Event()
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._room = threading.Condition(self._lock)  # calls waiting for in_flight < max_in_flight
+        self._room_waiters = 0
         self._in_flight = 0
         self._closed = False
         self.batches = 0  # Batch calls sent, and the operations they carried: the batching's effect
@@ -128,25 +130,20 @@ class Client(Operations):
         request = build_request(field, request, fields)
         timeout = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout if timeout else None
-        if not self._wait_when_full:
-            if not self._slots.acquire(blocking=False):
-                raise ResourceExhausted(f"the client already has {self._max_in_flight} operations in flight "
-                                        "(max_in_flight); wait_when_full=False refuses more at once")
-        elif not self._slots.acquire(timeout=timeout or None):
-            raise DeadlineExceeded(f"the call's timeout passed while {self._max_in_flight} operations were "
-                                   "in flight (max_in_flight)")
         waiter = _Waiter(field, request, deadline, traceparent)
         with self._lock:
+            if self._closed:
+                raise Cancelled("the client is closed")
+            if self._in_flight >= self._max_in_flight:
+                self._wait_for_room(deadline)
             self._in_flight += 1
+            self._buffer.append(waiter)
+            first = len(self._buffer) == 1
         try:
-            with self._lock:
-                if self._closed:
-                    raise Cancelled("the client is closed")
-                self._buffer.append(waiter)
-                first = len(self._buffer) == 1
             if first:
                 self._wake.set()
-            if not waiter.event.wait(None if deadline is None else deadline + GRACE_S - time.monotonic()):
+            # The Batch call's own deadline (its latest item's plus GRACE_S) ends the wait; this one is a backstop.
+            if not waiter.event.wait(None if deadline is None else deadline + 2 * GRACE_S - time.monotonic()):
                 waiter.abandoned = True
                 raise DeadlineExceeded(f"no answer within the call's timeout of {timeout:g} s")
             if waiter.error is not None:
@@ -155,7 +152,23 @@ class Client(Operations):
         finally:
             with self._lock:
                 self._in_flight -= 1
-            self._slots.release()
+                if self._room_waiters:
+                    self._room.notify()
+
+    def _wait_for_room(self, deadline: float | None) -> None:
+        """Under the lock: wait until fewer than max_in_flight calls are in flight, or refuse (see the module)."""
+        if not self._wait_when_full:
+            raise ResourceExhausted(f"the client already has {self._max_in_flight} operations in flight "
+                                    "(max_in_flight); wait_when_full=False refuses more at once")
+        self._room_waiters += 1
+        try:
+            while self._in_flight >= self._max_in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not self._room.wait(left):
+                    raise DeadlineExceeded(f"the call's timeout passed while {self._max_in_flight} operations "
+                                           "were in flight (max_in_flight)")
+        finally:
+            self._room_waiters -= 1
 
     # -- the batcher ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -197,7 +210,8 @@ class Client(Operations):
         if not live:
             return
         rpc_timeout = None if latest is None else latest - now + GRACE_S
-        future = self._batch.future(request, timeout=rpc_timeout, metadata=self._metadata)
+        future = self._batch.future(request, timeout=rpc_timeout, metadata=self._metadata,
+                                    wait_for_ready=self._wait_for_ready)
         self.batches += 1
         self.operations += len(live)
         future.add_done_callback(partial(self._answered, live))
