@@ -50,7 +50,9 @@ class PinSource(_Frozen):
         try:
             return self.pin_file.read_text().splitlines()[0].strip()
         except (OSError, IndexError, UnicodeDecodeError) as exc:  # the class only: never the file's bytes
-            raise ConfigError(f"pin_file: cannot read a PIN from {self.pin_file}: {exc.__class__.__name__}") from None
+            why = f"{exc.__class__.__name__}: {os.strerror(exc.errno)}" \
+                if isinstance(exc, OSError) and exc.errno else exc.__class__.__name__  # EMFILE is not a bad PIN file
+            raise ConfigError(f"pin_file: cannot read a PIN from {self.pin_file}: {why}") from None
 
 
 class Pkcs11NodeConfig(PinSource):

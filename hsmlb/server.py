@@ -38,6 +38,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.limits import StartupError, announce, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
+from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
 from hsmlb.router.wiring import attach_routes
 from hsmlb.telemetry.service import Telemetry
@@ -132,7 +133,9 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                           failure_rate_min_requests=o.failure_rate_min_requests, window_s=o.window_s,
                           base_ejection_s=o.base_ejection_s, max_ejection_s=o.max_ejection_s,
                           slow_start_s=o.slow_start_s, observe_only=o.observe_only)
-    members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights),
+    max_wait_s = config.limits.max_queue_wait_ms / 1000 or None
+    members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights,
+                                    max_wait_s=max_wait_s, clock=clock),
                       health=NodeHealth(b.name, policy, clock()),
                       breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s),
                       pool_name=c.pool)
@@ -210,7 +213,8 @@ async def start_daemon(config: Config) -> Daemon:
     server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
                                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
-    add_service("Operations", OperationsServicer(router, filters), server)
+    limit = InFlightLimit(config.limits.max_unary_in_flight) if config.limits.max_unary_in_flight else None
+    add_service("Operations", OperationsServicer(router, filters, limit), server)
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
                                        balancer_name=config.router.balancer, filters=filters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -20,21 +20,36 @@ from hsmlb.api.filters import Call, FilterChain, Item
 from hsmlb.api.status import WHOLE_REQUEST, abort
 from hsmlb.api.stream import MAX_RESPONSE_ITEMS, StreamCall
 from hsmlb.errors import HsmlbError, InvalidArgument
+from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Router
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hsmlb.api")
 SERVICE = "/hsmlb.v1.Operations/"
+OVERLOADED = "the daemon is overloaded: retry with back-off"
 _METHOD = {field: SERVICE + "".join(p.capitalize() for p in field.split("_")) for field in CODECS}
 
 
 class OperationsServicer(pb_grpc.OperationsServicer):
-    def __init__(self, router: Router, filters: FilterChain | None = None) -> None:
+    def __init__(self, router: Router, filters: FilterChain | None = None,
+                 limit: InFlightLimit | None = None) -> None:
         self.router = router
         self.filters = filters if filters else None
+        self.limit = limit  # overload: unary calls beyond it are refused at once (pool/overload.py)
 
     async def _unary(self, field: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = self.limit
+        if limit is None:
+            return await self._unary_admitted(field, request, context)
+        if not limit.enter():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
+        try:
+            return await self._unary_admitted(field, request, context)
+        finally:
+            limit.leave()
+
+    async def _unary_admitted(self, field: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         chain = self.filters
         if chain is not None:
             return await self._unary_filtered(chain, field, request, context)
@@ -134,6 +149,9 @@ class OperationsServicer(pb_grpc.OperationsServicer):
 
     async def Batch(self, request: pb.BatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchResponse:
         """One batch, one answer: exactly one result per item, in completion order."""
+        if self.limit is not None and self.limit.in_flight >= self.limit.limit:
+            self.limit.shed += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
         call = await self._open(context, SERVICE + "Batch")
         remaining = context.time_remaining()
         work = StreamCall(self.router, asyncio.get_running_loop(),
