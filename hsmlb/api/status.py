@@ -53,6 +53,8 @@ def caller_error(exc: HsmlbError, operation: str = "") -> tuple[str, list[tuple[
         return message, []
     if exc.violations:
         return message, exc.violations
+    if message.startswith(f"{WHOLE_REQUEST}: "):  # the whole request is wrong (it does not decode)
+        return message, [(WHOLE_REQUEST, message[len(WHOLE_REQUEST) + 2:])]
     field = _guess_field(operation, message)
     return f"{field}: {message}", [(field, message)]
 
