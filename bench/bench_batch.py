@@ -6,12 +6,15 @@ One run measures, each phase from a fresh co-located asyncio load client (bench/
     operations outstanding over --streams streams: the bare echo (bench/echo_server.py, the daemon's gRPC
     options, one echo message per request message) and the daemon (AES-128 ECB EncryptData on the dev
     cluster's tokens);
-  * unary EncryptData (--concurrency calls in flight) on the echo and on the daemon (unless --no-unary).
+  * unary EncryptData (--concurrency calls in flight) on the echo and on the daemon (unless --no-unary);
+  * the token's own op: CPU per AES-128 ECB encrypt straight through python-pkcs11 on one pooled session
+    (bench/_pkcs11_direct.py), so that "daemon CPU - token op" shows what is ours.
 Per phase: ops/s, p50/p99 per operation (from the item's send to its answer), and server CPU us/op from
 /proc/PID/stat utime+stime read before and after the phase, for the server and every descendant, split
 into the event loop thread, gRPC's threads and the token workers (children), plus wake-ups per op.
 With --nodes-variants (e.g. `all 2 all/32`) one daemon per variant runs on the same cluster (`2`: only the
-first two token nodes in its config: fewer, busier token workers; `/32`: pool_size 32 on each token node),
+first two token nodes in its config: fewer, busier token workers; `/32`: pool_size 32 on each token node;
+`+copies`: session_key_copies on the token nodes),
 each measured in turn in every run; `all/32@/tmp/base`: the same, running the hsmlb source unpacked in
 /tmp/base (e.g. `git archive BASE | tar -x -C /tmp/base`, plus hsmlb/v1/*_pb2*.py): before/after in one run.
 With --runs N everything repeats N times; the median, min and max of each figure are printed.
@@ -66,12 +69,18 @@ class BatchBench(Bench):
         for variant in self.args.nodes_variants:
             config = dict(base)
             spec, _, tree = variant.partition("@")
+            spec, _, flag = spec.partition("+")
             nodes, _, pool = spec.partition("/")
             if nodes != "all":
                 config["nodes"] = _first_tokens(base["nodes"], int(nodes))
             if pool:
                 config["nodes"] = [{**n, "pool_size": int(pool)} if n.get("kind", "pkcs11") == "pkcs11" else n
                                    for n in config["nodes"]]
+            if flag:  # +copies / +nocopies: the token nodes' session_key_copies
+                config["nodes"] = [{**n, "session_key_copies": flag == "copies"} if n.get("kind", "pkcs11") == "pkcs11"
+                                   else n for n in config["nodes"]]
+            if tree and not flag:  # an older revision may not know the setting (its config forbids unknown keys)
+                config["nodes"] = [{k: v for k, v in n.items() if k != "session_key_copies"} for n in config["nodes"]]
             path = self.state_dir / f"hsmlb-bench-{_slug(variant)}.yaml"
             path.write_text(yaml.safe_dump(config))
             self.daemons[variant] = self.start_daemon(path, f"daemon-{_slug(variant)}.log",
@@ -81,7 +90,7 @@ class BatchBench(Bench):
 
     def run_once(self) -> dict[str, float]:
         assert self.echo is not None
-        figures: dict[str, float] = {}
+        figures: dict[str, float] = {"token.op_cpu_us": self.direct(pooled_only=True)["pooled_cpu_us_per_op"]}
         targets = [("echo", self.echo, self.echo_address)]
         targets += [(f"daemon[{v}]", proc, address) for v, (proc, address) in self.daemons.items()]
         for items in self.args.items:
@@ -92,6 +101,8 @@ class BatchBench(Bench):
             for name, _, _ in targets[1:]:
                 figures[f"batch{items}.{name}.ratio_vs_echo"] = (
                     figures[f"batch{items}.{name}.cpu_us_per_op"] / figures[f"batch{items}.echo.cpu_us_per_op"])
+                figures[f"batch{items}.{name}.ours_us_per_op"] = (
+                    figures[f"batch{items}.{name}.cpu_us_per_op"] - figures["token.op_cpu_us"])
         if self.args.unary:
             for name, proc, address in targets:
                 for key, value in self.phase(proc, address, "unary", check=name != "echo").items():
@@ -122,6 +133,9 @@ def _variant_ok(variant: str) -> bool:
     spec, at, tree = variant.partition("@")
     if at and not (Path(tree) / "hsmlb" / "v1" / "hsmlb_pb2.py").is_file():
         return False
+    spec, plus, flag = spec.partition("+")
+    if plus and flag not in ("copies", "nocopies"):
+        return False
     nodes, slash, pool = spec.partition("/")
     nodes_ok = nodes == "all" or (nodes.isdigit() and int(nodes) > 0)
     return nodes_ok and (not slash or (pool.isdigit() and int(pool) > 0))
@@ -132,13 +146,17 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
           f"EncryptData; {args.streams} StreamBatch stream(s), {args.window} ops outstanding; unary "
           f"{args.concurrency} in flight; node variants {' '.join(args.nodes_variants)}; {os.cpu_count()} CPUs")
     print("each cell: median [min-max] over the runs")
+    s = summary["token.op_cpu_us"]
+    print(f"token op alone (python-pkcs11 + SoftHSM2 AES-128 ECB on one pooled session, same run): "
+          f"{s['median']:.1f} [{s['min']:.1f}-{s['max']:.1f}] us CPU")
     phases = [f"batch{n}" for n in args.items] + (["unary"] if args.unary else [])
     for phase in phases:
         names = sorted({key.split(".")[1] for key in summary if key.startswith(phase + ".")},
                        key=lambda n: (n != "echo", n))
         print(f"\n{phase} ({'items per message ' + phase[5:] if phase != 'unary' else 'one op per call'})")
         print(f"{'':<14}" + "".join(f"{n:>26}" for n in names))
-        for key, label, fmt in (*PHASE_FIGURES, ("ratio_vs_echo", "CPU vs echo", ".2f")):
+        for key, label, fmt in (*PHASE_FIGURES, ("ratio_vs_echo", "CPU vs echo", ".2f"),
+                                ("ours_us_per_op", "CPU - token op", ",.1f")):
             cells = []
             for name in names:
                 s = summary.get(f"{phase}.{name}.{key}")
@@ -146,7 +164,8 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
             print(f"{label:<14}" + "".join(f"{c:>26}" for c in cells))
     print("\nCPU us/op = user+system CPU of the server process and all its descendants (daemon: + token workers) "
           "during the phase / operations completed; loop = event loop thread, grpc thr = gRPC's threads, "
-          "workers = token worker processes; client = the load generator's own CPU")
+          "workers = token worker processes; client = the load generator's own CPU; CPU - token op = the daemon's CPU "
+          "per op less the token op alone: what is ours")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,7 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-unary", dest="unary", action="store_false", help="skip the unary phases")
     parser.add_argument("--nodes-variants", nargs="+", default=["all"],
                         help="one daemon per variant: 'all' token nodes, or N (the first N token nodes); "
-                        "'/P' after it: pool_size P on each token node; '@TREE' after that: the daemon runs the "
+                        "'/P' after it: pool_size P on each token node; '+copies' or '+nocopies': the token nodes' "
+                        "session_key_copies; '@TREE' after that: the daemon runs the "
                         "hsmlb source in TREE (an unpacked other revision, protos compiled), for A/B runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

@@ -99,3 +99,28 @@ def test_stream_batch_honours_an_items_timeout_ms(ops: pb_grpc.OperationsStub):
     assert late, "no item was answered by its timeout_ms"
     assert all(i.status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] for i in late)
     assert next(i for i in items if i.request_id == 1000).WhichOneof("result") == "encrypt_data"
+
+
+def test_a_batch_over_the_message_byte_limit_is_refused_whole_and_the_daemon_serves_on(ops: pb_grpc.OperationsStub):
+    """A full batch of the largest items (~9 MB, over gRPC's default 4 MiB) is read; past
+    max_receive_message_length (MAX_MESSAGE_BYTES) gRPC refuses the message with RESOURCE_EXHAUSTED;
+    the next call is served."""
+    from hsmlb.api.codec import MAX_DATA_HEX
+    from hsmlb.server import MAX_MESSAGE_BYTES
+
+    # an unknown key: each item is answered NOT_FOUND, so the answer stays small
+    largest = pb.BatchRequest(items=[_encrypt(i, key="alias/does-not-exist", plain="00" * (MAX_DATA_HEX // 2))
+                                     for i in range(MAX_BATCH_ITEMS)])
+    assert 4 * 1024 * 1024 < largest.ByteSize() < MAX_MESSAGE_BYTES
+    answer = ops.Batch(largest, timeout=60)
+    assert len(answer.items) == MAX_BATCH_ITEMS
+    assert all(r.status.code == grpc.StatusCode.NOT_FOUND.value[0] for r in answer.items)
+    too_big = pb.BatchRequest(items=[_encrypt(1, plain="0" * (MAX_MESSAGE_BYTES + 2))])
+    try:
+        ops.Batch(too_big, timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    else:
+        raise AssertionError("a message over the byte limit was accepted")
+    answer = ops.Batch(pb.BatchRequest(items=[_encrypt(1)]), timeout=10)
+    assert answer.items[0].WhichOneof("result") == "encrypt_data"

@@ -290,7 +290,7 @@ def test_inject_fault_refused_without_fault_injection(cluster: Cluster, tmp_path
 class Worker:
     """A real token worker process (hsmlb.backends.pkcs11_worker) on one dev token, spoken to directly."""
 
-    def __init__(self, cluster: Cluster, node: str, pool_size: int = 3) -> None:
+    def __init__(self, cluster: Cluster, node: str, pool_size: int = 3, copies: bool = False) -> None:
         config = next(n for n in yaml.safe_load(cluster.config.read_text())["nodes"] if n["name"] == node)
         self.sock, child = socket.socketpair()
         self.proc = subprocess.Popen([sys.executable, "-m", "hsmlb.backends.pkcs11_worker", str(child.fileno())],
@@ -300,7 +300,7 @@ class Worker:
         self.ids = itertools.count(1)
         self.sock.sendall(wire.encode({"module": config["module"], "token_label": node, "pool_size": pool_size,
                                        "pin": Path(config["pin_file"]).read_text().strip(),
-                                       "fault_injection": True}))
+                                       "fault_injection": True, "session_key_copies": copies}))
         assert "ready" in self._frame(), "the worker did not open the token"
 
     def _frame(self) -> Any:
@@ -322,9 +322,10 @@ class Worker:
         assert self.proc.wait(30) == 0
 
 
-@pytest.fixture
-def worker(cluster: Cluster) -> Iterator[Worker]:
-    proc = Worker(cluster, "node-a")
+@pytest.fixture(params=[False, True], ids=["token-keys", "session-copies"])
+def worker(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Worker]:
+    """Each worker test runs with keys used as token objects and with session_key_copies."""
+    proc = Worker(cluster, "node-a", copies=request.param)
     yield proc
     proc.close()
 
@@ -354,3 +355,25 @@ def test_worker_climbs_from_session_to_login_recovery_once(worker: Worker, fault
         assert worker.call("encrypt", "alias/only-node-a", request, slot=slot) == (
             None, bytes.fromhex(SOLE_KEY_CIPHER))
     assert worker.call("_stats") == (None, {"session": 3, "login": 1, "library": 0})
+
+
+def test_worker_session_copies_answer_alike_and_stay_out_of_the_inventory(cluster: Cluster) -> None:
+    """session_key_copies: the same answers on every slot, and the copies (session objects, visible to every
+    session) neither enter the key inventory nor make a lookup by label ambiguous after a recovery."""
+    plain = ("ECB", b"", bytes.fromhex(SOLE_KEY_PLAIN))
+    plain_worker, copying = Worker(cluster, "node-a"), Worker(cluster, "node-a", copies=True)
+    try:
+        for slot in range(3):
+            assert copying.call("encrypt", "alias/only-node-a", plain, slot=slot) == (
+                None, bytes.fromhex(SOLE_KEY_CIPHER))
+        code, inventory = copying.call("_inventory")
+        assert code is None and sorted(k["label"] for k in inventory) == sorted(
+            k["label"] for k in plain_worker.call("_inventory")[1])
+        assert copying.call("_fault", "", ("close_sessions",)) == (None, "close_sessions")
+        for slot in (1, 0, 2):
+            assert copying.call("encrypt", "alias/only-node-a", plain, slot=slot) == (
+                None, bytes.fromhex(SOLE_KEY_CIPHER))
+        assert copying.call("_stats")[1]["library"] == 0
+    finally:
+        plain_worker.close()
+        copying.close()

@@ -257,3 +257,26 @@ def test_region_verification_reasons_pass_only_the_model_enum(reason: str | None
     members = {} if reason is None else {"Reason": reason}
     result = region._failure(ApiFailure(400, "VerificationFailedException", "", members), "VerifyMac", None, None)
     assert result == {VERIFICATION_FAILED: "INVALID_MAC" if reason == "INVALID_MAC" else "VERIFICATION_FAILED"}
+
+
+def test_the_native_key_check_is_remembered_per_request_shape_and_forgotten_on_rebuild():
+    """Cluster.holders remembers the (alias, shape) pairs that passed check_native_key: another shape on the
+    same key (a CBC IV of the wrong length after ECB passed) is still checked, and a rebuild with a changed
+    key (now DES3) checks again."""
+    backend = ScriptedBackend("a", [AES])
+    router, _ = _router(backend)
+    cluster = router.cluster
+
+    def encrypt(mode: str, iv: bytes) -> Operation:
+        return Operation(OpKind.ENCRYPT, AES.alias, (mode, iv, bytes(16)))
+
+    for _ in range(2):
+        assert [m.name for m in cluster.holders(encrypt("ECB", b""))] == ["a"]
+        assert [m.name for m in cluster.holders(encrypt("CBC", bytes(16)))] == ["a"]
+        with pytest.raises(InvalidArgument, match="initialization_vector: must be 16 bytes"):
+            cluster.holders(encrypt("CBC", bytes(8)))
+    backend.keys = {AES.alias: KeyInfo(AES.alias, AES.label, "DES3", "08D7B4", frozenset({"encrypt"}))}
+    cluster.rebuild()
+    with pytest.raises(InvalidArgument, match="initialization_vector: must be 8 bytes"):
+        cluster.holders(encrypt("CBC", bytes(16)))
+    assert [m.name for m in cluster.holders(encrypt("CBC", bytes(8)))] == ["a"]

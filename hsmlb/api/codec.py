@@ -51,18 +51,19 @@ def _cipher(req: Any, data_field: str, attrs_field: str, kind: OpKind) -> Operat
     attrs = getattr(req, attrs_field)
     if attrs.WhichOneof("attributes") != "symmetric":
         raise InvalidArgument(f"{attrs_field}: symmetric attributes are required")
-    mode = SUPPORTED_MODES.get(attrs.symmetric.mode)
+    symmetric = attrs.symmetric
+    mode = SUPPORTED_MODES.get(symmetric.mode)
     if mode is None:
-        name = pb.EncryptionMode.Name(attrs.symmetric.mode) if attrs.symmetric.mode in pb.EncryptionMode.values() \
-            else str(attrs.symmetric.mode)
+        name = pb.EncryptionMode.Name(symmetric.mode) if symmetric.mode in pb.EncryptionMode.values() \
+            else str(symmetric.mode)
         raise InvalidArgument(f"{attrs_field}.symmetric.mode: {name} is not supported (supported: ECB, CBC)")
     iv = b""
     if mode == "CBC":
-        iv = unhex(f"{attrs_field}.symmetric.initialization_vector", attrs.symmetric.initialization_vector,
+        iv = unhex(f"{attrs_field}.symmetric.initialization_vector", symmetric.initialization_vector,
                    min_bytes=8, max_hex=32)
         if len(iv) not in (8, 16):
             raise InvalidArgument(f"{attrs_field}.symmetric.initialization_vector: must be 8 (TDES) or 16 (AES) bytes")
-    elif attrs.symmetric.initialization_vector:
+    elif symmetric.initialization_vector:
         raise InvalidArgument(f"{attrs_field}.symmetric.initialization_vector: not allowed with ECB")
     data = unhex(data_field, getattr(req, data_field), min_bytes=8, multiple=8)
     return Operation(kind, key_identifier(req.key_identifier), (mode, iv, data))

@@ -183,7 +183,7 @@ def key_objects(session: pkcs11.Session) -> set[tuple[str, ObjectClass]]:
     """(label, object class) of every labelled key object: which lookups must succeed when logged in."""
     return {(label, object_class)
             for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-            for obj in session.get_objects({Attribute.CLASS: object_class})
+            for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True})
             if (label := _attr(obj, Attribute.LABEL))}
 
 
@@ -212,7 +212,7 @@ def discover(session: pkcs11.Session) -> list[dict[str, Any]]:
              (ObjectClass.PRIVATE_KEY, ("sign", "decrypt")),
              (ObjectClass.PUBLIC_KEY, ("verify", "encrypt")))
     for object_class, usages in roles:
-        for obj in session.get_objects({Attribute.CLASS: object_class}):
+        for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True}):  # not session copies
             label = _attr(obj, Attribute.LABEL)
             if not label:
                 continue

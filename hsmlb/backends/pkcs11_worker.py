@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 import pkcs11
-from pkcs11 import ObjectClass
+from pkcs11 import Attribute, ObjectClass
 
 from hsmlb.backends import wire
 from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, discover, key_objects
@@ -50,6 +50,7 @@ class TokenHost:
         self._pin = init["pin"]
         self.pool_size = init["pool_size"]
         self.fault_injection = bool(init.get("fault_injection"))
+        self.session_key_copies = bool(init.get("session_key_copies"))
         self.delay_s = 0.0
         self.error_rate = 0.0
         self._rng = random.Random()
@@ -125,6 +126,8 @@ class TokenHost:
                     raise CallerFault(f"key {label} has no {wanted} on this token: wrong key type for this "
                                       "operation") from None
                 raise LookupError(f"key {label} ({object_class.name.lower()}) is not on this token") from None
+            if self.session_key_copies:
+                handle = _session_copy(handle, label)
             cache[(label, object_class)] = handle
         return handle
 
@@ -152,6 +155,8 @@ class TokenHost:
                 return (request_id, "not_found", str(exc))
             except Exception as exc:
                 kind, message = classify(exc)
+                if self.session_key_copies and isinstance(exc, _COPY_GONE):
+                    kind = "login"  # a logout destroys private session objects: log in again, copy again
                 if kind == "invalid":
                     return (request_id, "invalid", message)
                 # Retry only after a higher step than the last: a reopened session may show that the
@@ -209,6 +214,22 @@ class TokenHost:
         else:
             raise CallerFault(f"unknown fault {what}")
         return what
+
+
+COPY_SUFFIX = " (hsmlb session copy)"
+_COPY_GONE = (pkcs11.exceptions.KeyHandleInvalid, pkcs11.exceptions.ObjectHandleInvalid)
+
+
+def _session_copy(handle: Any, label: str) -> Any:
+    """A session-object copy of a token key (config session_key_copies), or the key itself where the
+    token refuses the copy (CKA_COPYABLE false, no room). It lives as long as its session: a recovery
+    that replaces the session clears the slot's handle cache, and the next use copies again. Session
+    objects are visible to every session of the process, so the copy gets a label of its own: a lookup
+    by the key's label still finds exactly the token object."""
+    try:
+        return handle.copy({Attribute.TOKEN: False, Attribute.LABEL: label + COPY_SUFFIX})
+    except pkcs11.exceptions.PKCS11Error:
+        return handle
 
 
 def serve(sock: socket.socket) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from hsmlb.errors import InvalidArgument, KeyNotFound, Unavailable
 from hsmlb.health import NodeHealth
@@ -54,6 +55,7 @@ class Cluster:
         self._keys: dict[str, KeyInfo] = {}
         self._unread: list[str] = []  # nodes never up yet: their inventory is unknown, not empty
         self._ever_up: set[str] = set()
+        self._checked: set[tuple[str, tuple[Any, ...]]] = set()  # (alias, request shape) that check_native_key passed
         self.rebuild()
 
     def rebuild(self, *_: object) -> None:
@@ -81,6 +83,7 @@ class Cluster:
                 holders.setdefault(alias, []).append(member)
                 keys.setdefault(alias, key)
         self._holders, self._keys = holders, keys
+        self._checked = set()
 
     def key(self, alias: str | None) -> KeyInfo | None:
         return self._keys.get(alias) if alias else None
@@ -105,7 +108,14 @@ class Cluster:
         if not holders:
             return []  # known, but no holder of every key is up: UNAVAILABLE, decided by the router
         if not op.apc:  # payment ops: the engine or APC checks the key's TR-31 usage and algorithm
-            check_native_key(op, self._keys[op.key_alias])
+            shape = _check_shape(op)
+            if shape is None:
+                check_native_key(op, self._keys[op.key_alias])
+            elif (op.key_alias, shape) not in self._checked:  # the same request shape passes the same checks
+                check_native_key(op, self._keys[op.key_alias])
+                if len(self._checked) >= MAX_CHECKED:
+                    self._checked.clear()
+                self._checked.add((op.key_alias, shape))
         capable = []
         for member in holders:
             if needs in member.pool.backend.capabilities:
@@ -130,6 +140,20 @@ class Cluster:
 
 
 BLOCK_BYTES = {"AES": 16, "DES3": 8}
+MAX_CHECKED = 4096  # remembered (alias, request shape) pairs; forgotten all at once beyond, and on every rebuild
+
+
+def _check_shape(op: Operation) -> tuple[Any, ...] | None:
+    """What of the op check_native_key looks at besides its key: equal shapes pass or fail alike.
+    None: not remembered (the op kinds whose checks read more of the request)."""
+    kind = op.kind
+    if kind is OpKind.ENCRYPT or kind is OpKind.DECRYPT:
+        return kind, op.args[0], len(op.args[1])  # mode, IV length
+    if kind is OpKind.GENERATE_MAC:
+        return kind, op.args[0], op.args[2]  # algorithm, MAC length
+    if kind is OpKind.VERIFY_MAC:
+        return kind, op.args[0], len(op.args[2])  # algorithm, MAC length
+    return None
 
 
 def _article(name: str) -> str:
@@ -143,12 +167,13 @@ def check_native_key(op: Operation, key: KeyInfo) -> None:
     if allowed_types and key.key_type not in allowed_types:
         key_types = sorted(allowed_types)  # only for the message
         names = key_types[0] if len(key_types) == 1 else f"{', '.join(key_types[:-1])} or {key_types[-1]}"
-        raise InvalidArgument(f"key {key.alias} is {a(key.key_type)} key; {op.kind.value} needs {a(names)} key")
+        raise InvalidArgument(f"key_identifier: key {key.alias} is {a(key.key_type)} key; "
+                              f"{op.kind.value} needs {a(names)} key")
     check_tr31_usage(op, key)
     usage = OP_TRAITS[op.kind].usage
     if usage and usage not in key.usages:
         allowed = ", ".join(sorted(key.usages)) or "none"
-        raise InvalidArgument(f"key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
+        raise InvalidArgument(f"key_identifier: key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
     block = BLOCK_BYTES.get(key.key_type, 0)
     if block and op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
         mode, iv, _ = op.args
@@ -171,9 +196,11 @@ def check_tr31_usage(op: Operation, key: KeyInfo) -> None:
     allowed = NATIVE_KEY_USAGE.get((op.kind, family))
     if allowed is not None and key.key_usage not in allowed:
         what = op.args[0] if family else op.kind.value
-        raise InvalidArgument(f"key {key.alias} has usage {key.key_usage}; {what} needs {' or '.join(sorted(allowed))}")
+        raise InvalidArgument(f"key_identifier: key {key.alias} has usage {key.key_usage}; "
+                              f"{what} needs {' or '.join(sorted(allowed))}")
     if family == "HMAC" and key.algorithm.startswith("HMAC") and op.args[0] != key.algorithm:
-        raise InvalidArgument(f"key {key.alias} is an {key.algorithm} key; it cannot compute {op.args[0]}")
+        raise InvalidArgument(f"key_identifier: key {key.alias} is an {key.algorithm} key; "
+                              f"it cannot compute {op.args[0]}")
 
 
 def _majority(counts: Counter[str]) -> str | None:
