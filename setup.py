@@ -1,11 +1,20 @@
-"""Compile proto/ into hsmlb/v1 stubs as part of every build, wheel or editable."""
+"""Compile proto/ into hsmlb/v1 stubs as part of every build, wheel or editable.
 
+Build debris (egg-info, build/) goes to a directory of its own outside the checkout, one per checkout,
+so no build leaves files in the source tree; the generated stubs are the only output kept here.
+"""
+
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent
+OUT = Path(os.environ.get("HSMLB_BUILD_DIR") or Path(tempfile.gettempdir())
+           / f"hsmlb-build-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}")
 
 
 def compile_protos() -> None:
@@ -28,4 +37,6 @@ class BuildPyWithProtos(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithProtos})
+OUT.mkdir(parents=True, exist_ok=True)
+setup(cmdclass={"build_py": BuildPyWithProtos},
+      options={"egg_info": {"egg_base": str(OUT)}, "build": {"build_base": str(OUT / "build")}})

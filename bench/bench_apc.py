@@ -72,7 +72,7 @@ async def main() -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         os.environ.pop(name, None)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    emulator = spawn_emulator("bench", ROOT / "config/dev-keys.yaml", "--region", REGION, "--access-key-id", ACCESS,
+    emulator = spawn_emulator("bench", ROOT / "hsmlb/dev/dev-keys.yaml", "--region", REGION, "--access-key-id", ACCESS,
                               "--secret-access-key", SECRET, timeout_s=30)
     url = emulator.endpoint_url
     with tempfile.TemporaryDirectory() as tmp:

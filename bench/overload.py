@@ -122,13 +122,21 @@ def _start(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, line.split()[-1]
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(address: str, pid: int, calls: int, deadline_s: float) -> dict[str, object]:
     before = rss_mb(pid)
+    cpu_before, client_before = cpu_s(pid), time.process_time()
     outcome = fire(address, calls, deadline_s)
+    daemon_cpu, client_cpu = cpu_s(pid) - cpu_before, time.process_time() - client_before
     after = rss_mb(pid)
     time.sleep(5.0)
     settled = rss_mb(pid)
     return {"calls": calls, "codes": dict(outcome.codes), "wall_s": round(outcome.wall_s, 2),
+            "daemon_cpu_s": round(daemon_cpu, 2), "client_cpu_s": round(client_cpu, 2),
             "exhausted_median_ms": outcome.quantile_ms("RESOURCE_EXHAUSTED", 0.5),
             "ok_p50_ms": outcome.quantile_ms("OK", 0.5), "ok_p99_ms": outcome.quantile_ms("OK", 0.99),
             "rss_mb": [round(before, 1), round(after, 1), round(settled, 1)],

@@ -12,7 +12,8 @@ from pathlib import Path
 from hsmlb.audit.cli import add_parser as add_audit_parser
 from hsmlb.auth.cli import add_parser as add_health_parser
 from hsmlb.auth.cli import add_tls_args
-from hsmlb.config import ConfigError, load_config
+from hsmlb.call_cli import add_parser as add_call_parser
+from hsmlb.config import ConfigError, check_node_sources, load_config
 from hsmlb.dev.procs import die_with_parent
 from hsmlb.emulator.cli import add_parser as add_apc_emulator_parser
 from hsmlb.limits import StartupError, announce
@@ -46,9 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    for node in config.nodes:
-        if hasattr(node, "read_pin"):  # a token's PIN source must resolve too (regions have none)
-            node.read_pin()
+    for index, node in enumerate(config.nodes):
+        problem = check_node_sources(node)
+        if problem:
+            raise ConfigError(f"nodes.{index}.{problem}")
     from hsmlb.auth.check import check as check_security
 
     security = check_security(config)  # TLS material, the audit key: loaded here, as at start
@@ -66,6 +68,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     """
     from hsmlb.dev.cluster import default_keys_file, dev_up, one_line_errors
     from hsmlb.dev.regions import region_node_config, start_dev_regions
+    from hsmlb.locate import remember
 
     keys = args.keys or default_keys_file()
     with one_line_errors(args.state_dir):
@@ -87,6 +90,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         announce(str(path))
         if pki is not None:
             announce(f"mTLS: CA {pki['ca']}; clients app ({pki['app_cert']}) and operator ({pki['operator_cert']})")
+        if args.serve:
+            remember(path, args.listen)  # so `hsmlb nodes` finds it from any directory (hsmlb/locate.py)
         for region in regions:
             announce(f"emulated region {region.name} ({region.region}) at {region.endpoint_url}")
         if args.serve:
@@ -106,15 +111,9 @@ def _with_metrics(path: Path, listen: str) -> None:
 
 
 def _address(args: argparse.Namespace) -> str:
-    if args.address:
-        return str(args.address)
-    config_path = args.config or (DEFAULT_STATE_DIR / "hsmlb.yaml")
-    listen = load_config(config_path).listen
-    host, port = listen.rsplit(":", 1)
-    if int(port) == 0:  # the daemon took whatever port it was given: the config cannot say which
-        raise ConfigError(f"{config_path}: listen {listen} is a port chosen at start; pass --address HOST:PORT "
-                          "(the daemon prints it: 'hsmlb listening on ...')")
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
+    from hsmlb.locate import find_address
+
+    return find_address(args.address, args.config)
 
 
 def _admin_call(args: argparse.Namespace, method: str, request: object) -> object | None:
@@ -187,8 +186,9 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def _target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--config", type=Path, help="find the daemon from its config (default .hsmlb/dev/hsmlb.yaml)")
-    target.add_argument("--address", help="HOST:PORT of the daemon")
+    target.add_argument("--config", type=Path, help="find the daemon from its config (else $HSMLB_CONFIG)")
+    target.add_argument("--address", help="HOST:PORT of the daemon (else $HSMLB_ADDRESS, ./.hsmlb/dev/hsmlb.yaml, "
+                        "or where `hsmlb dev up --serve` last served)")
     add_tls_args(parser)
 
 
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_health_parser(sub)
     add_status_parser(sub)
     add_route_parser(sub)
+    add_call_parser(sub)
     return parser
 
 

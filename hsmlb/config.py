@@ -50,7 +50,9 @@ class PinSource(_Frozen):
         try:
             return self.pin_file.read_text().splitlines()[0].strip()
         except (OSError, IndexError, UnicodeDecodeError) as exc:  # the class only: never the file's bytes
-            raise ConfigError(f"pin_file: cannot read a PIN from {self.pin_file}: {exc.__class__.__name__}") from None
+            why = f"{exc.__class__.__name__}: {os.strerror(exc.errno)}" \
+                if isinstance(exc, OSError) and exc.errno else exc.__class__.__name__  # EMFILE is not a bad PIN file
+            raise ConfigError(f"pin_file: cannot read a PIN from {self.pin_file}: {why}") from None
 
 
 class Pkcs11NodeConfig(PinSource):
@@ -224,6 +226,22 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"{where}: {err['msg']}")
     return "\n".join(lines)
+
+
+def check_node_sources(node: Any) -> str:
+    """What a node reads at start that the model cannot check: its PIN source (token nodes) or its
+    credentials file (regions). '' when all is readable, else "field: problem" (never the PIN)."""
+    if isinstance(node, PinSource):
+        try:
+            node.read_pin()
+        except ConfigError as exc:
+            return str(exc)
+    elif isinstance(node, ApcRegionConfig) and node.credentials_file is not None:
+        try:
+            node.credentials_file.read_bytes()
+        except OSError as exc:
+            return f"credentials_file: cannot read {node.credentials_file}: {exc.strerror}"
+    return ""
 
 
 def parse_config(data: Any) -> Config:

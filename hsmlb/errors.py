@@ -17,6 +17,8 @@ Backends translate their own failures (PKCS#11 return codes, HTTP statuses) into
 at their boundary; everything above the backend speaks only these types.
 Messages never carry PANs, PINs, PIN blocks or key material: every message goes through `redact`
 when the error is made, since many carry a caller's value (a key alias) that may hold one.
+Callers of the Operations service see `public_message` (no node or region names; api/status.py),
+and an InvalidArgument carries its field violations (`field.path: rule`) for google.rpc.BadRequest.
 """
 
 from __future__ import annotations
@@ -45,15 +47,50 @@ def redact(text: str) -> str:
     return _HEX_RUN.sub("<redacted>", _PAN_LIKE.sub(_mask_pan, text))
 
 
+# A message that names a node ("node node-a: ...") shows topology: callers get the class's `public` text
+# instead, and the full message stays in logs, traces and the Admin service.
+_NODE_NAMED = re.compile(r"^node [A-Za-z0-9_.-]+")
+_REGION = re.compile(r"\bregion [a-z]{2}(?:-[a-z]+)+-\d+")
+# "field.path: rule" (the proto's snake_case names, maybe with " (APC Member.Path)") or APC's "Member.Path: rule".
+_PROTO_FIELD = re.compile(r"^([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)((?: \(APC [A-Za-z0-9_.]+\))?): (.+)$", re.S)
+_APC_FIELD = re.compile(r"^([A-Z][A-Za-z0-9]*(?:\.[A-Z][A-Za-z0-9]*)*): (.+)$", re.S)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def proto_name(apc_path: str) -> str:
+    """APC's member path in the proto's snake_case names (the proto mirrors APC's members one to one):
+    CardVerificationValue2.CardExpiryDate -> card_verification_value2.card_expiry_date."""
+    return ".".join(_CAMEL.sub("_", part).lower() for part in apc_path.split("."))
+
+
+def field_text(apc_path: str, rule: str) -> str:
+    """One field's error in the one convention: `proto_path (APC ApcPath): rule`."""
+    return f"{proto_name(apc_path)} (APC {apc_path}): {rule}"
+
+
 class HsmlbError(Exception):
     status: grpc.StatusCode = grpc.StatusCode.INTERNAL
     retryable = False
     counts_against_node = False
+    public = "the operation failed"
 
     def __init__(self, message: str) -> None:
         message = redact(message)
         super().__init__(message)
         self.message = message
+
+    @property
+    def public_message(self) -> str:
+        """What a caller of the Operations service is told: no node or region names (they stay in the logs).
+        Overload says only that (sessions and queue sizes are topology); other faults keep their reason."""
+        named = _NODE_NAMED.match(self.message)
+        if named is None:
+            return self.message
+        if isinstance(self, Overloaded):
+            return self.public
+        rest = self.message[named.end():]
+        reason = _REGION.sub("the region", rest[1:].strip() if rest.startswith(":") else f"the node{rest}".strip())
+        return f"{self.public}: {reason}" if reason else self.public
 
 
 class CallerError(HsmlbError):
@@ -61,11 +98,25 @@ class CallerError(HsmlbError):
 
 
 class InvalidArgument(CallerError):
+    """`violations`: (field path, rule) pairs for google.rpc.BadRequest. Given, or read from a message
+    in the convention `field.path: rule`; a message in APC's `Member.Path: rule` is rewritten into it."""
+
     status = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, violations: list[tuple[str, str]] | None = None) -> None:
+        apc = _APC_FIELD.match(message)
+        if apc is not None and violations is None:
+            message = field_text(apc[1], apc[2])
+        super().__init__(message)
+        if violations is None:
+            named = _PROTO_FIELD.match(self.message)
+            violations = [(named[1], named[3])] if named else []
+        self.violations = [(redact(path), redact(rule)) for path, rule in violations]
 
 
 class KeyNotFound(CallerError):
     status = grpc.StatusCode.NOT_FOUND
+    public = "no node holds the requested key"
 
 
 class PermissionDenied(CallerError):
@@ -74,22 +125,28 @@ class PermissionDenied(CallerError):
 
 class Overloaded(HsmlbError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    public = "every node that can serve this request is busy; retry later"
 
 
 class Throttled(Overloaded):
     """Back-pressure from one node: another node may take the request; this one is not at fault."""
 
+    public = "the backends' request quota is in use; retry later"
+
 
 class Unavailable(HsmlbError):
     status = grpc.StatusCode.UNAVAILABLE
+    public = "no node can serve this request now"
 
 
 class DeadlineExceeded(HsmlbError):
     status = grpc.StatusCode.DEADLINE_EXCEEDED
+    public = "the deadline passed before the operation completed"
 
 
 class NodeFault(HsmlbError):
     status = grpc.StatusCode.UNAVAILABLE
+    public = "the node serving this request failed"
     retryable = True
     counts_against_node = True
 

@@ -38,14 +38,14 @@ class LimitsConfig(BaseModel):
     max_connections: int = Field(
         4096, ge=1, description="open client connections at most; lowered to fit the descriptor limit")
     max_concurrent_streams: int = Field(1024, ge=1, description="RPCs in flight per connection")
+    max_pending_rpcs: int = Field(
+        20000, ge=1, description="RPCs received and not yet taken up by the daemon; grpc core cancels "
+        "(CANCELLED) beyond it, so it stays above what the shedding below answers with RESOURCE_EXHAUSTED")
+    max_unary_in_flight: int = Field(
+        256, ge=0, description="unary calls being served at once; more get RESOURCE_EXHAUSTED at once (0: no bound)")
     max_queue_wait_ms: float = Field(
-        20.0, ge=0, description="longest an operation may wait for a node's session before it is shed "
+        100.0, ge=0, description="longest an operation may wait for a node's session before it is shed "
         "(RESOURCE_EXHAUSTED, or another node with room)")
-    attempt_timeout_min_ms: float = Field(
-        250.0, gt=0, description="per-attempt timeout of an idempotent op: at least this long")
-    attempt_timeout_max_ms: float = Field(1000.0, gt=0, description="and at most this long")
-    attempt_timeout_factor: float = Field(
-        8.0, gt=1, description="the node's recent slow-tail latency times this, between min and max")
 
 
 def raise_fd_limit() -> int:
@@ -76,6 +76,8 @@ def grpc_server_options(limits: LimitsConfig, fd_limit: int) -> tuple[tuple[str,
         ("grpc.keepalive_time_ms", int(limits.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout_s * 1000)),
         ("grpc.max_allowed_incoming_connections", connection_cap(limits, fd_limit)),
+        ("grpc.server.max_pending_requests", limits.max_pending_rpcs),
+        ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_rpcs),
     )
 
 

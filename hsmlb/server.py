@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from hsmlb.api.admin import AdminServicer
 from hsmlb.api.filters import Filter, FilterChain
 from hsmlb.api.operations import OperationsServicer
+from hsmlb.api.reflection import enable_reflection
 from hsmlb.api.registration import add_service
 from hsmlb.audit.filter import start_audit
 from hsmlb.auth.filter import AuthFilter
@@ -38,6 +38,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.limits import StartupError, announce, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
+from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
 from hsmlb.router.wiring import attach_routes
 from hsmlb.telemetry.service import Telemetry
@@ -132,7 +133,9 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                           failure_rate_min_requests=o.failure_rate_min_requests, window_s=o.window_s,
                           base_ejection_s=o.base_ejection_s, max_ejection_s=o.max_ejection_s,
                           slow_start_s=o.slow_start_s, observe_only=o.observe_only)
-    members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights),
+    max_wait_s = config.limits.max_queue_wait_ms / 1000 or None
+    members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights,
+                                    max_wait_s=max_wait_s, clock=clock),
                       health=NodeHealth(b.name, policy, clock()),
                       breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s),
                       pool_name=c.pool)
@@ -210,11 +213,12 @@ async def start_daemon(config: Config) -> Daemon:
     server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
                                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
-    add_service("Operations", OperationsServicer(router, filters), server)
+    limit = InFlightLimit(config.limits.max_unary_in_flight) if config.limits.max_unary_in_flight else None
+    add_service("Operations", OperationsServicer(router, filters, limit), server)
     add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
                                        balancer_name=config.router.balancer, filters=filters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)  # v1alpha and v1
     try:  # bound now, before any node starts; grpc listens from server.start()
         port = server.add_secure_port(config.listen, ReloadingServerCredentials(config.tls).credentials) \
             if config.tls is not None else server.add_insecure_port(config.listen)

@@ -2,7 +2,7 @@
 
 Why here: verifications (CVV, ARQC) and PIN translation need inputs made under the dev keys, and
 a load test must send correct ones, or every verification is a failure. The dev keys are public
-test material (config/dev-keys.yaml); nothing here is ever used with real keys. Checked against
+test material (hsmlb/dev/dev-keys.yaml); nothing here is ever used with real keys. Checked against
 the public vectors in tests/vectors/public_kat.json.
 
 Deliberately not hsmlb.payments: the load generator builds its inputs with code of its own, so a

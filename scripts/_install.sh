@@ -19,6 +19,17 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   # shellcheck disable=SC1091
   . .venv/bin/activate
 fi
-python -m pip install -q --disable-pip-version-check -e ".[test]"
-# The client SDK, its own distribution (grpcio + protobuf only): the tests and the load suite use it.
-python -m pip install -q --disable-pip-version-check -e clients/python
+# pip only when what it installs from changed: a stamp in the virtualenv holds the hash of the build inputs
+# (dependencies, build hooks, protos; the daemon's and the client SDK's) and of this checkout's path.
+# A second start then takes no pip time; a clean clone (CI) has no stamp and installs everything.
+_hsmlb_stamp="$VIRTUAL_ENV/.hsmlb-installed"
+_hsmlb_inputs="$( { pwd; python -V; cat pyproject.toml setup.py clients/python/pyproject.toml clients/python/setup.py; \
+  find proto -name '*.proto' | sort | xargs cat; } | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$_hsmlb_stamp" 2>/dev/null)" != "$_hsmlb_inputs" ] \
+    || ! python -c 'import hsmlb.v1.hsmlb_pb2_grpc, hsmlb_client, pytest' >/dev/null 2>&1; then
+  python -m pip install -q --disable-pip-version-check -e ".[test]"
+  # The client SDK, its own distribution (grpcio + protobuf only): the tests and the load suite use it.
+  python -m pip install -q --disable-pip-version-check -e clients/python
+  echo "$_hsmlb_inputs" > "$_hsmlb_stamp"
+fi
+unset _hsmlb_stamp _hsmlb_inputs

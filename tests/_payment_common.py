@@ -25,7 +25,7 @@ PUBLIC = _vectors("public_kat.json")
 EXTRA = _vectors("extra_kat.json")
 ALL: Mapping[str, dict[str, Any]] = MappingProxyType({**PUBLIC, **EXTRA})
 
-# config/dev-keys.yaml, loaded once: the entries, and alias -> clear key bytes for those that carry material.
+# hsmlb/dev/dev-keys.yaml, loaded once: the entries, and alias -> clear key bytes for those that carry material.
 DEV_KEYS: tuple[KeyEntry, ...] = tuple(load_keys(default_keys_file()))
 MATERIAL: Mapping[str, bytes] = MappingProxyType(
     {e.alias: m for e in DEV_KEYS if (m := e.material()) is not None})

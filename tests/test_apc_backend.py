@@ -46,7 +46,7 @@ from tests._payment_common import MATERIAL  # the dev keys file's clear material
 from tests.conftest import set_faults
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS_FILE = ROOT / "config" / "dev-keys.yaml"
+KEYS_FILE = ROOT / "hsmlb" / "dev" / "dev-keys.yaml"
 VECTORS = ROOT / "tests" / "vectors" / "public_kat.json"
 REGION = "us-east-1"
 ACCESS, SECRET = "AKIDEXAMPLEHSMLB", "emulator-secret-for-tests"
@@ -291,9 +291,9 @@ def test_control_plane_wire_matches_botocore(operation: str) -> None:
 
 def test_wire_refuses_unknown_members_and_missing_labels() -> None:
     template = compile_data_plane()["EncryptData"]
-    with pytest.raises(InvalidArgument, match="KeyIdentifier: required"):
+    with pytest.raises(InvalidArgument, match=r"key_identifier \(APC KeyIdentifier\): required"):
         template.render({"PlainText": "00"})
-    with pytest.raises(InvalidArgument, match="Bogus: not a member"):
+    with pytest.raises(InvalidArgument, match=r"bogus \(APC Bogus\): not a member"):
         template.render({"KeyIdentifier": "alias/x", "Bogus": 1})
 
 
@@ -306,7 +306,7 @@ async def test_validation_exception_names_fields_never_values(backend: ApcRegion
     with pytest.raises(InvalidArgument) as raised:
         await backend.perform(Operation(OpKind.ENCRYPT, "alias/zek-aes128", ("EncryptData", params),
                                         capability=Capability.DUKPT), 0)
-    assert "fields: PlainText" in raised.value.message
+    assert "plain_text (APC PlainText): " in raised.value.message
     assert secret not in raised.value.message and "4111111111" not in raised.value.message
 
 

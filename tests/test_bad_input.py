@@ -6,6 +6,7 @@ module runs its own daemon, so the closing check (no node counted a failure) see
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from hsmlb.api.status import DETAILS_KEY, violations_of
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 from tests.conftest import DaemonProcess, start_daemon, sym
@@ -190,6 +192,18 @@ def _assert_status(reply: pb.StreamResponse, case: Case) -> None:
     assert reply.status.code == case.code.value[0], reply.status
     for word in case.words:
         assert word in reply.status.message
+    _assert_names_its_field(case, reply.status.message, violations_of(reply.status))
+
+
+def _assert_names_its_field(case: Case, message: str, violations: list[tuple[str, str]]) -> None:
+    """INVALID_ARGUMENT: the message starts with the field's proto path, and google.rpc.BadRequest says the same."""
+    if case.code != INVALID:
+        assert not violations
+        return
+    assert violations, message
+    field = violations[0][0]
+    assert re.fullmatch(r"[a-z][a-z0-9_.]*", field), field
+    assert re.match(rf"{re.escape(field)}( \(APC [A-Za-z0-9.]+\))?: ", message), (field, message)
 
 
 @pytest.mark.parametrize("case", CASE_PARAMS)
@@ -201,6 +215,8 @@ def test_unary(ops: pb_grpc.OperationsStub, case: Case) -> None:
     assert details
     for word in case.words:
         assert word in details
+    trailers = dict(err.value.trailing_metadata() or ())
+    _assert_names_its_field(case, details, violations_of(trailers[DETAILS_KEY]) if DETAILS_KEY in trailers else [])
 
 
 @pytest.mark.parametrize("case", CASE_PARAMS)

@@ -31,7 +31,7 @@ from tests._payment_common import MATERIAL  # the dev keys file's clear material
 from tests.test_emulator_model import aes, icc_mk_option_a, iso4_block, pad_method2, retail_mac, session_key, tdes, xor
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS_FILE = ROOT / "config" / "dev-keys.yaml"
+KEYS_FILE = ROOT / "hsmlb" / "dev" / "dev-keys.yaml"
 VECTORS = {v["id"]: v for v in json.loads((ROOT / "tests/vectors/public_kat.json").read_text())["vectors"]}
 ACCESS, SECRET, REGION = "AKIDEMULATORTEST", "emulator-test-secret", "us-east-1"
 NO_RETRY = Config(retries={"total_max_attempts": 1})

@@ -2,7 +2,7 @@
 
 `token_session` is a python-pkcs11 session on node-b, which holds the same keys as every primary
 node. Symmetric results are also checked against the `cryptography` library (or hmac) computing
-with the clear test material from config/dev-keys.yaml: a third, independent opinion.
+with the clear test material from hsmlb/dev/dev-keys.yaml: a third, independent opinion.
 Inputs are random but seeded (random.Random(seed)), so a failure reproduces.
 """
 

@@ -209,7 +209,7 @@ async def test_malformed_success_answer_is_a_node_fault(peer: Peer, ops: pb_grpc
     for call in (ops.GenerateCardValidationData(cvv(), timeout=RPC_S), ops.EncryptData(encrypt(), timeout=RPC_S)):
         code, details = await code_of(call)
         assert code == "UNAVAILABLE", (mode, code, details)
-        assert "apc-peer" in details and PAN not in details
+        assert "apc-peer" not in details and PAN not in details  # node names stay in the logs (issue 10)
 
 
 async def test_gzip_answer_is_read(peer: Peer, ops: pb_grpc.OperationsStub) -> None:
@@ -223,7 +223,8 @@ async def test_field_paths_from_the_region_are_masked(peer: Peer, ops: pb_grpc.O
     peer.mode = "pan_field"
     code, details = await code_of(ops.GenerateCardValidationData(cvv(), timeout=RPC_S))
     assert code == "INVALID_ARGUMENT", details
-    assert "fields: PrimaryAccountNumber" in details and PAN not in details and "41111111" not in details
+    assert "primary_account_number (APC PrimaryAccountNumber)" in details
+    assert PAN not in details and "41111111" not in details
 
 
 @pytest.mark.parametrize("mode", ["html502", "hang", "reset", "close"])

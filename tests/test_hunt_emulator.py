@@ -33,7 +33,7 @@ from hsmlb.emulator.sigv4 import SIGNING_NAME
 from hsmlb.emulator.testing import EmulatorProcess, post, sign, start_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS_FILE = ROOT / "config" / "dev-keys.yaml"
+KEYS_FILE = ROOT / "hsmlb" / "dev" / "dev-keys.yaml"
 ACCESS, SECRET, REGION = "AKIDHUNTEMULATOR", "hunt-emulator-secret", "us-east-1"
 NO_RETRY = Config(retries={"total_max_attempts": 1}, read_timeout=30, connect_timeout=5)
 MAC_PATH = "/mac/generate"

@@ -277,6 +277,6 @@ def test_verification_failure_for_a_non_verify_op_is_not_internal(run: Run) -> N
 
 def test_undecodable_unary_request_is_invalid_argument(run: Run) -> None:
     tokens = run.captures["tokens"]
-    assert any(e.startswith("INVALID_ARGUMENT the request is not a valid hsmlb.v1.TranslatePinDataRequest")
+    assert any(e.startswith("INVALID_ARGUMENT (request): the request is not a valid hsmlb.v1.TranslatePinDataRequest")
                for e in tokens.errors), tokens.codes
     assert all("UNKNOWN" not in cap.codes for cap in run.captures.values()), tokens.codes

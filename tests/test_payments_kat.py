@@ -1,6 +1,6 @@
 """Known-answer tests for hsmlb.payments, engine level: DUKPT, PIN blocks and CVVs from
 tests/vectors/public_kat.json and extra_kat.json, through the primitive functions and, where the
-vector maps to an APC operation, through engine.execute with the dev keys of config/dev-keys.yaml
+vector maps to an APC operation, through engine.execute with the dev keys of hsmlb/dev/dev-keys.yaml
 (tests/_payment_engine.py). No cluster is started. MACs, ciphers, KCVs and EMV are in
 test_payments_kat_mac_data.py.
 

@@ -118,7 +118,10 @@ def test_weight_promote_switch_rollback_each_survive_a_restart(strict_payment_cl
 
 def test_failing_weighted_candidate_drops_to_zero_and_no_request_fails(strict_payment_cluster: PaymentCluster,
                                                                        tmp_path: Path):
-    config = shadow_config(strict_payment_cluster, f"drop-{tmp_path.name}", auto_drop_min_requests=5)
+    # slow canaries: the live weighted requests, not a health check, must meet the fault first (a candidate
+    # out of rotation gets no weighted requests, so there would be no error rate to act on)
+    config = shadow_config(strict_payment_cluster, f"drop-{tmp_path.name}", auto_drop_min_requests=5,
+                           router={"health_check": {"interval_s": 60}})
     daemon = start_daemon(config, tmp_path / "d.log")
     emulators = [strict_payment_cluster.emulator(name) for name in REGIONS]
     try:

@@ -211,4 +211,6 @@ async def test_drain_lets_in_flight_requests_finish_and_takes_no_new_ones(fresh_
     assert errors == [], f"in-flight requests failed across the drain: {errors[:3]}"
     assert all(r.cipher_text for r in replies)
     assert fresh.ok == 300, fresh.errors
-    assert after - before == 8, f"node-b served {after - before} requests; only the 8 in flight may finish there"
+    # The 4 on its sessions finish there; the 4 queued behind them (0.2 s) wait past the node's queue-wait
+    # bound (limits.max_queue_wait_ms) and move to a node with room, unless they got a session first.
+    assert 4 <= after - before <= 8, f"node-b served {after - before} requests; only the 8 in flight may finish there"

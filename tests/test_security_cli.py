@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_dev_up_tls_and_the_cli_over_mtls(cluster: Cluster, tmp_path: Path) -> N
     assert oct((tls / "operator.key").stat().st_mode & 0o777) == "0o600"
     assert oct((state / "audit-signing.key").stat().st_mode & 0o777) == "0o600"
     config["nodes"] = [n for n in config["nodes"] if n["name"] in ("node-a", "node-b")]
+    with socket.socket() as probe:  # a fixed port, so the CLI and the health check find it from the config
+        probe.bind(("127.0.0.1", 0))
+        config["listen"] = f"127.0.0.1:{probe.getsockname()[1]}"
     config_path.write_text(yaml.safe_dump(config))
     pki = Pki(tls, None)  # type: ignore[arg-type]
     daemon = start_secure(config_path, tmp_path / "daemon.log", pki)
@@ -55,6 +59,11 @@ def test_dev_up_tls_and_the_cli_over_mtls(cluster: Cluster, tmp_path: Path) -> N
         assert hsmlb("node", "restore", "node-b", "--address", daemon.address, *operator).returncode == 0
         health = hsmlb("health", "--address", daemon.address, env=app_env)
         assert health.returncode == 0 and "SERVING" in health.stdout
+        # as the Docker HEALTHCHECK runs it: the port and "TLS or not" from $HSMLB_CONFIG
+        docker = hsmlb("health", "--timeout", "3", env={**app_env, "HSMLB_CONFIG": str(config_path)})
+        assert docker.returncode == 0 and "SERVING" in docker.stdout, docker.stderr
+        by_config = hsmlb("nodes", "--config", str(config_path), *operator)
+        assert by_config.returncode == 0 and "node-a" in by_config.stdout
         assert hsmlb("health", "--address", daemon.address).returncode == 1
     finally:
         assert daemon.stop() == 0

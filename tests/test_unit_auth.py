@@ -200,3 +200,44 @@ def test_identity_prefers_spiffe_then_uri_then_dns_then_cn() -> None:
     assert choose(["10.0.0.1", "ops@example.org", "app.example.org"], True) == "app.example.org"
     assert choose(["app"], False) == "app"
     assert choose([], True) == "anonymous"
+
+
+class _Verified:
+    """What a grpc context reports for a verified client certificate with a SPIFFE URI SAN."""
+
+    def peer_identities(self) -> list[bytes]:
+        return [APP.encode()]
+
+    def peer_identity_key(self) -> str:
+        return "x509_subject_alternative_name"
+
+
+def test_log_only_reports_without_denying_and_rate_limits_per_caller() -> None:
+    from hsmlb.auth.filter import AuthFilter, RateLimited
+
+    rule = {"identity": APP, "operations": ["encrypt_data"], "keys": ["alias/zek-*"],
+            "rate_limit": {"per_s": 1, "burst": 1}}
+    clock = FakeClock()
+    sign = Item("sign", op=Operation(OpKind.SIGN, "alias/zek-aes128", ()))
+    encrypt = Item("encrypt_data", op=Operation(OpKind.ENCRYPT, "alias/zek-aes128", ()))
+    watch = AuthFilter(AuthConfig.model_validate({"callers": [rule], "log_only": True}), clock)
+    call = Call("/hsmlb.v1.Operations/Batch", "ipv4:127.0.0.1:1", context=_Verified())  # type: ignore[arg-type]
+    watch.open(call)
+    assert call.identity == APP
+    watch.admit(call, sign)  # would be denied: only counted
+    watch.admit(call, encrypt)
+    watch.admit(call, encrypt)  # over the rate: only counted
+    assert (watch.denied, watch.rate_limited) == (1, 1)
+    enforce = AuthFilter(AuthConfig.model_validate({"callers": [rule]}), clock)
+    call = Call("/hsmlb.v1.Operations/Batch", "ipv4:127.0.0.1:1", context=_Verified())  # type: ignore[arg-type]
+    enforce.open(call)
+    enforce.admit(call, encrypt)
+    with pytest.raises(RateLimited, match="retry after 1000 ms") as info:
+        enforce.admit(call, encrypt)
+    assert info.value.retry_after_ms == 1000 and info.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    clock.advance(1.0)
+    enforce.admit(call, encrypt)  # the bucket refilled
+    other = Call("/hsmlb.v1.Operations/Batch", "ipv4:127.0.0.1:2", context=_Verified())  # type: ignore[arg-type]
+    enforce.open(other)  # a new RPC of the same caller shares its bucket
+    with pytest.raises(RateLimited):
+        enforce.admit(other, encrypt)

@@ -6,6 +6,8 @@ in one pool refuse to load ("duplicate file name"). With its own pool the client
 `hsmlb` version; a message of the daemon's stubs passed to the client is converted by its bytes.
 """
 
+import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -47,12 +49,23 @@ def compile_protos() -> None:
         for name in STUBS:
             text = (Path(out) / "hsmlb" / "v1" / name).read_text()
             text = re.sub(r"^from hsmlb\.v1 import", "from hsmlb_client.v1 import", text, flags=re.M)
-            text = text.replace("_descriptor_pool.Default().AddSerializedFile(",
-                                "_descriptor_pool.DescriptorPool().AddSerializedFile(")
+            text = _own_pool(text)
             text = text.replace("'hsmlb.v1.hsmlb_pb2'", "'hsmlb_client.v1.hsmlb_pb2'")  # the classes' __module__
             target = PACKAGE / "v1" / name
             if not target.is_file() or target.read_text() != text:
                 target.write_text(text)
+
+
+def _own_pool(text: str) -> str:
+    """The stubs' descriptors in a pool of their own, holding first the well-known types they import
+    (google/protobuf/any.proto for Status.details): a fresh pool knows none of them."""
+    imports = re.findall(r"^from google\.protobuf import \w+_pb2 as (\w+)$", text, flags=re.M)
+    if "_descriptor_pool.Default().AddSerializedFile(" not in text:
+        return text
+    pool = "_POOL = _descriptor_pool.DescriptorPool()\n" + "".join(
+        f"_POOL.AddSerializedFile({alias}.DESCRIPTOR.serialized_pb)\n" for alias in imports)
+    text = text.replace("_descriptor_pool.Default().AddSerializedFile(", "_POOL.AddSerializedFile(")
+    return text.replace("\nDESCRIPTOR = _POOL.", "\n" + pool + "\nDESCRIPTOR = _POOL.", 1)
 
 
 def _requirements() -> list[str]:
@@ -77,4 +90,9 @@ class SdistWithProto(sdist):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithProtos, "sdist": SdistWithProto}, install_requires=_requirements())
+# Build debris (egg-info, build/) outside the checkout, one directory per checkout, as the daemon's setup.py does.
+OUT = Path(os.environ.get("HSMLB_BUILD_DIR") or tempfile.gettempdir()) / \
+    f"hsmlb-client-build-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+OUT.mkdir(parents=True, exist_ok=True)
+setup(cmdclass={"build_py": BuildPyWithProtos, "sdist": SdistWithProto}, install_requires=_requirements(),
+      options={"egg_info": {"egg_base": str(OUT)}, "build": {"build_base": str(OUT / "build")}})

@@ -9,8 +9,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from hsmlb.apc.validation import Compiler, OperationValidator, input_validator, load_service, summary
-from hsmlb.errors import InvalidArgument
+from hsmlb.apc.validation import Compiler, OperationValidator, input_validator, load_service
+from hsmlb.errors import InvalidArgument, field_text, proto_name
 
 SERVICE = "payment-cryptography-data"
 
@@ -24,5 +24,7 @@ def _validators() -> dict[str, OperationValidator]:
 
 def validate_apc(operation: str, params: dict[str, Any]) -> None:
     errors = _validators()[operation].errors(params)
-    if errors:
-        raise InvalidArgument(summary(errors))
+    if errors:  # the one convention (errors.field_text): proto path, APC path, rule; never the value
+        rules = [(e.path, e.message.removeprefix("Member ")) for e in errors]
+        raise InvalidArgument("; ".join(field_text(path, rule) for path, rule in rules),
+                              [(proto_name(path), rule) for path, rule in rules])

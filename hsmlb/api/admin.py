@@ -9,7 +9,8 @@ import grpc
 
 from hsmlb.api.admin_routes import RouteAdmin
 from hsmlb.api.filters import ANONYMOUS, Call, FilterChain
-from hsmlb.errors import HsmlbError, redact
+from hsmlb.api.status import abort
+from hsmlb.errors import HsmlbError, InvalidArgument, redact
 from hsmlb.health.state import OperatorState
 from hsmlb.router import Member, Router
 from hsmlb.v1 import hsmlb_pb2 as pb
@@ -61,7 +62,7 @@ class AdminServicer(RouteAdmin, pb_grpc.AdminServicer):  # type: ignore[misc]
         call = await self._open(context, "SetNodeState")
         member = await self._member(request.node, context)
         if request.action not in ACTIONS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "action: must be FAIL, DRAIN or RESTORE")
+            await abort(context, InvalidArgument("action: must be FAIL, DRAIN or RESTORE"))
         # printable only: a newline in it could forge a line in the log or the audit trail
         who = redact("".join(c if c.isprintable() else "?" for c in request.requested_by.strip()[:128])) or "unknown"
         if call is not None and call.identity != ANONYMOUS:  # authenticated: the certificate says who, not the client
@@ -87,7 +88,7 @@ class AdminServicer(RouteAdmin, pb_grpc.AdminServicer):  # type: ignore[misc]
                                 "fault injection is disabled in this daemon's config")
         member = await self._member(request.node, context)
         if request.fault not in FAULTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"fault: must be one of {', '.join(FAULTS)}")
+            await abort(context, InvalidArgument(f"fault: must be one of {', '.join(FAULTS)}"))
         log.warning("fault injection: %s=%s on node %s (peer %s)", request.fault, request.value, request.node,
                     context.peer())
         try:

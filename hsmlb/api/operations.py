@@ -17,23 +17,39 @@ from google.protobuf.message import DecodeError
 
 from hsmlb.api.codecs import CODECS
 from hsmlb.api.filters import Call, FilterChain, Item
+from hsmlb.api.status import WHOLE_REQUEST, abort
 from hsmlb.api.stream import MAX_RESPONSE_ITEMS, StreamCall
-from hsmlb.errors import HsmlbError
+from hsmlb.errors import HsmlbError, InvalidArgument
+from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Router
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hsmlb.api")
 SERVICE = "/hsmlb.v1.Operations/"
+OVERLOADED = "the daemon is overloaded: retry with back-off"
 _METHOD = {field: SERVICE + "".join(p.capitalize() for p in field.split("_")) for field in CODECS}
 
 
 class OperationsServicer(pb_grpc.OperationsServicer):
-    def __init__(self, router: Router, filters: FilterChain | None = None) -> None:
+    def __init__(self, router: Router, filters: FilterChain | None = None,
+                 limit: InFlightLimit | None = None) -> None:
         self.router = router
         self.filters = filters if filters else None
+        self.limit = limit  # overload: unary calls beyond it are refused at once (pool/overload.py)
 
     async def _unary(self, field: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = self.limit
+        if limit is None:
+            return await self._unary_admitted(field, request, context)
+        if not limit.enter():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
+        try:
+            return await self._unary_admitted(field, request, context)
+        finally:
+            limit.leave()
+
+    async def _unary_admitted(self, field: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         chain = self.filters
         if chain is not None:
             return await self._unary_filtered(chain, field, request, context)
@@ -46,7 +62,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             result, key = await self.router.execute(op)
             return encode(op, result, key)
         except HsmlbError as exc:
-            await context.abort(exc.status, exc.message)
+            await abort(context, exc, field)
         except Exception:  # as the Stream does: gRPC's own reply would carry the exception's text
             log.exception("unary op %s failed unexpectedly", field)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -59,6 +75,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
         item = Item(field, traceparent=call.traceparent)
         code, message = grpc.StatusCode.OK, ""
         key = None
+        failed: HsmlbError | None = None
         try:
             chain.open(call)
             item.op = op = decode(request)
@@ -69,7 +86,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             result, key = await self.router.execute(op)
             return encode(op, result, key)
         except HsmlbError as exc:
-            code, message = exc.status, exc.message
+            code, message, failed = exc.status, exc.message, exc
         except asyncio.CancelledError:
             code, message = grpc.StatusCode.CANCELLED, "the call was cancelled"
             raise
@@ -78,6 +95,8 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             code, message = grpc.StatusCode.INTERNAL, "internal error"
         finally:
             chain.done(call, item, code, message, key if code == grpc.StatusCode.OK else None)
+        if failed is not None:
+            await abort(context, failed, field)
         await context.abort(code, message)
 
     async def EncryptData(self, request: Any, context: Any) -> Any:
@@ -130,6 +149,9 @@ class OperationsServicer(pb_grpc.OperationsServicer):
 
     async def Batch(self, request: pb.BatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchResponse:
         """One batch, one answer: exactly one result per item, in completion order."""
+        if self.limit is not None and self.limit.in_flight >= self.limit.limit:
+            self.limit.shed += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
         call = await self._open(context, SERVICE + "Batch")
         remaining = context.time_remaining()
         work = StreamCall(self.router, asyncio.get_running_loop(),
@@ -153,7 +175,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
         try:
             self.filters.open(call)
         except HsmlbError as exc:
-            await context.abort(exc.status, exc.message)
+            await abort(context, exc)
         return call
 
     async def _serve_stream(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext,
@@ -183,9 +205,11 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             reading.cancel()
         failed = reading.exception() if reading.done() and not reading.cancelled() else None
         if failed is not None:  # what was read is answered; the rest was never read: say so, not OK
-            log.warning("stream request reader failed: %s", type(failed).__name__)
             kind = "BatchRequest" if batched else "StreamRequest"
+            # a client's garbage is its own fault (INFO, else a hostile client floods the log); anything else is ours
+            log.log(logging.INFO if isinstance(failed, DecodeError) else logging.WARNING,
+                    "stream request reader failed: %s", type(failed).__name__)
             if isinstance(failed, DecodeError):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"a stream message is not a valid {kind}; messages after it were not read")
+                await abort(context, InvalidArgument(f"{WHOLE_REQUEST}: a stream message is not a valid {kind}; "
+                                                     "messages after it were not read"))
             await context.abort(grpc.StatusCode.INTERNAL, "reading the stream failed; later messages were not read")

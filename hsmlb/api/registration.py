@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from hsmlb.api.status import WHOLE_REQUEST, abort
+from hsmlb.errors import InvalidArgument
 from hsmlb.v1 import hsmlb_pb2 as pb
 
 log = logging.getLogger("hsmlb.api")
@@ -63,7 +65,7 @@ def _guarded(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Undecodable):
             log.debug("refused a request that is not a valid %s", request.type_name)  # the type, never the bytes
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.type_name}")
+            await abort(context, InvalidArgument(f"{WHOLE_REQUEST}: the request is not a valid {request.type_name}"))
         return await behaviour(request, context)
 
     return handle

@@ -28,6 +28,7 @@ import grpc
 
 from hsmlb.api.codecs import CODECS, Decoder, Encoder
 from hsmlb.api.filters import Call, FilterChain, Item
+from hsmlb.api.status import caller_error, item_status
 from hsmlb.errors import DeadlineExceeded, HsmlbError, InvalidArgument, Overloaded, Unavailable
 from hsmlb.ops import KeyInfo, Operation
 from hsmlb.router import Router
@@ -119,7 +120,7 @@ class StreamCall:
                 chain.admit(self.call, item)  # type: ignore[union-attr,arg-type]
             attempt = self.router.start(op)
         except HsmlbError as exc:
-            self._fail(request_id, exc)
+            self._fail(request_id, exc, field)
             return
         except Exception:
             log.exception("stream op %s failed unexpectedly", field)
@@ -155,7 +156,7 @@ class StreamCall:
                 self._fail(request_id, Unavailable(f"{field} was cancelled before it completed"))
             return
         if isinstance(exc, HsmlbError):
-            self._fail(request_id, exc)
+            self._fail(request_id, exc, field)
         elif exc is None:
             self._succeed(request_id, op, field, encode, *retry.result())
         else:
@@ -175,20 +176,21 @@ class StreamCall:
             self.chain.done(self.call, item, OK, key=key)  # type: ignore[union-attr,arg-type]
         self._answer(response)
 
-    def _fail(self, request_id: int, exc: HsmlbError | None) -> None:
+    def _fail(self, request_id: int, exc: HsmlbError | None, field: str = "") -> None:
         """Answer an operation in flight with a status; None: an internal error (already logged)."""
         code, message = (exc.status, exc.message) if exc is not None else (grpc.StatusCode.INTERNAL, "internal error")
         item = self.in_flight.pop(request_id, None)
         if item is not None:
             self.chain.done(self.call, item, code, message)  # type: ignore[union-attr,arg-type]
-        self._answer(_status(request_id, code, message))
+        self._answer(_status(request_id, code, message) if exc is None
+                     else item_status(request_id, code, *caller_error(exc, field)))
 
     def _refuse(self, request: pb.StreamRequest, exc: HsmlbError) -> None:
         """Answer an operation that never got in flight (a duplicate id, over the batch limit)."""
         if self.chain is not None and self.call is not None:
             self.chain.done(self.call, Item(request.WhichOneof("operation") or "", request.request_id),
                             exc.status, exc.message)
-        self._answer(_status(request.request_id, exc.status, exc.message))
+        self._answer(item_status(request.request_id, exc.status, *caller_error(exc)))
 
     def _answer(self, response: pb.StreamResponse) -> None:
         if self.closed:

@@ -147,7 +147,6 @@ class AuditWriter:
         self._file_bytes = 0
         self._file_opened = 0.0
         self._next_checkpoint = 0.0
-        self._rotate_pending = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hsmlb-audit", daemon=True)
 
@@ -252,7 +251,6 @@ class AuditWriter:
         self._index += 1
         self._file_bytes = 0
         self._file_opened = time.monotonic()
-        self._rotate_pending = False
         self._append({"type": "file", "ts": _ts(time.time()), "file": file_name(self._index)})
 
     def _flush(self) -> bool:

@@ -9,9 +9,6 @@ import ipaddress
 import os
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from hsmlb.config import Config, ConfigError
 
 
@@ -26,27 +23,33 @@ def is_loopback(listen: str) -> bool:
 
 
 def warnings(config: Config) -> list[str]:
-    out = []
-    if config.tls is None and not is_loopback(config.listen):
+    """The open doors. On loopback (a dev daemon) only log_only is worth a line; beyond it, each one."""
+    out = ["auth.log_only: denials are only logged"] if config.auth.log_only else []
+    if is_loopback(config.listen):
+        return out
+    if config.tls is None:
         out.append(f"listen {config.listen} is beyond loopback without tls: anyone who reaches it can use every key")
-    if config.tls is not None and config.tls.client_ca_file is None:
+    elif config.tls.client_ca_file is None:
         out.append("tls without client_ca_file: callers are not authenticated (no mTLS)")
     if not config.auth.callers:
         out.append("auth.callers is empty: every caller may use every operation, key and the Admin service")
-    if config.auth.log_only:
-        out.append("auth.log_only: denials are only logged")
     if config.audit is None:
         out.append("no audit: section: operations are not audited")
     return out
 
 
 def _public(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def check(config: Config) -> list[str]:
     """Load every piece of security material the config names; ConfigError names the first that fails
     (by field and path, never its content). Returns lines describing what was found."""
+    from cryptography import x509  # here: the daemon's start imports this module for warnings() only
+    from cryptography.hazmat.primitives import serialization
+
     lines = []
     tls = config.tls
     if tls is not None:

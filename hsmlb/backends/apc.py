@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections import Counter
 from typing import Any
 
@@ -49,9 +50,12 @@ from hsmlb.errors import (
     NodeFault,
     PermissionDenied,
     Throttled,
+    field_text,
+    proto_name,
 )
 from hsmlb.ops import VERIFICATION_FAILED, Capability, Operation, map_key_identifiers
 
+_MEMBER_PATH = re.compile(r"[A-Za-z0-9_.]*")
 log = logging.getLogger("hsmlb.backends.apc")
 
 THROTTLE_PAUSE_S = 0.1  # after a ThrottlingException, grant nothing locally for this long
@@ -256,10 +260,14 @@ class ApcRegionBackend(BackendState):
             reason = failure.members.get("Reason")  # a front door could echo request values here: enum only
             return {VERIFICATION_FAILED: reason if reason in verification_reasons() else "VERIFICATION_FAILED"}
         if code == "ValidationException":
-            paths = failure.field_paths
-            fields = f"; fields: {', '.join(paths)}" if paths else ""
-            # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only
-            raise InvalidArgument(f"the region refused the request as invalid{fields}")
+            # APC's text may quote short values (a CVV, a PIN length) the mask cannot catch: paths only,
+            # each cut at its first character that cannot be in a member path
+            paths = [_MEMBER_PATH.match(path)[0] or "(request)" for path in failure.field_paths]  # type: ignore[index]
+            rule = "the region refused this value"
+            if paths:
+                raise InvalidArgument("; ".join(field_text(path, rule) for path in paths),
+                                      [(proto_name(path), rule) for path in paths])
+            raise InvalidArgument("(request): the region refused the request as invalid")
         if code == "ResourceNotFoundException":
             if op is not None and op.key_alias in self._keys and all(a in self._keys for a in op.other_keys):
                 # we sent ARNs discovery found here: the inventory is stale, not the caller wrong

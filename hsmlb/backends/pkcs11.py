@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ log = logging.getLogger("hsmlb.backends.pkcs11")
 # 2 vCPUs, stream load at ~1,100 ops/s per node: 0 -> 1.0 worker wake-ups per op; 1 ms -> 0.95;
 # 2 ms -> 0.65, each ~8% less server CPU per op. Batches grow with the per-node rate.
 WAKE_INTERVAL_S = 0.001
+STOPPED_POLL_S = 0.1  # how often the supervisor looks whether the worker is stopped (SIGSTOP): ~20 us a look
 
 WORKER_OP = {
     OpKind.ENCRYPT: "encrypt",
@@ -54,6 +56,25 @@ WORKER_OP = {
     OpKind.VERIFY: "verify",
     OpKind.RANDOM: "random",
 }
+
+
+def _why(exc: BaseException) -> str:
+    """What really failed, in words safe to log: ours are redacted; an OSError says its errno
+    (a full descriptor table is EMFILE, not 'cannot read a PIN'); anything else, its class."""
+    if isinstance(exc, HsmlbError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__}: {os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return type(exc).__name__
+
+
+def _process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped by a signal or a tracer (/proc state T or t)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1][1:2] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -109,6 +130,8 @@ class Pkcs11Backend(BackendState):
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         self._probe: asyncio.Future[Any] | None = None  # the canary the worker has not answered yet
+        self._stopped = False  # the worker process is stopped (state T): see _check_stopped
+        self._stopped_at = 0.0
         self.down_reason = ""  # why the worker is not up (no PIN, no secret): shown in health details
         self.restarts = 0
 
@@ -311,6 +334,7 @@ class Pkcs11Backend(BackendState):
             await self._proc.wait()
             raise
         self._keys = self._index(hello["ready"])
+        self._stopped = False
         self.down_reason = ""
         self._set_state("up")
         log.info("node %s up: worker pid %s, %d sessions, %d keys",
@@ -326,10 +350,33 @@ class Pkcs11Backend(BackendState):
                                   key_usage=entry.get("key_usage", ""), algorithm=entry.get("algorithm", ""))
         return keys
 
+    def _check_stopped(self, pid: int) -> None:
+        """A worker stopped by a signal (SIGSTOP, a debugger) answers nothing until it is continued:
+        out of rotation at once, its requests fail over now (as node faults, retried elsewhere) instead
+        of waiting out worker_timeout_s; back in (health checks, then slow start) once it runs again.
+        Its late answers to the failed requests are dropped (their ids are no longer pending)."""
+        stopped = _process_stopped(pid)
+        if stopped and not self._stopped:
+            self._stopped = True
+            self._stopped_at = time.monotonic()
+            self.down_reason = "token worker is stopped (SIGSTOP?): not answering"
+            log.warning("node %s: %s (pid %s); its requests go to other nodes", self.name, self.down_reason, pid)
+            self._fail_pending(NodeFault(f"node {self.name}: the token worker stopped answering"))
+            self._set_state("down")
+        elif not stopped and self._stopped:
+            self._stopped = False
+            self.down_reason = ""
+            log.warning("node %s: token worker running again (pid %s)", self.name, pid)
+            self._set_state("up")
+
     def _hung(self, limit_s: float) -> bool:
-        """Requests wait in the worker, and it has written nothing for limit_s since it got busy."""
+        """Requests wait in the worker, and it has written nothing for limit_s since it got busy; or it
+        has been stopped that long (its requests already failed over: it is respawned, not waited for)."""
+        now = time.monotonic()
+        if self._stopped:
+            return now - self._stopped_at > limit_s
         busy = self._in_worker > 0 or bool(self._pending_slow)
-        return busy and time.monotonic() - max(self._last_wake, self._last_answer) > limit_s
+        return busy and now - max(self._last_wake, self._last_answer) > limit_s
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> int:
         """Wait for the worker to exit; kill it first if it hangs (a C call that never returns,
@@ -339,12 +386,13 @@ class Pkcs11Backend(BackendState):
         killed = False
         try:
             while True:
-                done, _ = await asyncio.wait({exited}, timeout=min(1.0, limit_s / 4))
+                done, _ = await asyncio.wait({exited}, timeout=min(STOPPED_POLL_S, limit_s / 4))
                 if done:
                     code = exited.result()
                     if not killed:
                         self.down_reason = f"token worker exited with {code}"
                     return code
+                self._check_stopped(proc.pid)
                 if self._hung(limit_s) and proc.returncode is None:
                     killed = True
                     self.down_reason = f"token worker answered nothing for {limit_s:g}s: killed as hung"
@@ -373,5 +421,7 @@ class Pkcs11Backend(BackendState):
                     break
                 except Exception as exc:  # whatever failed, this loop must live on to try again
                     delay = min(delay * 2, 5.0)
-                    log.warning("node %s: restart failed (%s); next try in %.2fs", self.name,
-                                getattr(exc, "message", type(exc).__name__), delay)
+                    reason = _why(exc)
+                    if not isinstance(exc, HsmlbError):  # ours set down_reason; an OSError (EMFILE) says it here
+                        self.down_reason = f"token worker could not be started: {reason}"
+                    log.warning("node %s: restart failed (%s); next try in %.2fs", self.name, reason, delay)

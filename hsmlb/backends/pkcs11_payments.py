@@ -101,8 +101,9 @@ def op_payment(keys: KeyLookup, label: str, args: tuple) -> dict[str, Any]:
     except VerificationFailed as failed:
         return {VERIFICATION_FAILED: failed.reason}
     except PaymentValidationError as invalid:
-        paths = ", ".join(f["path"] for f in invalid.field_list)
-        raise CallerFault(invalid.message + (f" (fields: {paths})" if paths else "")) from None
+        paths = [f["path"] for f in invalid.field_list]
+        named = bool(paths) and invalid.message.startswith(f"{paths[0]}: ")  # "Path: rule": the daemon reads it
+        raise CallerFault(invalid.message + ("" if named or not paths else f" (fields: {', '.join(paths)})")) from None
     except KeyNotFoundError as missing:
         raise LookupError(f"key {missing} is not on this token") from None
 

@@ -33,7 +33,7 @@ PARTIAL_NODE = "node-d"  # holds only the keys that name it: proves routing resp
 # Test cluster only: these tokens serve payment ops from key material read into the worker's memory,
 # which is not PCI PIN compliant; node-d stays a strict token (native ops only), as production would.
 HOST_SIDE_NODES = PRIMARY_NODES
-# Package data (pyproject.toml), so wheels ship it; config/dev-keys.yaml in a checkout links here.
+# Package data (pyproject.toml), so wheels ship it.
 DEFAULT_KEYS = Path(__file__).resolve().with_name("dev-keys.yaml")
 MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",

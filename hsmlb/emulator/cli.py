@@ -38,7 +38,7 @@ def parse_ready_line(line: str) -> tuple[str, str] | None:
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one")
-    parser.add_argument("--keys", required=True, help="keys file (same format as config/dev-keys.yaml)")
+    parser.add_argument("--keys", required=True, help="keys file (same format as hsmlb/dev/dev-keys.yaml)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--access-key-id", default=None, help="default: $AWS_ACCESS_KEY_ID")

@@ -5,6 +5,12 @@ hands out slot numbers so at most `size` operations are in flight per node, queu
 `queue_limit` more, and refuses the rest at once (RESOURCE_EXHAUSTED) rather than letting
 latency grow without bound.
 
+Waiting is bounded in time too (`max_wait_s`; slow operations SLOW_WAIT_FACTOR times that, as an
+RSA signature costs ~25 symmetric ops): an operation still queued after it is shed with
+RESOURCE_EXHAUSTED (the router then tries a node with room), whether a slot frees (checked as it
+is taken) or not (one timer per pool sweeps the queue: a node that stops answering frees none).
+Overload then costs callers a fast answer, not seconds of queueing behind a backlog.
+
 Slow operations (RSA) may hold at most size - 1 slots, and waiting fast operations are served
 first, so symmetric traffic never queues behind a backlog of signatures.
 
@@ -17,32 +23,42 @@ in the same loop turn, so it rides in the same batch to the token worker.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from functools import partial
 from typing import Any
 
 from hsmlb.backends.base import Backend, NodeStats
+from hsmlb.clock import Clock
 from hsmlb.errors import HsmlbError, Overloaded
 from hsmlb.ops import CostClass, Operation
+
+SLOW_WAIT_FACTOR = 25.0  # slow ops (RSA) may wait this many times max_wait_s: the cost weight of RSA
 
 
 class _Queued:
     """An operation waiting for a slot; `waiter` is the future its caller holds."""
 
-    __slots__ = ("op", "slow", "started", "waiter", "weight")
+    __slots__ = ("op", "queued_at", "slow", "started", "waiter", "weight")
 
-    def __init__(self, op: Operation, slow: bool, weight: float, waiter: asyncio.Future[Any]) -> None:
+    def __init__(self, op: Operation, slow: bool, weight: float, waiter: asyncio.Future[Any], queued_at: float) -> None:
         self.op = op
         self.slow = slow
         self.weight = weight
         self.waiter = waiter
+        self.queued_at = queued_at
         self.started = False
 
 
 class NodePool:
     def __init__(self, backend: Backend, size: int, queue_limit: int,
-                 cost_weights: dict[CostClass, float] | None = None) -> None:
+                 cost_weights: dict[CostClass, float] | None = None, max_wait_s: float | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.backend = backend
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self.shed = 0  # operations shed for waiting longer than max_wait_s
+        self._sweep: asyncio.TimerHandle | None = None
         self.cost_weights = cost_weights or {c: 1.0 for c in CostClass}
         self.load = 0.0  # cost-weighted in-flight + queued work, for the balancer
         self.name = backend.name
@@ -92,10 +108,12 @@ class NodePool:
             done.set_exception(
                 Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued"))
         else:
-            entry = _Queued(op, slow, weight, done)
+            entry = _Queued(op, slow, weight, done, self.clock())
             (self._slow_waiters if slow else self._fast_waiters).append(entry)
             self.load += weight
             done.add_done_callback(partial(self._leave_queue, entry))
+            if self.max_wait_s is not None and self._sweep is None:
+                self._sweep = loop.call_later(self.max_wait_s, self._sweep_queue)
         return done
 
     def _start(self, op: Operation, slot: int, slow: bool, weight: float, done: asyncio.Future[Any]) -> None:
@@ -133,6 +151,8 @@ class NodePool:
     def _release(self, slot: int, slow: bool) -> None:
         self._free.append(slot)
         self._slow_in_use -= slow
+        oldest = self.clock() - self.max_wait_s if self.max_wait_s is not None and self.queued else None
+        oldest_slow = None if oldest is None else oldest - (SLOW_WAIT_FACTOR - 1) * self.max_wait_s  # type: ignore[operator]
         while self._free:
             if self._fast_waiters:
                 entry = self._fast_waiters.popleft()
@@ -140,9 +160,39 @@ class NodePool:
                 entry = self._slow_waiters.popleft()
             else:
                 return
-            self._slow_in_use += entry.slow
             entry.started = True
+            if oldest is not None and entry.queued_at < (oldest_slow if entry.slow else oldest):  # type: ignore[operator]
+                self._shed(entry)
+                continue
+            self._slow_in_use += entry.slow
             self._start(entry.op, self._free.pop(), entry.slow, entry.weight, entry.waiter)
+
+    def _shed(self, entry: _Queued) -> None:
+        """An op waited past max_wait_s: RESOURCE_EXHAUSTED (the router tries a node with room)."""
+        self.load -= entry.weight
+        self.shed += 1
+        if not entry.waiter.done():
+            limit = self.max_wait_s * (SLOW_WAIT_FACTOR if entry.slow else 1)  # type: ignore[operator]
+            entry.waiter.set_exception(Overloaded(f"node {self.name}: no session within {limit:g}s"))
+
+    def _sweep_queue(self) -> None:
+        """Shed what has waited too long though no slot freed (a node that stopped answering)."""
+        self._sweep = None
+        limit = self.max_wait_s
+        if limit is None:
+            return
+        now = self.clock()
+        next_due = None
+        for waiters, wait in ((self._fast_waiters, limit), (self._slow_waiters, limit * SLOW_WAIT_FACTOR)):
+            while waiters and waiters[0].queued_at <= now - wait:
+                entry = waiters.popleft()
+                entry.started = True
+                self._shed(entry)
+            if waiters:
+                due = waiters[0].queued_at + wait
+                next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None and self._loop is not None:
+            self._sweep = self._loop.call_later(max(0.001, next_due - now), self._sweep_queue)
 
     def _leave_queue(self, entry: _Queued, waiter: asyncio.Future[Any]) -> None:
         """The caller gave up while its operation was still queued: take it out, with its load."""

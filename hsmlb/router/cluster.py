@@ -167,12 +167,13 @@ def check_native_key(op: Operation, key: KeyInfo) -> None:
     if allowed_types and key.key_type not in allowed_types:
         key_types = sorted(allowed_types)  # only for the message
         names = key_types[0] if len(key_types) == 1 else f"{', '.join(key_types[:-1])} or {key_types[-1]}"
-        raise InvalidArgument(f"key {key.alias} is {a(key.key_type)} key; {op.kind.value} needs {a(names)} key")
+        raise InvalidArgument(f"key_identifier: key {key.alias} is {a(key.key_type)} key; "
+                              f"{op.kind.value} needs {a(names)} key")
     check_tr31_usage(op, key)
     usage = OP_TRAITS[op.kind].usage
     if usage and usage not in key.usages:
         allowed = ", ".join(sorted(key.usages)) or "none"
-        raise InvalidArgument(f"key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
+        raise InvalidArgument(f"key_identifier: key {key.alias} does not allow {op.kind.value} (its usages: {allowed})")
     block = BLOCK_BYTES.get(key.key_type, 0)
     if block and op.kind in (OpKind.ENCRYPT, OpKind.DECRYPT):
         mode, iv, _ = op.args
@@ -195,9 +196,11 @@ def check_tr31_usage(op: Operation, key: KeyInfo) -> None:
     allowed = NATIVE_KEY_USAGE.get((op.kind, family))
     if allowed is not None and key.key_usage not in allowed:
         what = op.args[0] if family else op.kind.value
-        raise InvalidArgument(f"key {key.alias} has usage {key.key_usage}; {what} needs {' or '.join(sorted(allowed))}")
+        raise InvalidArgument(f"key_identifier: key {key.alias} has usage {key.key_usage}; "
+                              f"{what} needs {' or '.join(sorted(allowed))}")
     if family == "HMAC" and key.algorithm.startswith("HMAC") and op.args[0] != key.algorithm:
-        raise InvalidArgument(f"key {key.alias} is an {key.algorithm} key; it cannot compute {op.args[0]}")
+        raise InvalidArgument(f"key_identifier: key {key.alias} is an {key.algorithm} key; "
+                              f"it cannot compute {op.args[0]}")
 
 
 def _majority(counts: Counter[str]) -> str | None:

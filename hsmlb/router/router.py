@@ -236,9 +236,11 @@ class Router:
                 tried.append(member)
                 last_fault = throttled
                 continue
-            except Overloaded:
+            except Overloaded as shed:  # its queue was full or too slow: another node with room, else shed
                 member.breaker.release_probe()
-                raise
+                tried.append(member)
+                last_fault = shed
+                continue
             except HsmlbError:
                 self._report(member, node_fault=False, now=self.clock())  # the node answered: caller fault
                 raise

@@ -73,6 +73,9 @@ class Shadower:
     def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, started: float) -> None:
         now = self.clock()
         name = op.kind.value
+        if self.in_flight >= self.max_in_flight:  # first: under overload a skip must cost next to nothing
+            self.stats.skip(name, side, "shed")
+            return
         target, reason = self._target(op, self.pool(pool), served_by, now)
         if reason == KEY_DRIFT:
             assert target is not None
@@ -81,9 +84,6 @@ class Shadower:
             return
         if target is None:
             self.stats.skip(name, side, reason)
-            return
-        if self.in_flight >= self.max_in_flight:
-            self.stats.skip(name, side, "shed")
             return
         shadow_op = Operation(op.kind, op.key_alias, op.args, deadline=now + self.timeout_s, cost=op.cost,
                               capability=op.capability, other_keys=op.other_keys, node=target.name, attempts=1)

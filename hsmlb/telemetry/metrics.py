@@ -61,9 +61,10 @@ class Metrics:
 class MetricsFilter(FilterBase):
     """Counts every operation at `done`, whatever its outcome."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, drills: FilterBase | None = None) -> None:
         self.metrics = metrics
         self.record = metrics.counts.record
+        self.drills = drills  # the status page's log of Admin actions: told here, not as a filter of its own
 
     def done(self, call: Call, item: Item) -> None:
         op = item.op
@@ -74,6 +75,8 @@ class MetricsFilter(FilterBase):
 
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None:
         self.metrics.admin_actions.labels(action).inc()
+        if self.drills is not None:
+            self.drills.admin(call, action, target, code, detail)
 
 
 def routable(health: Any) -> bool:

@@ -50,7 +50,7 @@ class Telemetry:
             self.history = History(self.metrics, config.metrics.history_s)
             self.drills = DrillLog(router)
             self.hardware = HardwareInfo(router, config.router.health_check.interval_s)
-            self.filters += [self.metrics_filter(), self.drills]
+            self.filters.append(self.metrics_filter())  # one filter per operation: each costs a call
             self.server = TelemetryServer(config.metrics.listen, self.metrics.registry, self.status)
             self._add_shadow()
         if self.tracing is not None:
@@ -76,7 +76,7 @@ class Telemetry:
         from hsmlb.telemetry.metrics import MetricsFilter
 
         assert self.metrics is not None
-        return MetricsFilter(self.metrics)
+        return MetricsFilter(self.metrics, self.drills)
 
     def status(self) -> dict[str, Any]:
         from hsmlb.telemetry.status import status_document

@@ -103,16 +103,16 @@ class OpTrace:
 
     def attempt(self, op: Any, member: Any, future: Any) -> None:
         """A backend attempt started on `member`; its span ends with the attempt's future."""
-        span = self.tracer.start_span("hsmlb.attempt", trace.set_span_in_context(self.span), SpanKind.CLIENT)
-        span.set_attributes({"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
-                             "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1})
+        span = self.tracer.start_span("hsmlb.attempt", trace.set_span_in_context(self.span), SpanKind.CLIENT,
+                                      {"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                                       "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1})
         future.add_done_callback(partial(_attempt_done, span))
 
     def shadow(self, side: str, member: Any, future: Any) -> None:
         """A shadow call (off the response path) to `member`: a span of its own under the operation's."""
-        span = self.tracer.start_span("hsmlb.shadow", trace.set_span_in_context(self.span), SpanKind.CLIENT)
-        span.set_attributes({"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
-                             "hsmlb.shadow.side": side})
+        span = self.tracer.start_span("hsmlb.shadow", trace.set_span_in_context(self.span), SpanKind.CLIENT,
+                                      {"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                                       "hsmlb.shadow.side": side})
         future.add_done_callback(partial(_attempt_done, span))
 
 
@@ -175,14 +175,17 @@ class TracingFilter(FilterBase):
         method = method_name(item.field)
         transport = call.method.rsplit("/", 1)[-1]
         started_ns = time.time_ns() - int((time.monotonic() - item.started) * 1e9)
-        span = self.tracer.start_span(f"{SERVICE}/{method}", context, SpanKind.SERVER, start_time=started_ns)
-        span.set_attributes({
-            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
-            "server.address": self.server_address, "network.peer.address": _peer_address(call.peer),
-            "hsmlb.operation": op.kind.value, "hsmlb.rpc": transport, "hsmlb.key_alias": self._alias(op.key_alias),
-        })
+        peer = call.state.get("peer_address")
+        if peer is None:  # once per RPC, not per sampled operation of a stream
+            peer = call.state["peer_address"] = _peer_address(call.peer)
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
+                      "server.address": self.server_address, "network.peer.address": peer,
+                      "hsmlb.operation": op.kind.value, "hsmlb.rpc": transport,
+                      "hsmlb.key_alias": self._alias(op.key_alias)}
         if item.request_id:
-            span.set_attribute("hsmlb.request_id", item.request_id)
+            attributes["hsmlb.request_id"] = item.request_id
+        span = self.tracer.start_span(f"{SERVICE}/{method}", context, SpanKind.SERVER, attributes,
+                                      start_time=started_ns)
         op.trace = OpTrace(self.tracer, span)
         if not item.request_id:  # a unary call runs in its own task: its log lines may carry the trace id
             current_trace_id.set(f"{span.get_span_context().trace_id:032x}")

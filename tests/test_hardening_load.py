@@ -1,0 +1,166 @@
+"""Issue 10, load and faults against a real daemon on loopback: a stopped token worker under steady
+load (acceptance 3), a burst of unary calls that overloads the nodes (acceptance 2, statuses only:
+the timings are bench/overload.py's), and cancelled calls and Stream messages that must leave no
+ERROR or WARNING in the log (acceptance 6).
+
+HSMLB_STOP_S sets how long the worker stays stopped (default 3 s; acceptance 3 says 10)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bench.overload import fire
+from hsmlb.v1 import hsmlb_pb2 as pb
+from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
+from tests._daemon_helpers import NIST_ECB, NODES, inject, nist_request, still_serves, wait_for
+from tests.conftest import Cluster, DaemonProcess, node_table, start_daemon
+
+STOP_S = float(os.environ.get("HSMLB_STOP_S", "3"))
+
+
+def _worker_pid(daemon: DaemonProcess, node: str) -> int:
+    found = re.findall(rf"node {node} up: worker pid (\d+)", daemon.log_text())
+    assert found, daemon.log_text()[-2000:]
+    return int(found[-1])
+
+
+class _SteadyLoad:
+    """Unary EncryptData at a steady rate from a thread, each with a 2 s deadline; every outcome counted."""
+
+    def __init__(self, address: str, rate_per_s: float = 150.0) -> None:
+        self.codes: Counter[str] = Counter()
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.OperationsStub(self._channel)
+        self._interval = 1 / rate_per_s
+        self._stop = threading.Event()
+        self._futures: list[grpc.Future] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _SteadyLoad:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        request = nist_request()
+        while not self._stop.wait(self._interval):
+            self._futures.append(self._stub.EncryptData.future(request, timeout=2.0))
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for future in self._futures:
+            try:
+                self.codes["OK" if future.result().cipher_text == NIST_ECB else "WRONG"] += 1
+            except grpc.RpcError as exc:
+                self.codes[exc.code().name] += 1
+        self._channel.close()
+
+
+def _routable(daemon: DaemonProcess, node: str) -> bool:
+    status = node_table(daemon)[node]
+    return status.backend_state == "up" and status.state.startswith("healthy")
+
+
+def test_a_stopped_worker_is_out_within_a_second_and_nothing_fails(fresh_daemon: DaemonProcess) -> None:
+    """Acceptance 3: SIGSTOP of node-a's worker under steady load with 2 s deadlines, a busy process
+    competing for the cores: no request fails, node-a is out of rotation within 1 s, and back (through
+    slow start) after SIGCONT."""
+    pid = _worker_pid(fresh_daemon, "node-a")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with _SteadyLoad(fresh_daemon.address) as load:
+            time.sleep(1.0)
+            os.kill(pid, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try:
+                assert wait_for(lambda: not _routable(fresh_daemon, "node-a"), 5, step=0.02)
+                out_after = time.monotonic() - stopped_at
+                time.sleep(max(0.0, STOP_S - (time.monotonic() - stopped_at)))
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            states = []
+            assert wait_for(lambda: states.append(node_table(fresh_daemon)["node-a"].state) or
+                            _routable(fresh_daemon, "node-a"), 15, step=0.05)
+            time.sleep(0.5)
+    finally:
+        hog.kill()
+        hog.wait(5)
+    print(f"\nstopped {STOP_S:g}s: out of rotation after {out_after:.2f}s; outcomes {dict(load.codes)}")
+    assert out_after < 1.0, out_after
+    assert set(load.codes) == {"OK"} and load.codes["OK"] > 100 * STOP_S, load.codes
+    assert "healthy (slow start)" in [*states, node_table(fresh_daemon)["node-a"].state], states[-5:]
+    assert "token worker is stopped" in fresh_daemon.log_text()
+
+
+def test_overloaded_nodes_shed_with_resource_exhausted_only(cluster: Cluster, tmp_path: Path) -> None:
+    """Acceptance 2, statuses: a burst of 1,500 unary calls (5 s deadlines) on nodes slowed to 20 ms an
+    operation (~200 ops/s for the cluster): every call is OK or RESOURCE_EXHAUSTED, both occur, and
+    the daemon serves afterwards."""
+    daemon = start_daemon(cluster.config, tmp_path / "daemon.log")
+    try:
+        with daemon.channel() as channel:
+            inject(channel, NODES, "delay", 0.02)
+        outcome = fire(daemon.address, 1500, 5.0)
+        with daemon.channel() as channel:
+            inject(channel, NODES, "delay", 0.0)
+            still_serves(channel)
+        print(f"\nburst of 1500 on slowed nodes: {dict(outcome.codes)}; RESOURCE_EXHAUSTED median "
+              f"{outcome.quantile_ms('RESOURCE_EXHAUSTED', 0.5)} ms, OK p99 {outcome.quantile_ms('OK', 0.99)} ms")
+        assert set(outcome.codes) == {"OK", "RESOURCE_EXHAUSTED"}, outcome.codes
+        assert "Traceback" not in daemon.log_text()
+    finally:
+        daemon.stop()
+
+
+def _problems(log: str) -> list[str]:
+    """ERROR/WARNING lines and tracebacks, but the test's own fault-injection notices."""
+    return [line for line in log.splitlines() if (re.search(r" (ERROR|WARNING|CRITICAL) ", line)
+            and "fault injection:" not in line) or "Traceback" in line or "never retrieved" in line]
+
+
+@pytest.mark.parametrize("total", [1000])
+def test_cancelled_calls_and_timed_out_stream_messages_log_nothing(cluster: Cluster, tmp_path: Path,
+                                                                    total: int) -> None:
+    """Acceptance 6: 1,000 Stream messages whose timeout_ms passes while their op runs, and unary calls
+    the client cancels or lets time out, add no ERROR or WARNING line to the daemon's log."""
+    daemon = start_daemon(cluster.config, tmp_path / "daemon.log")
+    try:
+        with daemon.channel() as channel:
+            inject(channel, NODES, "delay", 0.005)
+            before = _problems(daemon.log_text())
+            ops = pb_grpc.OperationsStub(channel)
+            requests = [pb.StreamRequest(request_id=i + 1, timeout_ms=1, encrypt_data=nist_request())
+                        for i in range(total)]
+            replies = list(ops.Stream(iter(requests), timeout=60))
+            timed_out = sum(r.WhichOneof("result") == "status" and r.status.code == 4 for r in replies)
+            unary = [ops.EncryptData.future(nist_request(), timeout=0.002) for _ in range(total // 4)]
+            cancelled = [ops.EncryptData.future(nist_request(), timeout=10) for _ in range(total // 4)]
+            for future in cancelled:
+                future.cancel()
+            for future in unary + cancelled:
+                try:
+                    future.result()
+                except grpc.FutureCancelledError:
+                    pass
+                except grpc.RpcError as exc:
+                    assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+            inject(channel, NODES, "delay", 0.0)
+            time.sleep(1.0)  # late answers of the timed-out ops and their retries settle
+            still_serves(channel)
+        assert len(replies) == total
+        assert timed_out > total // 2, f"only {timed_out} of {total} timed out: the test proved little"
+        added = _problems(daemon.log_text())[len(before):]
+        assert not added, "\n".join(added[:10])
+    finally:
+        daemon.stop()
