@@ -216,14 +216,14 @@ class Bench:
         time.sleep(self.args.idle_seconds)
         return (tree_cpu_s(self.daemon.pid) - before) / (time.monotonic() - started) * 1e3
 
-    def direct(self, pooled_only: bool = False) -> dict[str, float]:
+    def direct(self, pooled_only: bool = False, session_copy: bool = False) -> dict[str, float]:
         config = load_config(self.config_path)
         node = next((n for n in config.nodes if n.name == self.args.token), None)
         if node is None or node.pin_file is None:
             raise RuntimeError(f"no node {self.args.token} with a pin_file in {self.config_path}")
         argv = [sys.executable, str(HERE / "_pkcs11_direct.py"), "--module", str(node.module), "--token",
                 node.token_label or node.name, "--pin-file", str(node.pin_file), "--seconds", str(self.args.seconds),
-                *(["--pooled-only"] if pooled_only else [])]
+                *(["--pooled-only"] if pooled_only else []), *(["--session-copy"] if session_copy else [])]
         proc = self._spawn(argv, "direct.log", env={**ENV, **node.env})
         try:
             result = json.loads(LineReader(proc).wait_for("{", 2 * self.args.seconds + 120))

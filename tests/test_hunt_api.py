@@ -204,9 +204,11 @@ def test_duplicate_request_ids_and_extreme_timeouts_are_each_answered(daemon: Da
 
 
 def test_oversize_stream_message_fails_the_stream_not_the_daemon(daemon: DaemonProcess) -> None:
-    """A message beyond gRPC's 4 MiB receive limit: RESOURCE_EXHAUSTED for that stream only."""
+    """A message beyond the server's receive limit (MAX_MESSAGE_BYTES): RESOURCE_EXHAUSTED for that stream only."""
+    from hsmlb.server import MAX_MESSAGE_BYTES
+
     huge = pb.StreamRequest(request_id=2, encrypt_data=pb.EncryptDataRequest(
-        key_identifier=NIST_KEY, plain_text="00" * (3 * 2**20), encryption_attributes=sym(pb.ECB)))
+        key_identifier=NIST_KEY, plain_text="00" * (MAX_MESSAGE_BYTES // 2 + 2**20), encryption_attributes=sym(pb.ECB)))
     with daemon.channel() as channel:
         with pytest.raises(grpc.RpcError) as err:
             list(pb_grpc.OperationsStub(channel).Stream(iter([_msg(1), huge, _msg(3)]), timeout=10))
