@@ -29,18 +29,14 @@ Figures measured on this 2-core machine, shared with other work: see README "Per
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
-from bench_daemon import Bench, summarize
+from bench_daemon import Bench, measure, summarize, write_json
 
 PHASE_FIGURES: tuple[tuple[str, str, str], ...] = (
     ("ops_per_s", "ops/s", ",.0f"),
@@ -209,35 +205,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the teardown in `finally`
     bench = BatchBench(args)
-    runs: list[dict[str, float]] = []
-    try:
-        bench.start()
-        print(f"daemons {', '.join(f'{v}: {a} (pid {p.pid})' for v, (p, a) in bench.daemons.items())}; "
-              f"echo {bench.echo_address}; state {bench.state_dir}", flush=True)
-        for number in range(1, args.runs + 1):
-            started = time.monotonic()
-            runs.append(bench.run_once())
-            r = runs[-1]
-            line = ", ".join(f"x{n}: {r[f'batch{n}.daemon[{args.nodes_variants[0]}].ops_per_s']:,.0f} ops/s "
-                             f"{r[f'batch{n}.daemon[{args.nodes_variants[0]}].cpu_us_per_op']:.0f} us"
-                             for n in args.items)
-            print(f"run {number}/{args.runs} ({time.monotonic() - started:.0f} s): {line}", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted; tearing down", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError, grpc.RpcError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.close()
+    first = args.nodes_variants[0]
+    code, runs, _ = measure(
+        bench, args.runs,
+        lambda r: ", ".join(f"x{n}: {r[f'batch{n}.daemon[{first}].ops_per_s']:,.0f} ops/s "
+                            f"{r[f'batch{n}.daemon[{first}].cpu_us_per_op']:.0f} us" for n in args.items),
+        banner=lambda: (f"daemons {', '.join(f'{v}: {a} (pid {p.pid})' for v, (p, a) in bench.daemons.items())}; "
+                        f"echo {bench.echo_address}; state {bench.state_dir}"))
+    if code:
+        return code
     summary = summarize(runs)
     report(args, summary)
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                         "summary": summary}, indent=2) + "\n")
-        print(f"results written to {args.json}")
+    write_json(args, runs, summary)
     return 0
 
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -297,37 +298,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(bench: Any, runs: int, describe: Callable[[dict[str, float]], str],
+            banner: Callable[[], str] | None = None,
+            finish: Callable[[], Any] | None = None) -> tuple[int, list[dict[str, float]], Any]:
+    """The benches' one driver: start `bench`, run it `runs` times printing `describe(run)` after each, call
+    `finish()` (e.g. read a report from the daemon), and tear everything down whatever happens (SIGTERM,
+    Ctrl-C, a failure). Returns (exit code: 0 measured, 130 interrupted, 1 failed; the runs; finish's result)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the teardown in `finally`
-    bench = Bench(args)
-    runs: list[dict[str, float]] = []
+    results: list[dict[str, float]] = []
+    extra = None
     try:
         bench.start()
-        print(f"daemon {bench.daemon_address} (pid {bench.daemon.pid if bench.daemon else '?'}), "
-              f"echo {bench.echo_address}, state {bench.state_dir}", flush=True)
-        for number in range(1, args.runs + 1):
+        if banner is not None:
+            print(banner(), flush=True)
+        for number in range(1, runs + 1):
             started = time.monotonic()
-            runs.append(bench.run_once())
-            r = runs[-1]
-            print(f"run {number}/{args.runs} ({time.monotonic() - started:.0f} s): daemon unary "
-                  f"{r['daemon.unary.ops_per_s']:,.0f} ops/s, stream {r['daemon.stream.ops_per_s']:,.0f} ops/s; "
-                  f"CPU/op vs echo x{r['ratio.cpu_unary']:.2f} / x{r['ratio.cpu_stream']:.2f}; "
-                  f"pooled/per-op x{r['direct.pooled_over_per_op']:.1f}", flush=True)
+            results.append(bench.run_once())
+            print(f"run {number}/{runs} ({time.monotonic() - started:.0f} s): {describe(results[-1])}", flush=True)
+        if finish is not None:
+            extra = finish()
     except KeyboardInterrupt:
         print("interrupted; tearing down", file=sys.stderr)
-        return 130
+        return 130, results, extra
     except (RuntimeError, OSError, subprocess.SubprocessError, grpc.RpcError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        return 1
+        return 1, results, extra
     finally:
         bench.close()
-    summary = summarize(runs)
-    report(args, summary)
+    return 0, results, extra
+
+
+def write_json(args: argparse.Namespace, runs: list[dict[str, float]], summary: dict[str, Any]) -> None:
+    """--json: the arguments, every run and the summary, for comparing sessions."""
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                          "summary": summary}, indent=2) + "\n")
         print(f"results written to {args.json}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    code, runs, _ = measure(
+        bench, args.runs,
+        lambda r: (f"daemon unary {r['daemon.unary.ops_per_s']:,.0f} ops/s, stream {r['daemon.stream.ops_per_s']:,.0f} "
+                   f"ops/s; CPU/op vs echo x{r['ratio.cpu_unary']:.2f} / x{r['ratio.cpu_stream']:.2f}; "
+                   f"pooled/per-op x{r['direct.pooled_over_per_op']:.1f}"),
+        banner=lambda: (f"daemon {bench.daemon_address} (pid {bench.daemon.pid if bench.daemon else '?'}), "
+                        f"echo {bench.echo_address}, state {bench.state_dir}"))
+    if code:
+        return code
+    summary = summarize(runs)
+    report(args, summary)
+    write_json(args, runs, summary)
     return 0
 
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import yaml
-from bench_daemon import Bench, summarize
+from bench_daemon import Bench, measure, summarize
 
 from hsmlb.dev.cluster import default_keys_file, dev_routes
 from hsmlb.dev.regions import Emulator, region_node_config, start_dev_regions
@@ -115,26 +113,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = ShadowBench(args)
-    runs: list[dict[str, float]] = []
-    try:
-        bench.start()
-        for number in range(1, args.runs + 1):
-            started = time.monotonic()
-            runs.append(bench.run_once())
-            r = runs[-1]
-            print(f"run {number}/{args.runs} ({time.monotonic() - started:.0f} s): batch off "
-                  f"{r['batch.off.ops_per_s']:,.0f} ops/s p99 {r['batch.off.p99_us']:,.0f} us, on "
-                  f"{r['batch.on.ops_per_s']:,.0f} ops/s p99 {r['batch.on.p99_us']:,.0f} us", flush=True)
-        ops = bench.shadow_report()
-    except KeyboardInterrupt:
-        return 130
-    except (RuntimeError, OSError, grpc.RpcError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.close()
+    code, runs, ops = measure(
+        bench, args.runs,
+        lambda r: (f"batch off {r['batch.off.ops_per_s']:,.0f} ops/s p99 {r['batch.off.p99_us']:,.0f} us, on "
+                   f"{r['batch.on.ops_per_s']:,.0f} ops/s p99 {r['batch.on.p99_us']:,.0f} us"),
+        finish=bench.shadow_report)
+    if code:
+        return code
     report(args, summarize(runs), ops)
     return 0
 

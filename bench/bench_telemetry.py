@@ -17,17 +17,14 @@ Loopback only; everything started is torn down at the end. The machine is shared
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import yaml
 from bench_batch import BatchBench, parse_args, report
-from bench_daemon import ENV, summarize
+from bench_daemon import ENV, measure, summarize, write_json
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {"tracing": {"enabled": False}},
@@ -90,29 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     args.nodes_variants = list(VARIANTS)
     for key in [k for k in ENV if k.startswith("OTEL_")]:  # the configs say what each daemon does
         del ENV[key]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    bench = TelemetryBench(args)
-    runs: list[dict[str, float]] = []
-    try:
-        bench.start()
-        for number in range(1, args.runs + 1):
-            started = time.monotonic()
-            runs.append(bench.run_once())
-            r = runs[-1]
-            print(f"run {number}/{args.runs} ({time.monotonic() - started:.0f} s): " + ", ".join(
-                f"{v} {r[f'batch{args.items[0]}.daemon[{v}].ops_per_s']:,.0f} ops/s" for v in VARIANTS), flush=True)
-    except KeyboardInterrupt:
-        return 130
-    except (RuntimeError, OSError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.close()
+    code, runs, _ = measure(
+        TelemetryBench(args), args.runs,
+        lambda r: ", ".join(f"{v} {r[f'batch{args.items[0]}.daemon[{v}].ops_per_s']:,.0f} ops/s" for v in VARIANTS))
+    if code:
+        return code
     summary = summarize(runs)
     report(args, summary)
     ratios(summary, runs, [f"batch{n}" for n in args.items] + (["unary"] if args.unary else []))
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2) + "\n")
+    write_json(args, runs, summary)
     return 0
 
 
