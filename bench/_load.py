@@ -181,11 +181,70 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
         call.cancel()
 
 
+PACED_MAX_OUTSTANDING = 20_000  # open loop, but bounded: past this the rate is above saturation
+
+
+async def _paced_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, rate: float, items: int,
+                              expect: str | None, tally: Tally) -> None:
+    """StreamBatch, open loop: a message of `items` operations every items/rate seconds whatever is
+    outstanding, each operation's latency counted from when it was due (no coordinated omission)."""
+    body = request()
+    call = stub.StreamBatch(timeout=seconds + DRAIN_S + RPC_TIMEOUT_S)
+    sent: dict[int, float] = {}
+    ids = itertools.count(1)
+    interval = items / rate
+
+    async def sender() -> None:
+        due = time.perf_counter()
+        stop_at = due + seconds
+        while due < stop_at:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(sent) + items > PACED_MAX_OUTSTANDING:
+                tally.errors += items  # never sent: the server is not keeping up with the offered rate
+            else:
+                message = pb.BatchRequest()
+                add = message.items.add
+                for _ in range(items):
+                    request_id = next(ids)
+                    sent[request_id] = due
+                    add(request_id=request_id, encrypt_data=body)
+                await call.write(message)
+            due += interval
+        await call.done_writing()
+
+    sending = asyncio.ensure_future(sender())
+    try:
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                break
+            now = time.perf_counter()
+            for item in reply.items:
+                started = sent.pop(item.request_id, None)
+                if started is None:
+                    tally.errors += 1
+                    continue
+                cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
+                tally.record(cipher_text, expect, now - started)
+    except grpc.aio.AioRpcError:
+        pass
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        tally.errors += len(sent)  # sent but never answered
+        call.cancel()
+
+
 async def stream_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, window: int,
-                       expect: str | None, items: int = 0) -> Tally:
+                       expect: str | None, items: int = 0, rate: float = 0.0) -> Tally:
     tally = Tally()
     per_stream = max(1, window // streams)
-    if items:
+    if items and rate:
+        await asyncio.gather(*(_paced_batch_stream(stub, seconds, rate / streams, items, expect, tally)
+                               for _ in range(streams)))
+    elif items:
         await asyncio.gather(*(_one_batch_stream(stub, seconds, max(per_stream, items), items, expect, tally)
                                for _ in range(streams)))
     else:
@@ -198,7 +257,8 @@ async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seco
     if args.mode == "unary":
         coro = unary_phase(stub, seconds, args.concurrency, expect)
     else:
-        coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0)
+        coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0,
+                            args.rate if args.mode == "batch" else 0.0)
     return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
 
 
@@ -232,6 +292,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2, help="stream: concurrent streams")
     parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
     parser.add_argument("--items", type=int, default=16, help="batch: operations per StreamBatch message")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="batch: paced (open loop) at this many ops/s over all streams instead of a window")
     parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main_async(args))), flush=True)

@@ -1,0 +1,123 @@
+"""The shadow budget: shadowing is best-effort (Envoy's request mirroring), so it may only use what the
+primary leaves over. What does not fit is skipped and counted as `budget`, never queued.
+
+Two bounds, both plain policy over an injected clock:
+- shadow calls in flight per candidate pool (a slow or hung candidate cannot pile up work);
+- a token bucket of shadow calls per second whose rate follows the daemon's load (AIMD, as TCP does),
+  probed every 50 ms (`LoopLagProbe`): the event loop's lag (how late a timer fires) and the primary's
+  backlog (operations queued for a session, more than one round of every session's work) say whether
+  the primary has work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
+  trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`.
+  So at light load every primary answer is shadowed, and at saturation the shadow sample shrinks
+  instead of the primary's throughput.
+
+Why both signals and not CPU time: a loop that does all the work lags; a loop that waits on token
+workers that the shadow's CPU (the daemon's, or on one host the candidate's) slows down shows a backlog
+instead. On a shared machine the loop thread can be descheduled, so its own CPU share reads low while
+callers wait; a late timer or a queue is what a caller feels, whatever the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from hsmlb.clock import Clock
+
+
+class ShadowBudget:
+    def __init__(self, clock: Clock, *, max_per_s: float = 2000.0, min_per_s: float = 5.0, burst_s: float = 0.1,
+                 in_flight_per_candidate: int = 64, lag_high_s: float = 0.004, lag_low_s: float = 0.002,
+                 decrease: float = 0.5, increase: float = 1.2, adaptive: bool = True) -> None:
+        self.clock = clock
+        self.max_per_s = max_per_s
+        self.min_per_s = min(min_per_s, max_per_s)
+        self.burst_s = burst_s
+        self.in_flight_per_candidate = in_flight_per_candidate
+        self.lag_high_s = lag_high_s
+        self.lag_low_s = lag_low_s
+        self.decrease = decrease
+        self.increase = increase
+        self.adaptive = adaptive
+        self.rate = max_per_s  # optimistic: an idle daemon shadows everything from the first request
+        self.tokens = self._burst()
+        self.last = clock()
+        self.in_flight: dict[str, int] = {}
+        self.cuts = 0  # times the rate was cut: how often the primary needed the room back
+        self.lag_s = 0.0  # the last lag observed
+        self.backlogs = 0  # probes that found the primary with a backlog
+
+    def _burst(self) -> float:
+        return max(1.0, self.rate * self.burst_s)
+
+    def ready(self, pool: str, now: float) -> bool:
+        """Room for one more shadow call to `pool` now (refills the bucket; takes nothing)."""
+        if self.in_flight.get(pool, 0) >= self.in_flight_per_candidate:
+            return False
+        tokens = self.tokens = min(self._burst(), self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return tokens >= 1.0
+
+    def take(self, pool: str) -> None:
+        """A shadow call to `pool` starts: one token and one in-flight slot."""
+        self.tokens -= 1.0
+        self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
+
+    def release(self, pool: str) -> None:
+        self.in_flight[pool] -= 1
+
+    def observe(self, lag_s: float, backlog: bool = False) -> None:
+        """One probe: cut the rate when the loop is late or the primary has a backlog, grow it when neither."""
+        self.lag_s = lag_s
+        self.backlogs += backlog
+        if not self.adaptive:
+            return
+        if backlog or lag_s >= self.lag_high_s:
+            if self.rate > self.min_per_s:
+                self.cuts += 1
+            self.rate = max(self.min_per_s, self.rate * self.decrease)
+            self.tokens = min(self.tokens, self._burst())
+        elif lag_s <= self.lag_low_s:
+            self.rate = min(self.max_per_s, self.rate * self.increase + 1.0)
+
+    def stats(self) -> dict[str, float]:
+        return {"rate_per_s": round(self.rate, 1), "max_per_s": self.max_per_s, "min_per_s": self.min_per_s,
+                "cuts": self.cuts, "backlogs": self.backlogs, "lag_ms": round(self.lag_s * 1000, 3),
+                "in_flight": sum(self.in_flight.values())}
+
+
+class LoopLagProbe:
+    """How late the event loop runs a timer, every `interval_s`, fed to `observe` with `backlog()`. It runs
+    only while shadowing is active: `poke()` on each shadow decision arms it, and a probe that saw no poke
+    since the last one does not re-arm, so an idle daemon has no timer."""
+
+    def __init__(self, observe: Callable[[float, bool], None], backlog: Callable[[], bool],
+                 interval_s: float = 0.05) -> None:
+        self.observe = observe
+        self.backlog = backlog
+        self.interval_s = interval_s
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._poked = False
+
+    def poke(self) -> None:
+        self._poked = True
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._poked = False
+        self._due = loop.time() + self.interval_s
+        self._handle = loop.call_at(self._due, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        self.observe(max(0.0, loop.time() - self._due), self.backlog())
+        if self._poked:
+            self._arm(loop)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
