@@ -43,7 +43,7 @@ def test_calls_in_flight_are_bounded_per_candidate_pool():
 
 def test_lag_or_a_backlog_cuts_the_rate_to_its_floor_and_quiet_grows_it_back_to_its_ceiling():
     clock = FakeClock()
-    budget = ShadowBudget(clock, max_per_s=1000, min_per_s=5, lag_high_s=0.004, lag_low_s=0.002)
+    budget = ShadowBudget(clock, max_per_s=1000, min_per_s=5, lag_high_s=0.004, increase=1.2)
     assert budget.rate == 1000  # an idle daemon shadows everything from the first request
     budget.observe(0.010)
     assert budget.rate == 500 and budget.cuts == 1
@@ -52,10 +52,12 @@ def test_lag_or_a_backlog_cuts_the_rate_to_its_floor_and_quiet_grows_it_back_to_
     for _ in range(20):
         budget.observe(0.050)
     assert budget.rate == 5 and budget.cuts == 8  # at the floor, further probes are no new cuts
-    budget.observe(0.003)  # between the thresholds: hold
-    assert budget.rate == 5
-    for _ in range(100):
+    budget.observe(0.003)  # under the threshold: grow
+    assert budget.rate == 7
+    for _ in range(10):
         budget.observe(0.0005)
+    assert 5 < budget.rate < 1000
+    budget.observe(0.0, quiet_probes=60)  # the first probe after three idle seconds
     assert budget.rate == 1000
 
 
@@ -66,16 +68,21 @@ def test_a_fixed_budget_ignores_load():
 
 
 async def test_the_probe_reports_a_late_timer_and_stops_when_shadowing_stops():
-    seen: list[tuple[float, bool]] = []
-    probe = LoopLagProbe(lambda lag, backlog: seen.append((lag, backlog)), lambda: True, interval_s=0.001)
+    seen: list[tuple[float, bool, int]] = []
+    probe = LoopLagProbe(lambda lag, backlog, quiet: seen.append((lag, backlog, quiet)), lambda: True,
+                         interval_s=0.001)
     probe.poke()
     await asyncio.sleep(0.02)
     assert len(seen) == 1  # one probe after the poke, none after it (no poke since): an idle daemon has no timer
     assert seen[0][0] >= 0 and seen[0][1] is True
+    probe.poke()  # an idle spell counts as the quiet probes it would have made, at once
+    assert len(seen) == 2 and seen[1][1:] == (False, seen[1][2]) and seen[1][2] >= 10
+    await asyncio.sleep(0.01)
+    assert len(seen) == 3 and seen[2][2] >= 1
     probe.poke()
     probe.close()
     await asyncio.sleep(0.01)
-    assert len(seen) == 1
+    assert len(seen) == 4  # the poke's idle spell, then no timer after close
 
 
 async def test_skips_for_the_budget_are_counted_apart_from_missing_capabilities():

@@ -65,8 +65,7 @@ class ShadowConfig(_Frozen):
                                                 "pool; more are skipped (budget)")
     budget_adaptive: bool = Field(True, description="cut the shadow rate while the event loop lags, grow it back "
                                   "when it does not: at saturation the shadow sample shrinks, not the primary")
-    budget_lag_ms: float = Field(4.0, gt=0, description="event-loop lag that cuts the shadow rate (half of it "
-                                 "lets the rate grow again)")
+    budget_lag_ms: float = Field(4.0, gt=0, description="event-loop lag that cuts the shadow rate")
     state_file: Path | None = Field(None, description="runtime route changes (weights, promotions, switch); "
                                     "default: beside the config file, <name>.state.json")
 

@@ -14,7 +14,7 @@ def attach_routes(router: Router, config: Config) -> RouteControl:
     pools = [node.pool for node in config.nodes]
     budget = ShadowBudget(router.clock, max_per_s=sc.budget_max_per_s, min_per_s=sc.budget_min_per_s,
                           in_flight_per_candidate=sc.budget_in_flight_per_candidate, adaptive=sc.budget_adaptive,
-                          lag_high_s=sc.budget_lag_ms / 1000, lag_low_s=sc.budget_lag_ms / 2000)
+                          lag_high_s=sc.budget_lag_ms / 1000)
     shadower = Shadower(router.cluster, router.balancer, router.clock, max_in_flight=sc.max_in_flight,
                         timeout_s=sc.timeout_s, ring_size=sc.discrepancy_records, window_s=sc.gate_window_s,
                         budget=budget)

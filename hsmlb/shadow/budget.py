@@ -7,7 +7,8 @@ Two bounds, both plain policy over an injected clock:
   probed every 50 ms (`LoopLagProbe`): the event loop's lag (how late a timer fires) and the primary's
   backlog (operations queued for a session, more than one round of every session's work) say whether
   the primary has work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
-  trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`.
+  trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`
+  (as fast as it is cut: the shadow grows only while most probes find the primary with nothing waiting).
   So at light load every primary answer is shadowed, and at saturation the shadow sample shrinks
   instead of the primary's throughput.
 
@@ -27,15 +28,14 @@ from hsmlb.clock import Clock
 
 class ShadowBudget:
     def __init__(self, clock: Clock, *, max_per_s: float = 2000.0, min_per_s: float = 5.0, burst_s: float = 0.1,
-                 in_flight_per_candidate: int = 64, lag_high_s: float = 0.004, lag_low_s: float = 0.002,
-                 decrease: float = 0.5, increase: float = 1.2, adaptive: bool = True) -> None:
+                 in_flight_per_candidate: int = 64, lag_high_s: float = 0.004, decrease: float = 0.5,
+                 increase: float = 2.0, adaptive: bool = True) -> None:
         self.clock = clock
         self.max_per_s = max_per_s
         self.min_per_s = min(min_per_s, max_per_s)
         self.burst_s = burst_s
         self.in_flight_per_candidate = in_flight_per_candidate
         self.lag_high_s = lag_high_s
-        self.lag_low_s = lag_low_s
         self.decrease = decrease
         self.increase = increase
         self.adaptive = adaptive
@@ -66,8 +66,10 @@ class ShadowBudget:
     def release(self, pool: str) -> None:
         self.in_flight[pool] -= 1
 
-    def observe(self, lag_s: float, backlog: bool = False) -> None:
-        """One probe: cut the rate when the loop is late or the primary has a backlog, grow it when neither."""
+    def observe(self, lag_s: float, backlog: bool = False, quiet_probes: int = 1) -> None:
+        """One probe: cut the rate when the loop is late or the primary has a backlog, grow it when neither
+        (by `quiet_probes` steps: a probe after an idle spell counts the probes that spell would have made,
+        so a rate cut by a burst does not linger into the next, light, traffic)."""
         self.lag_s = lag_s
         self.backlogs += backlog
         if not self.adaptive:
@@ -77,8 +79,9 @@ class ShadowBudget:
                 self.cuts += 1
             self.rate = max(self.min_per_s, self.rate * self.decrease)
             self.tokens = min(self.tokens, self._burst())
-        elif lag_s <= self.lag_low_s:
-            self.rate = min(self.max_per_s, self.rate * self.increase + 1.0)
+        else:
+            for _ in range(min(quiet_probes, 100)):
+                self.rate = min(self.max_per_s, self.rate * self.increase + 1.0)
 
     def stats(self) -> dict[str, float]:
         return {"rate_per_s": round(self.rate, 1), "max_per_s": self.max_per_s, "min_per_s": self.min_per_s,
@@ -91,7 +94,7 @@ class LoopLagProbe:
     only while shadowing is active: `poke()` on each shadow decision arms it, and a probe that saw no poke
     since the last one does not re-arm, so an idle daemon has no timer."""
 
-    def __init__(self, observe: Callable[[float, bool], None], backlog: Callable[[], bool],
+    def __init__(self, observe: Callable[[float, bool, int], None], backlog: Callable[[], bool],
                  interval_s: float = 0.05) -> None:
         self.observe = observe
         self.backlog = backlog
@@ -99,11 +102,17 @@ class LoopLagProbe:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._poked = False
+        self._last: float | None = None  # when the last probe fired
 
     def poke(self) -> None:
         self._poked = True
         if self._handle is None:
             loop = asyncio.get_running_loop()
+            if self._last is not None:  # back from an idle spell: it counts as the quiet probes it would have made
+                quiet = int((loop.time() - self._last) / self.interval_s)
+                if quiet > 1:
+                    self._last = loop.time()
+                    self.observe(0.0, False, quiet)
             self._arm(loop)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -113,7 +122,10 @@ class LoopLagProbe:
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handle = None
-        self.observe(max(0.0, loop.time() - self._due), self.backlog())
+        now = loop.time()
+        last = self._due - self.interval_s if self._last is None else self._last
+        self._last = now
+        self.observe(max(0.0, now - self._due), self.backlog(), max(1, int((now - last) / self.interval_s)))
         if self._poked:
             self._arm(loop)
 
