@@ -28,6 +28,7 @@ CIPHER = "3AD77BB40D7A3660A89ECAF32466EF97"  # ... and its AES-128 ECB encryptio
 RPC_TIMEOUT_S = 10.0
 DRAIN_S = 30.0  # how long a stream may take to answer what is outstanding when the phase ends
 GO_TIMEOUT_S = 120.0
+_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 @dataclass
@@ -36,6 +37,11 @@ class Tally:
     errors: int = 0
     wrong: int = 0  # answered, but not with the expected cipher text
     latencies: list[float] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)  # batch: errors by status code (or "unanswered")
+
+    def code(self, name: str, count: int = 1) -> None:
+        if count:
+            self.codes[name] = self.codes.get(name, 0) + count
 
     def record(self, cipher_text: str | None, expect: str | None, seconds: float) -> None:
         if cipher_text is None:
@@ -58,6 +64,7 @@ class PhaseResult:
     p50_us: float
     p99_us: float
     cpu_s: float  # this load generator's own CPU (all threads) during the measured phase
+    error_codes: dict[str, int] = field(default_factory=dict)  # batch modes: errors by status code
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -169,6 +176,8 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
                     tally.errors += 1
                     continue
                 cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
+                if cipher_text is None:
+                    tally.code(_CODES.get(item.status.code, str(item.status.code)))
                 tally.record(cipher_text, expect, now - started)
             if len(sent) + items <= window:
                 room.set()
@@ -178,6 +187,7 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
         sending.cancel()
         await asyncio.gather(sending, return_exceptions=True)
         tally.errors += len(sent)  # sent but never answered
+        tally.code("unanswered", len(sent))
         call.cancel()
 
 
@@ -227,6 +237,8 @@ async def _paced_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, rate
                     tally.errors += 1
                     continue
                 cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
+                if cipher_text is None:
+                    tally.code(_CODES.get(item.status.code, str(item.status.code)))
                 tally.record(cipher_text, expect, now - started)
     except grpc.aio.AioRpcError:
         pass
@@ -234,6 +246,7 @@ async def _paced_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, rate
         sending.cancel()
         await asyncio.gather(sending, return_exceptions=True)
         tally.errors += len(sent)  # sent but never answered
+        tally.code("unanswered", len(sent))
         call.cancel()
 
 
@@ -278,7 +291,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     result = PhaseResult(mode=args.mode, ops=tally.ok, errors=tally.errors, wrong=tally.wrong, elapsed_s=elapsed,
                          ops_per_s=tally.ok / elapsed, p50_us=percentile(tally.latencies, 0.50) * 1e6,
-                         p99_us=percentile(tally.latencies, 0.99) * 1e6, cpu_s=cpu)
+                         p99_us=percentile(tally.latencies, 0.99) * 1e6, cpu_s=cpu,
+                         error_codes=tally.codes)
     return asdict(result)
 
 
