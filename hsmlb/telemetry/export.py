@@ -104,6 +104,21 @@ def readable(record: SpanRecord, resource: Resource, scope: InstrumentationScope
                         start_time=record.start_ns, end_time=record.end_ns, instrumentation_scope=scope)
 
 
+class _Resource(Resource):
+    """The process's one resource with its hash computed once: the SDK's OTLP encoder groups spans by
+    resource, and Resource.__hash__ is a JSON dump of its attributes, per span (14% of the encoding)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or super().__eq__(other)
+
+
 class BoundedSpanProcessor:
     """Queue ended span records (at most `max_queue`; more are dropped and counted); a thread exports them."""
 
@@ -114,7 +129,7 @@ class BoundedSpanProcessor:
         self.max_queue = max_queue
         self.interval_s = interval_s
         self.batch = batch
-        self.resource = resource or Resource.create({})
+        self.resource = _Resource(resource or Resource.create({}))
         self.scope = InstrumentationScope("hsmlb")
         self.queue: deque[SpanRecord] = deque()
         self.exported = 0
