@@ -9,8 +9,10 @@ only appends to a deque.
 Not the SDK's Span either: starting one costs 20-35 us on this machine (a lock, attribute
 validation, a sampler call, a context), more than the operation it describes. The event loop
 makes a `SpanRecord` (ids, times, one attribute dict of plain str/int/bool values) and queues it
-when it ends; the export thread turns records into the SDK's ReadableSpan, which the
-OpenTelemetry project's own OTLP and console exporters take as they are.
+when it ends. For OTLP the export thread encodes the records itself (otlp.py, ~8x cheaper than the
+SDK's encoder) and hands the bytes to the OpenTelemetry exporter's own transport (its HTTP client
+with retries, or its gRPC stub); where an exporter version offers no such transport, and for the
+console, records become the SDK's ReadableSpan and go through `exporter.export` as usual.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -28,6 +30,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from hsmlb.telemetry.config import TracingConfig
+from hsmlb.telemetry.otlp import Encoder
 
 log = logging.getLogger("hsmlb.telemetry")
 _EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
@@ -104,6 +107,27 @@ def readable(record: SpanRecord, resource: Resource, scope: InstrumentationScope
                         start_time=record.start_ns, end_time=record.end_ns, instrumentation_scope=scope)
 
 
+def encoded_sender(exporter: SpanExporter) -> Callable[[bytes], bool] | None:
+    """The exporter's own transport for an already encoded ExportTraceServiceRequest, or None (console, or an
+    exporter version whose transport is not the one known here: then `exporter.export` encodes)."""
+    client = getattr(exporter, "_client", None)
+    if client is None:
+        return None
+    if callable(getattr(client, "Export", None)) and hasattr(exporter, "_timeout"):  # OTLP/gRPC: the stub
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        def send_grpc(data: bytes) -> bool:
+            client.Export(request=ExportTraceServiceRequest.FromString(data),
+                          metadata=getattr(exporter, "_headers", None) or None, timeout=exporter._timeout)
+            return True
+
+        return send_grpc
+    export = getattr(client, "export", None)
+    if callable(export):  # OTLP/HTTP: its client (compression, headers, retries with backoff)
+        return lambda data: bool(export(data).success)
+    return None
+
+
 class _Resource(Resource):
     """The process's one resource with its hash computed once: the SDK's OTLP encoder groups spans by
     resource, and Resource.__hash__ is a JSON dump of its attributes, per span (14% of the encoding)."""
@@ -131,6 +155,8 @@ class BoundedSpanProcessor:
         self.batch = batch
         self.resource = _Resource(resource or Resource.create({}))
         self.scope = InstrumentationScope("hsmlb")
+        self.send = encoded_sender(exporter)
+        self.encoder = Encoder(dict(self.resource.attributes), self.scope.name)
         self.queue: deque[SpanRecord] = deque()
         self.exported = 0
         self.dropped = 0
@@ -165,20 +191,22 @@ class BoundedSpanProcessor:
                 self._export(records)
 
     def _export(self, records: Sequence[SpanRecord]) -> None:
-        resource, scope = self.resource, self.scope
-        spans = [readable(r, resource, scope) for r in records]
         try:
-            ok = self.exporter.export(spans) is SpanExportResult.SUCCESS
+            if self.send is not None:
+                ok = self.send(self.encoder.request(records))
+            else:
+                resource, scope = self.resource, self.scope
+                ok = self.exporter.export([readable(r, resource, scope) for r in records]) is SpanExportResult.SUCCESS
         except Exception:
             ok = False
         if ok:
-            self.exported += len(spans)
+            self.exported += len(records)
             if self._failing:
                 self._failing = False
                 log.info("span export to %s works again", self.where)
             return
         self.failures += 1
-        self.dropped += len(spans)
+        self.dropped += len(records)
         if not self._failing:
             self._failing = True
             log.warning("span export to %s failed; spans are dropped and counted (hsmlb_spans_dropped_total), "
