@@ -164,6 +164,8 @@ class TracingFilter(FilterBase):
         self.server_address = server_address
         self.router = router
         self.ids = ids or random.Random()
+        self._draw = partial(sampler._rng.getrandbits, 64)
+        self._bound = sampler.bound  # 2**64 for always_on: every draw is below it
 
     def _alias(self, alias: str | None) -> str:
         """The key alias, when a node holds it: the caller's string is data until it names a known key
@@ -177,9 +179,14 @@ class TracingFilter(FilterBase):
         if op is None:
             return
         traceparent = item.traceparent
-        parent = parse_traceparent(traceparent) if traceparent else None
-        if not self.sampler.sampled(parent):
+        if traceparent:
+            parent = parse_traceparent(traceparent)
+            if not self.sampler.sampled(parent):
+                return
+        elif self._draw() >= self._bound:  # Sampler.sampled(None), inlined: the path of 99% of operations
             return
+        else:
+            parent = None
         ids = self.ids
         method = method_name(item.field)
         started_ns = time.time_ns() - int((time.monotonic() - item.started) * 1e9)
