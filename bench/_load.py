@@ -1,4 +1,4 @@
-"""Load client for bench_daemon.py and bench_batch.py: one phase (unary, stream or batch) against one server.
+"""Load client for bench_daemon.py and bench_batch.py: one phase (unary, stream, batch or paced) against one server.
 
 Protocol on stdio, so the parent can read the server's CPU counters exactly around the measured part:
 connect and warm up, print READY, wait for a line on stdin, run the phase for --seconds (then
@@ -28,7 +28,6 @@ CIPHER = "3AD77BB40D7A3660A89ECAF32466EF97"  # ... and its AES-128 ECB encryptio
 RPC_TIMEOUT_S = 10.0
 DRAIN_S = 30.0  # how long a stream may take to answer what is outstanding when the phase ends
 GO_TIMEOUT_S = 120.0
-_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 @dataclass
@@ -37,11 +36,6 @@ class Tally:
     errors: int = 0
     wrong: int = 0  # answered, but not with the expected cipher text
     latencies: list[float] = field(default_factory=list)
-    codes: dict[str, int] = field(default_factory=dict)  # batch: errors by status code (or "unanswered")
-
-    def code(self, name: str, count: int = 1) -> None:
-        if count:
-            self.codes[name] = self.codes.get(name, 0) + count
 
     def record(self, cipher_text: str | None, expect: str | None, seconds: float) -> None:
         if cipher_text is None:
@@ -64,7 +58,6 @@ class PhaseResult:
     p50_us: float
     p99_us: float
     cpu_s: float  # this load generator's own CPU (all threads) during the measured phase
-    error_codes: dict[str, int] = field(default_factory=dict)  # batch modes: errors by status code
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -176,8 +169,6 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
                     tally.errors += 1
                     continue
                 cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
-                if cipher_text is None:
-                    tally.code(_CODES.get(item.status.code, str(item.status.code)))
                 tally.record(cipher_text, expect, now - started)
             if len(sent) + items <= window:
                 room.set()
@@ -187,41 +178,34 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
         sending.cancel()
         await asyncio.gather(sending, return_exceptions=True)
         tally.errors += len(sent)  # sent but never answered
-        tally.code("unanswered", len(sent))
         call.cancel()
 
 
-PACED_MAX_OUTSTANDING = 20_000  # open loop, but bounded: past this the rate is above saturation
-
-
-async def _paced_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, rate: float, items: int,
-                              expect: str | None, tally: Tally) -> None:
-    """StreamBatch, open loop: a message of `items` operations every items/rate seconds whatever is
-    outstanding, each operation's latency counted from when it was due (no coordinated omission)."""
+async def _one_paced_stream(stub: pb_grpc.OperationsStub, seconds: float, rate: float, items: int,
+                            expect: str | None, tally: Tally) -> None:
+    """StreamBatch, open loop: a message of `items` operations every items/rate seconds, on schedule whatever
+    is outstanding; each latency runs from the message's scheduled time (no coordinated omission)."""
     body = request()
     call = stub.StreamBatch(timeout=seconds + DRAIN_S + RPC_TIMEOUT_S)
     sent: dict[int, float] = {}
     ids = itertools.count(1)
     interval = items / rate
+    messages = max(1, int(seconds / interval))
+    start = time.perf_counter()
 
     async def sender() -> None:
-        due = time.perf_counter()
-        stop_at = due + seconds
-        while due < stop_at:
+        for n in range(messages):
+            due = start + n * interval
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if len(sent) + items > PACED_MAX_OUTSTANDING:
-                tally.errors += items  # never sent: the server is not keeping up with the offered rate
-            else:
-                message = pb.BatchRequest()
-                add = message.items.add
-                for _ in range(items):
-                    request_id = next(ids)
-                    sent[request_id] = due
-                    add(request_id=request_id, encrypt_data=body)
-                await call.write(message)
-            due += interval
+            message = pb.BatchRequest()
+            add = message.items.add
+            for _ in range(items):
+                request_id = next(ids)
+                sent[request_id] = due
+                add(request_id=request_id, encrypt_data=body)
+            await call.write(message)
         await call.done_writing()
 
     sending = asyncio.ensure_future(sender())
@@ -237,8 +221,6 @@ async def _paced_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, rate
                     tally.errors += 1
                     continue
                 cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
-                if cipher_text is None:
-                    tally.code(_CODES.get(item.status.code, str(item.status.code)))
                 tally.record(cipher_text, expect, now - started)
     except grpc.aio.AioRpcError:
         pass
@@ -246,18 +228,23 @@ async def _paced_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, rate
         sending.cancel()
         await asyncio.gather(sending, return_exceptions=True)
         tally.errors += len(sent)  # sent but never answered
-        tally.code("unanswered", len(sent))
         call.cancel()
 
 
+async def paced_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, rate: float, items: int,
+                      expect: str | None) -> Tally:
+    """Open loop at `rate` operations/s in all, over `streams` StreamBatch streams: latency below saturation."""
+    tally = Tally()
+    await asyncio.gather(*(_one_paced_stream(stub, seconds, rate / streams, items, expect, tally)
+                           for _ in range(streams)))
+    return tally
+
+
 async def stream_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, window: int,
-                       expect: str | None, items: int = 0, rate: float = 0.0) -> Tally:
+                       expect: str | None, items: int = 0) -> Tally:
     tally = Tally()
     per_stream = max(1, window // streams)
-    if items and rate:
-        await asyncio.gather(*(_paced_batch_stream(stub, seconds, rate / streams, items, expect, tally)
-                               for _ in range(streams)))
-    elif items:
+    if items:
         await asyncio.gather(*(_one_batch_stream(stub, seconds, max(per_stream, items), items, expect, tally)
                                for _ in range(streams)))
     else:
@@ -269,9 +256,10 @@ async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seco
     expect = CIPHER if args.check else None
     if args.mode == "unary":
         coro = unary_phase(stub, seconds, args.concurrency, expect)
+    elif args.mode == "paced":
+        coro = paced_phase(stub, seconds, args.streams, args.rate, args.items, expect)
     else:
-        coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0,
-                            args.rate if args.mode == "batch" else 0.0)
+        coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0)
     return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
 
 
@@ -291,23 +279,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     result = PhaseResult(mode=args.mode, ops=tally.ok, errors=tally.errors, wrong=tally.wrong, elapsed_s=elapsed,
                          ops_per_s=tally.ok / elapsed, p50_us=percentile(tally.latencies, 0.50) * 1e6,
-                         p99_us=percentile(tally.latencies, 0.99) * 1e6, cpu_s=cpu,
-                         error_codes=tally.codes)
+                         p99_us=percentile(tally.latencies, 0.99) * 1e6, cpu_s=cpu)
     return asdict(result)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
-    parser.add_argument("--mode", choices=("unary", "stream", "batch"), required=True)
+    parser.add_argument("--mode", choices=("unary", "stream", "batch", "paced"), required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=32, help="unary: calls in flight")
     parser.add_argument("--streams", type=int, default=2, help="stream: concurrent streams")
     parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
-    parser.add_argument("--items", type=int, default=16, help="batch: operations per StreamBatch message")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="batch: paced (open loop) at this many ops/s over all streams instead of a window")
+    parser.add_argument("--items", type=int, default=16, help="batch, paced: operations per StreamBatch message")
+    parser.add_argument("--rate", type=float, default=5000.0, help="paced: operations/s offered, over all streams")
     parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main_async(args))), flush=True)
