@@ -52,6 +52,7 @@ class ShadowBench(Bench):
         self.daemons: dict[str, tuple[Any, str]] = {}
         self.budget: tuple[float, int, float] = (0.0, 0, 0.0)
         self.cuts = 0
+        self.runs_done = 0
 
     def start(self) -> None:
         self.cluster_up()
@@ -67,12 +68,12 @@ class ShadowBench(Bench):
     def run_once(self) -> dict[str, float]:
         figures: dict[str, float] = {}
         items = ("--items", str(self.args.items))
-        for phase, extra in (("sat", items), ("paced", (*items, "--rate", str(self.args.rate)))):
-            order = list(self.daemons.items())
-            self.runs_done = getattr(self, "runs_done", 0)
+        order = list(self.daemons.items())
+        phases = (("sat", "batch", items), ("paced", "paced", (*items, "--rate", str(self.args.rate))))
+        for phase, mode, extra in phases:
             for name, (proc, address) in order if self.runs_done % 2 == 0 else order[::-1]:  # no order bias
                 before = self.coverage() if name == "on" else (0, 0)
-                for key, value in self.phase(proc, address, "batch", check=True, extra=extra).items():
+                for key, value in self.phase(proc, address, mode, check=True, extra=extra).items():
                     figures[f"{name}.{phase}.{key}"] = value
                 if name == "on":
                     after = self.coverage()

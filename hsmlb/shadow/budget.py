@@ -4,23 +4,26 @@ primary leaves over. What does not fit is skipped and counted as `budget`, never
 Two bounds, both plain policy over an injected clock:
 - shadow calls in flight per candidate pool (a slow or hung candidate cannot pile up work);
 - a token bucket of shadow calls per second whose rate follows the daemon's load (AIMD, as TCP does),
-  probed every 50 ms (`LoopLagProbe`): the event loop's lag (how late a timer fires) and the primary's
-  backlog (operations queued for a session, more than one round of every session's work) say whether
-  the primary has work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
+  probed every 50 ms (`LoopLagProbe`): the event loop's lag (how late a timer fires), its CPU share, and
+  the primary's backlog (every session slot of the primary pools in use) say whether the primary has
+  work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
   trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`
   (as fast as it is cut: the shadow grows only while most probes find the primary with nothing waiting).
   So at light load every primary answer is shadowed, and at saturation the shadow sample shrinks
   instead of the primary's throughput.
 
-Why both signals and not CPU time: a loop that does all the work lags; a loop that waits on token
-workers that the shadow's CPU (the daemon's, or on one host the candidate's) slows down shows a backlog
-instead. On a shared machine the loop thread can be descheduled, so its own CPU share reads low while
-callers wait; a late timer or a queue is what a caller feels, whatever the cause.
+Why three signals: a loop that does all the work is busy (its CPU share) or late (lag); a loop that waits
+on token workers which the shadow's CPU (the daemon's, or on one host the candidate's) slows down shows a
+full primary pool instead. On a shared machine the loop thread can be descheduled, so its own CPU share
+reads low while callers wait; a late timer or a full pool is what a caller feels, whatever the cause.
+At light load the pool is never full and the loop rarely busy or late, so light traffic is fully shadowed
+(a lag spike from another process halves the rate for one probe; the next quiet one doubles it back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from hsmlb.clock import Clock
@@ -90,42 +93,48 @@ class ShadowBudget:
 
 
 class LoopLagProbe:
-    """How late the event loop runs a timer, every `interval_s`, fed to `observe` with `backlog()`. It runs
+    """How late the event loop runs a timer, every `interval_s`, fed to `observe` with whether the primary is
+    busy: `backlog()`, or the loop thread's CPU over the interval at `busy_high` of the wall time. It runs
     only while shadowing is active: `poke()` on each shadow decision arms it, and a probe that saw no poke
     since the last one does not re-arm, so an idle daemon has no timer."""
 
     def __init__(self, observe: Callable[[float, bool, int], None], backlog: Callable[[], bool],
-                 interval_s: float = 0.05) -> None:
+                 interval_s: float = 0.05, busy_high: float = 0.9) -> None:
         self.observe = observe
         self.backlog = backlog
+        self.busy_high = busy_high
         self.interval_s = interval_s
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._poked = False
         self._last: float | None = None  # when the last probe fired
+        self._cpu = 0.0  # the loop thread's CPU time then
 
     def poke(self) -> None:
         self._poked = True
         if self._handle is None:
             loop = asyncio.get_running_loop()
             if self._last is not None:  # back from an idle spell: it counts as the quiet probes it would have made
-                quiet = int((loop.time() - self._last) / self.interval_s)
+                now = time.perf_counter()
+                quiet = int((now - self._last) / self.interval_s)
                 if quiet > 1:
-                    self._last = loop.time()
+                    self._last = now
                     self.observe(0.0, False, quiet)
             self._arm(loop)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self._poked = False
-        self._due = loop.time() + self.interval_s
-        self._handle = loop.call_at(self._due, self._fire, loop)
+        self._due = time.perf_counter() + self.interval_s  # uvloop's loop.time() counts whole milliseconds
+        self._handle = loop.call_later(self.interval_s, self._fire, loop)
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handle = None
-        now = loop.time()
+        now, cpu = time.perf_counter(), time.thread_time()  # this thread's: the event loop's own CPU
         last = self._due - self.interval_s if self._last is None else self._last
-        self._last = now
-        self.observe(max(0.0, now - self._due), self.backlog(), max(1, int((now - last) / self.interval_s)))
+        busy = (cpu - self._cpu) / (now - last) if self._last is not None and now > last else 0.0
+        self._last, self._cpu = now, cpu
+        self.observe(max(0.0, now - self._due), busy >= self.busy_high or self.backlog(),
+                     max(1, int((now - last) / self.interval_s)))
         if self._poked:
             self._arm(loop)
 

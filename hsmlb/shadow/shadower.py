@@ -73,14 +73,14 @@ class Shadower:
             self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
 
     def _backlog(self) -> bool:
-        """More operations queued for a session than one round of every session's work, outside the pools
-        shadowed to: the primary is saturated."""
-        queued = slots = 0
+        """Every session slot of the pools not shadowed to in use (or more queued): the primary is running
+        at its capacity, so any CPU the shadow takes comes out of its throughput."""
+        outstanding = capacity = 0
         for member in self.cluster.members:
             if member.pool_name not in self._targets:
-                queued += member.pool.queued
-                slots += member.pool.size
-        return queued > slots
+                outstanding += member.pool.outstanding
+                capacity += member.pool.capacity
+        return outstanding >= capacity > 0
 
     def primary_failed(self, op: Operation) -> None:
         self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
