@@ -156,7 +156,54 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
             await call.write(message)
         await call.done_writing()
 
-    sending = asyncio.ensure_future(sender())
+    await _answers(call, sender(), sent, room, items, window, expect, tally)
+
+
+async def paced_batch_phase(stub: pb_grpc.OperationsStub, seconds: float, rate: float, items: int, window: int,
+                            expect: str | None) -> Tally:
+    """Open loop on one StreamBatch stream: a message of `items` operations every items/rate seconds, on a
+    schedule that does not wait for answers (p99 at a fixed offered rate is the server's latency, not the
+    queue a closed loop builds at saturation). At most `window` operations outstanding, as a safety bound:
+    beyond it the sender waits, which only happens when the server cannot keep up with `rate`.
+    Latency runs from the message's write to the item's answer."""
+    tally = Tally()
+    body = request()
+    call = stub.StreamBatch(timeout=seconds + DRAIN_S + RPC_TIMEOUT_S)
+    sent: dict[int, float] = {}
+    room = asyncio.Event()
+    ids = itertools.count(1)
+    interval = items / rate
+
+    async def sender() -> None:
+        next_at = time.perf_counter()
+        stop_at = next_at + seconds
+        while next_at < stop_at:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while len(sent) + items > window:
+                room.clear()
+                await room.wait()
+            message = pb.BatchRequest()
+            add = message.items.add
+            now = time.perf_counter()
+            for _ in range(items):
+                request_id = next(ids)
+                sent[request_id] = now
+                add(request_id=request_id, encrypt_data=body)
+            await call.write(message)
+            next_at += interval
+        await call.done_writing()
+
+    await _answers(call, sender(), sent, room, items, window, expect, tally)
+    return tally
+
+
+async def _answers(call: Any, sending_coro: Any, sent: dict[int, float], room: asyncio.Event, items: int, window: int,
+                   expect: str | None, tally: Tally) -> None:
+    """A StreamBatch's reading side, while `sending_coro` writes: each item's answer tallied against its send
+    time, `room` set when the window has space; everything still unanswered at the end counts as an error."""
+    sending = asyncio.ensure_future(sending_coro)
     try:
         while True:
             reply = await call.read()
@@ -197,13 +244,24 @@ async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seco
     expect = CIPHER if args.check else None
     if args.mode == "unary":
         coro = unary_phase(stub, seconds, args.concurrency, expect)
+    elif args.mode == "batch" and getattr(args, "rate", 0):
+        coro = paced_batch_phase(stub, seconds, args.rate, args.items, args.window, expect)
     else:
         coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0)
     return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or (m)TLS with --ca and optionally a client --cert/--key (a daemon with `tls:`)."""
+    if not getattr(args, "ca", None):
+        return grpc.aio.insecure_channel(args.address)
+    from hsmlb.auth.tls import channel_credentials
+
+    return grpc.aio.secure_channel(args.address, channel_credentials(args.ca, args.cert, args.key))
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with _channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.OperationsStub(channel)
         warm = await run_phase(stub, args, args.warmup)
@@ -232,6 +290,11 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2, help="stream: concurrent streams")
     parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
     parser.add_argument("--items", type=int, default=16, help="batch: operations per StreamBatch message")
+    parser.add_argument("--rate", type=float, default=0.0, help="batch: paced, this many operations per second "
+                        "offered on one stream whatever the answers (open loop); 0: closed loop (saturation)")
+    parser.add_argument("--ca", help="TLS: the CA file that signed the server's certificate")
+    parser.add_argument("--cert", help="mTLS: the client certificate file")
+    parser.add_argument("--key", help="mTLS: the client key file")
     parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main_async(args))), flush=True)
