@@ -7,7 +7,8 @@ each phase is one load client process (bench/_load.py), the two daemons loaded o
 alternating run to run. Each run has two parts:
   * saturation: closed loop, --items operations per message, --window outstanding over --streams
     streams: throughput on/off (the acceptance: >= 90%), and daemon CPU per op split by thread;
-  * paced: open loop at --rate operations/s in messages of --paced-items (default: 5,000 ops/s in 16s,
+  * paced: open loop at --rate operations/s over --streams streams in messages of --paced-items, each
+    latency from the message's scheduled time (bench/_load.py --mode paced; default: 5,000 ops/s in 16s,
     the capacity profile, capped at half the off daemon's saturation throughput of the first run so
     the rate stays below saturation on a slow or shared machine): p99 on - off (the acceptance: <= 2 ms).
 With --runs N (default 3): the median and min-max of each figure, and the A/B ratios per run.
@@ -91,7 +92,7 @@ class SecurityBench(Bench):
             proc, address = self.daemons[side]
             extra = ("--items", str(a.paced_items), "--rate", f"{self.rate:.0f}",
                      *(self.client_tls if side == "on" else ()))
-            for key, value in self.phase(proc, address, "batch", check=True, extra=extra).items():
+            for key, value in self.phase(proc, address, "paced", check=True, extra=extra).items():
                 figures[f"paced.{side}.{key}"] = value
         figures["sat.ratio"] = figures["sat.on.ops_per_s"] / figures["sat.off.ops_per_s"]
         figures["sat.cpu_ratio"] = figures["sat.on.cpu_us_per_op"] / figures["sat.off.cpu_us_per_op"]

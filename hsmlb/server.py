@@ -139,7 +139,7 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                           slow_start_s=o.slow_start_s, observe_only=o.observe_only)
     max_wait_s = config.limits.max_queue_wait_ms / 1000 or None
     members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights,
-                                    max_wait_s=max_wait_s, clock=clock),
+                                    max_wait_s=max_wait_s, clock=clock, depth=getattr(b, "pipeline_depth", 1)),
                       health=NodeHealth(b.name, policy, clock()),
                       breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s),
                       pool_name=c.pool)

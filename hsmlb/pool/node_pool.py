@@ -1,7 +1,7 @@
 """A node's session pool as the router sees it.
 
 The sessions themselves live in the node's backend (logged in, key handles cached); the pool
-hands out slot numbers so at most `size` operations are in flight per node, queues up to
+hands out slot numbers so at most `size` x `depth` operations are in flight per node, queues up to
 `queue_limit` more, and refuses the rest at once (RESOURCE_EXHAUSTED) rather than letting
 latency grow without bound.
 
@@ -18,6 +18,13 @@ first, so symmetric traffic never queues behind a backlog of signatures.
 pop, one backend call and one done-callback that gives the slot back, with no task or await of
 its own. A slot is held until the backend answers, and a queued operation starts from that callback,
 in the same loop turn, so it rides in the same batch to the token worker.
+
+`depth` (the backend's `pipeline_depth`, 1 unless it says otherwise): operations one session may have in
+flight at once. A token worker runs its requests one after the other, so several per session cost it
+nothing, while a cap of `size` in flight made a batch of 64 operations take 4 worker round trips per
+node (each waiting for the last); with depth 8 it is one write per node. Slots are numbered
+0..size*depth-1 and handed to the backend as `slot % size` (a session). Slow operations (RSA) still hold
+at most size - 1 sessions.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ class _Queued:
 class NodePool:
     def __init__(self, backend: Backend, size: int, queue_limit: int,
                  cost_weights: dict[CostClass, float] | None = None, max_wait_s: float | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, depth: int = 1) -> None:
         self.backend = backend
         self.max_wait_s = max_wait_s
         self.clock = clock
@@ -66,7 +73,8 @@ class NodePool:
         self.queue_limit = queue_limit
         self.slow_limit = max(1, size - 1)
         self.stats = NodeStats()
-        self._free = list(range(size - 1, -1, -1))
+        self.capacity = size * max(1, depth)  # operations in flight at once (see the module)
+        self._free = list(range(self.capacity - 1, -1, -1))
         self._slow_in_use = 0
         self._fast_waiters: deque[_Queued] = deque()
         self._slow_waiters: deque[_Queued] = deque()
@@ -74,7 +82,7 @@ class NodePool:
 
     @property
     def in_use(self) -> int:
-        return self.size - len(self._free)
+        return self.capacity - len(self._free)
 
     @property
     def queued(self) -> int:
@@ -118,7 +126,7 @@ class NodePool:
 
     def _start(self, op: Operation, slot: int, slow: bool, weight: float, done: asyncio.Future[Any]) -> None:
         try:
-            started = self.backend.perform(op, slot)
+            started = self.backend.perform(op, slot % self.size)
             if not isinstance(started, asyncio.Future):  # a coroutine (HTTP backends): its own task,
                 started = asyncio.ensure_future(started)  # cancelled with the caller's future
                 done.add_done_callback(partial(_cancel_with, started))
