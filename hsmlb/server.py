@@ -36,7 +36,8 @@ from hsmlb.config import Config
 from hsmlb.errors import HsmlbError
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.health.checker import HealthChecker
-from hsmlb.limits import StartupError, announce, check_listen, grpc_server_options, raise_fd_limit
+from hsmlb.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported: tests size messages by it
+from hsmlb.limits import StartupError, announce, attempt_timeout, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
 from hsmlb.pool import NodePool
 from hsmlb.pool.overload import InFlightLimit
@@ -47,19 +48,6 @@ from hsmlb.v1 import hsmlb_pb2
 
 log = logging.getLogger("hsmlb.server")
 _background: set[asyncio.Future[None]] = set()
-# The gRPC server's base options (the daemon's own come from limits.grpc_server_options);
-# bench/echo_server.py runs its baseline with these.
-# so_reuseport 0: a second daemon on the same port fails to bind instead of silently sharing it
-# (several daemons behind one port measured no better on 2 vCPUs). Tried on the echo baseline,
-# no measurable change: grpc.http2.bdp_probe 0, grpc.optimization_target "throughput".
-# max_receive_message_length: a BatchRequest of MAX_BATCH_ITEMS items at the largest data size
-# (8192 hex digits each) is ~9 MB; a bigger message is refused whole by gRPC (RESOURCE_EXHAUSTED).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_concurrent_streams", 1024),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-)
 STOP_STEP_S = 5.0  # each shutdown step after the grace (health checks, node closes) waits at most this
 SERVICE_NAMES = (
     hsmlb_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
@@ -139,7 +127,8 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                           slow_start_s=o.slow_start_s, observe_only=o.observe_only)
     max_wait_s = config.limits.max_queue_wait_ms / 1000 or None
     members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights,
-                                    max_wait_s=max_wait_s, clock=clock, depth=getattr(b, "pipeline_depth", 1)),
+                                    max_wait_s=max_wait_s, clock=clock, depth=getattr(b, "pipeline_depth", 1),
+                                    attempt_timeout=attempt_timeout(config.limits)),
                       health=NodeHealth(b.name, policy, clock()),
                       breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s),
                       pool_name=c.pool)
@@ -214,8 +203,7 @@ async def start_daemon(config: Config) -> Daemon:
 
     telemetry = Telemetry(config, router)
     filters = FilterChain(build_filters(config, router, telemetry))
-    server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
-                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)),
+    server = grpc.aio.server(options=grpc_server_options(config.limits, fd_limit),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
     limit = InFlightLimit(config.limits.max_unary_in_flight) if config.limits.max_unary_in_flight else None
     add_service("Operations", OperationsServicer(router, filters, limit), server)
