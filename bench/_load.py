@@ -1,4 +1,4 @@
-"""Load client for bench_daemon.py and bench_batch.py: one phase (unary, stream or batch) against one server.
+"""Load client for bench_daemon.py and bench_batch.py: one phase (unary, stream, batch or paced) against one server.
 
 Protocol on stdio, so the parent can read the server's CPU counters exactly around the measured part:
 connect and warm up, print READY, wait for a line on stdin, run the phase for --seconds (then
@@ -181,6 +181,65 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
         call.cancel()
 
 
+async def _one_paced_stream(stub: pb_grpc.OperationsStub, seconds: float, rate: float, items: int,
+                            expect: str | None, tally: Tally) -> None:
+    """StreamBatch, open loop: a message of `items` operations every items/rate seconds, on schedule whatever
+    is outstanding; each latency runs from the message's scheduled time (no coordinated omission)."""
+    body = request()
+    call = stub.StreamBatch(timeout=seconds + DRAIN_S + RPC_TIMEOUT_S)
+    sent: dict[int, float] = {}
+    ids = itertools.count(1)
+    interval = items / rate
+    messages = max(1, int(seconds / interval))
+    start = time.perf_counter()
+
+    async def sender() -> None:
+        for n in range(messages):
+            due = start + n * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            message = pb.BatchRequest()
+            add = message.items.add
+            for _ in range(items):
+                request_id = next(ids)
+                sent[request_id] = due
+                add(request_id=request_id, encrypt_data=body)
+            await call.write(message)
+        await call.done_writing()
+
+    sending = asyncio.ensure_future(sender())
+    try:
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                break
+            now = time.perf_counter()
+            for item in reply.items:
+                started = sent.pop(item.request_id, None)
+                if started is None:
+                    tally.errors += 1
+                    continue
+                cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
+                tally.record(cipher_text, expect, now - started)
+    except grpc.aio.AioRpcError:
+        pass
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        tally.errors += len(sent)  # sent but never answered
+        call.cancel()
+
+
+async def paced_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, rate: float, items: int,
+                      expect: str | None) -> Tally:
+    """Open loop at `rate` operations/s in all, over `streams` StreamBatch streams: latency below saturation."""
+    tally = Tally()
+    await asyncio.gather(*(_one_paced_stream(stub, seconds, rate / streams, items, expect, tally)
+                           for _ in range(streams)))
+    return tally
+
+
 async def stream_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, window: int,
                        expect: str | None, items: int = 0) -> Tally:
     tally = Tally()
@@ -197,13 +256,24 @@ async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seco
     expect = CIPHER if args.check else None
     if args.mode == "unary":
         coro = unary_phase(stub, seconds, args.concurrency, expect)
+    elif args.mode == "paced":
+        coro = paced_phase(stub, seconds, args.streams, args.rate, args.items, expect)
     else:
         coro = stream_phase(stub, seconds, args.streams, args.window, expect, args.items if args.mode == "batch" else 0)
     return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or (m)TLS with --ca and optionally a client --cert/--key (a daemon with `tls:`)."""
+    if not getattr(args, "ca", None):
+        return grpc.aio.insecure_channel(args.address)
+    from hsmlb.auth.tls import channel_credentials
+
+    return grpc.aio.secure_channel(args.address, channel_credentials(args.ca, args.cert, args.key))
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with _channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.OperationsStub(channel)
         warm = await run_phase(stub, args, args.warmup)
@@ -225,13 +295,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
-    parser.add_argument("--mode", choices=("unary", "stream", "batch"), required=True)
+    parser.add_argument("--mode", choices=("unary", "stream", "batch", "paced"), required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=32, help="unary: calls in flight")
     parser.add_argument("--streams", type=int, default=2, help="stream: concurrent streams")
     parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
-    parser.add_argument("--items", type=int, default=16, help="batch: operations per StreamBatch message")
+    parser.add_argument("--items", type=int, default=16, help="batch, paced: operations per StreamBatch message")
+    parser.add_argument("--rate", type=float, default=5000.0, help="paced: operations/s offered, over all streams")
+    parser.add_argument("--ca", help="TLS: the CA file that signed the server's certificate")
+    parser.add_argument("--cert", help="mTLS: the client certificate file")
+    parser.add_argument("--key", help="mTLS: the client key file")
     parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main_async(args))), flush=True)

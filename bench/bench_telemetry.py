@@ -1,36 +1,46 @@
-"""hsmlb benchmark, the cost of telemetry: the same load on three daemons in one run, on one dev cluster.
+"""hsmlb benchmark, the cost of telemetry (issue 12, acceptance 4): three daemons on one dev cluster, one run.
 
   off      tracing disabled, no metrics listener (no filter on the seam at all)
   default  metrics on (/metrics and the status page's 2 s sampler) + tracing at the default 1% trace-id ratio
   full     metrics on + tracing at 100% (always_on): every operation and attempt a span, exported
 
 Spans go over OTLP/HTTP protobuf to a discard sink in this process (it answers 200 and keeps nothing), so
-the daemon pays the real encode-and-send cost. The load and the figures are bench/bench_batch.py's: the
-batched wire (StreamBatch, --items per message) and unary EncryptData, each phase from a fresh client
-process, server CPU from /proc for the daemon and its token workers; every daemon is measured in every
-run; --runs repeats everything and the median, min and max are printed, with each daemon's ratio to `off`.
+the daemon pays the real encode-and-send cost. Each run measures every daemon (in a rotated order) twice,
+each phase from a fresh client process (bench/_load.py), on the batched wire (StreamBatch, --items per message):
 
-    python bench/bench_telemetry.py [--seconds 4] [--runs 3] [--items 16] [--window 512] [--streams 2]
+  saturation  closed loop, --window operations outstanding over --streams streams: throughput and the daemon's
+              CPU per operation (/proc, the daemon and its token workers);
+  paced       open loop, --rate operations/s offered in messages of --items on --paced-streams streams, below
+              saturation: p99 latency from each message's scheduled send time (no coordinated omission).
 
-Loopback only; everything started is torn down at the end. The machine is shared: compare within a run.
+It prints acceptance 4 as it reads: default/off throughput at saturation (>= 0.95), default - off paced p99
+(<= 1 ms), and the cost of 100% sampling; each a median [min-max] of the per-run figures over --runs.
+
+    python bench/bench_telemetry.py [--runs 3] [--seconds 3] [--items 16] [--window 512] [--rate 5000]
+
+With the defaults it takes about 2-3 minutes. Loopback only; everything started is torn down at the end.
+The machine may be shared: only ratios within a run mean much there.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_batch import BatchBench, parse_args, report
-from bench_daemon import ENV, measure, summarize, write_json
+from bench_daemon import ENV, Bench, measure, summarize, write_json
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {"tracing": {"enabled": False}},
     "default": {"metrics": {"listen": "127.0.0.1:0"}, "tracing": {}},
     "full": {"metrics": {"listen": "127.0.0.1:0"}, "tracing": {"sampler": "always_on"}},
 }
+PHASES = ("saturation", "paced")
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -45,7 +55,14 @@ class _Sink(BaseHTTPRequestHandler):
         return None
 
 
-class TelemetryBench(BatchBench):
+class TelemetryBench(Bench):
+    """One cluster, one span sink, a daemon per variant."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.daemons: dict[str, Any] = {}
+        self.runs_done = 0
+
     def start(self) -> None:
         self.sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
         threading.Thread(target=self.sink.serve_forever, daemon=True).start()
@@ -60,7 +77,30 @@ class TelemetryBench(BatchBench):
             path.write_text(yaml.safe_dump(config))
             self.daemons[name] = self.start_daemon(path, f"daemon-{name}.log")
         self.daemon, self.daemon_address = self.daemons["off"]
-        self.start_echo()
+
+    def run_once(self) -> dict[str, float]:
+        a = self.args
+        names = list(VARIANTS)
+        shift = self.runs_done % len(names)  # rotate who goes first: no daemon always meets a warmer machine
+        self.runs_done += 1
+        figures: dict[str, float] = {}
+        for name in names[shift:] + names[:shift]:
+            proc, address = self.daemons[name]
+            saturation = self.phase(proc, address, "batch", check=True, extra=("--items", str(a.items)))
+            paced = self.phase(proc, address, "paced", check=True, extra=(
+                "--items", str(a.items), "--rate", str(a.rate), "--streams", str(a.paced_streams)))
+            for phase, result in (("saturation", saturation), ("paced", paced)):
+                for key, value in result.items():
+                    figures[f"{phase}.{name}.{key}"] = value
+        for name in ("default", "full"):
+            figures[f"ab.{name}.throughput_ratio"] = (figures[f"saturation.{name}.ops_per_s"]
+                                                      / figures["saturation.off.ops_per_s"])
+            figures[f"ab.{name}.cpu_us_per_op"] = (figures[f"saturation.{name}.cpu_us_per_op"]
+                                                   - figures["saturation.off.cpu_us_per_op"])
+            figures[f"ab.{name}.paced_p99_ms"] = (figures[f"paced.{name}.p99_us"] - figures["paced.off.p99_us"]) / 1000
+            figures[f"ab.{name}.paced_cpu_us_per_op"] = (figures[f"paced.{name}.cpu_us_per_op"]
+                                                         - figures["paced.off.cpu_us_per_op"])
+        return figures
 
     def close(self) -> None:
         if hasattr(self, "sink"):
@@ -68,33 +108,78 @@ class TelemetryBench(BatchBench):
         super().close()
 
 
-def ratios(summary: dict[str, dict[str, float]], runs: list[dict[str, float]], phases: list[str]) -> None:
-    """Per phase and daemon: throughput and p99 against `off` in the same run (median, min-max over runs)."""
-    print("\nagainst `off` in the same run: median [min-max] over the runs")
-    for phase in phases:
-        for name in ("default", "full"):
-            tput = [r[f"{phase}.daemon[{name}].ops_per_s"] / r[f"{phase}.daemon[off].ops_per_s"] for r in runs]
-            p99 = [(r[f"{phase}.daemon[{name}].p99_us"] - r[f"{phase}.daemon[off].p99_us"]) / 1000 for r in runs]
-            cpu = [r[f"{phase}.daemon[{name}].cpu_us_per_op"] - r[f"{phase}.daemon[off].cpu_us_per_op"] for r in runs]
-            mid = len(runs) // 2
-            print(f"{phase:<8} {name:<8} throughput {sorted(tput)[mid]:.3f} [{min(tput):.3f}-{max(tput):.3f}]"
-                  f"  p99 {sorted(p99)[mid]:+.3f} ms [{min(p99):+.3f}-{max(p99):+.3f}]"
-                  f"  CPU {sorted(cpu)[mid]:+.1f} us/op [{min(cpu):+.1f}-{max(cpu):+.1f}]")
+def cell(summary: dict[str, dict[str, float]], key: str, fmt: str) -> str:
+    s = summary[key]
+    return f"{s['median']:{fmt}} [{s['min']:{fmt}} .. {s['max']:{fmt}}]"
+
+
+def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> None:
+    print(f"\nhsmlb telemetry cost: {args.runs} run(s), {args.seconds:g} s per phase, AES-128 ECB EncryptData on "
+          f"StreamBatch, {args.items} per message; saturation: {args.window} outstanding over {args.streams} "
+          f"stream(s); paced: {args.rate:,.0f} ops/s offered on {args.paced_streams} stream(s); {os.cpu_count()} CPUs; "
+          "each cell: median [min .. max] over the runs")
+    print(f"{'':<26}" + "".join(f"{n:>34}" for n in VARIANTS))
+    for phase, key, label, fmt in (("saturation", "ops_per_s", "saturation ops/s", ",.0f"),
+                                   ("saturation", "cpu_us_per_op", "saturation CPU us/op", ",.1f"),
+                                   ("saturation", "p99_us", "saturation p99 us (queue)", ",.0f"),
+                                   ("saturation", "errors", "saturation errors", ",.0f"),
+                                   ("paced", "ops_per_s", "paced ops/s", ",.0f"),
+                                   ("paced", "p50_us", "paced p50 us", ",.0f"),
+                                   ("paced", "p99_us", "paced p99 us", ",.0f"),
+                                   ("paced", "cpu_us_per_op", "paced CPU us/op", ",.1f"),
+                                   ("paced", "errors", "paced errors", ",.0f")):
+        print(f"{label:<26}" + "".join(f"{cell(summary, f'{phase}.{n}.{key}', fmt):>34}" for n in VARIANTS))
+    tput = summary["ab.default.throughput_ratio"]
+    p99 = summary["ab.default.paced_p99_ms"]
+    print("\nacceptance 4 (default = metrics on + tracing at 1%, against off in the same run):")
+    print(f"  throughput at saturation, default/off: {cell(summary, 'ab.default.throughput_ratio', '.3f')}"
+          f"  (>= 0.95: {'holds' if tput['median'] >= 0.95 else 'FAILS'} on the median)")
+    print(f"  p99 paced at {args.rate:,.0f} ops/s, default - off: {cell(summary, 'ab.default.paced_p99_ms', '+.3f')} ms"
+          f"  (<= 1 ms: {'holds' if p99['median'] <= 1.0 else 'FAILS'} on the median)")
+    print(f"  daemon CPU, default - off: {cell(summary, 'ab.default.cpu_us_per_op', '+.1f')} us/op at saturation, "
+          f"{cell(summary, 'ab.default.paced_cpu_us_per_op', '+.1f')} us/op paced")
+    print("the cost of 100% sampling (always_on, every op and attempt a span, exported), against off:")
+    print(f"  throughput at saturation, full/off: {cell(summary, 'ab.full.throughput_ratio', '.3f')}; "
+          f"daemon CPU {cell(summary, 'ab.full.cpu_us_per_op', '+.1f')} us/op")
+    print(f"  p99 paced, full - off: {cell(summary, 'ab.full.paced_p99_ms', '+.3f')} ms; "
+          f"daemon CPU {cell(summary, 'ab.full.paced_cpu_us_per_op', '+.1f')} us/op paced")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, help="cluster state dir (default: a temp dir, removed at the end)")
+    parser.add_argument("--runs", type=int, default=3, help="repeat everything; report median [min .. max]")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per phase, not measured")
+    parser.add_argument("--items", type=int, default=16, help="operations per StreamBatch message")
+    parser.add_argument("--streams", type=int, default=2, help="saturation: concurrent StreamBatch streams")
+    parser.add_argument("--window", type=int, default=512, help="saturation: operations outstanding, all streams")
+    parser.add_argument("--rate", type=float, default=5000.0, help="paced: operations/s offered, all streams")
+    parser.add_argument("--paced-streams", type=int, default=1, help="paced: concurrent StreamBatch streams")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.seconds <= 0 or args.items < 1 or args.streams < 1 or args.window < args.items \
+            or args.rate <= 0 or args.paced_streams < 1:
+        parser.error("--runs, --seconds, --items, --streams, --rate, --paced-streams must be positive, "
+                     "--window >= --items")
+    args.concurrency, args.pool_size, args.balancer, args.nodes = 1, None, None, None  # what Bench reads
+    args.idle_seconds, args.token = 0.0, "node-a"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv if argv is not None else [*sys.argv[1:]] or ["--items", "16"])
-    args.nodes_variants = list(VARIANTS)
+    args = parse_args(argv)
     for key in [k for k in ENV if k.startswith("OTEL_")]:  # the configs say what each daemon does
         del ENV[key]
     code, runs, _ = measure(
         TelemetryBench(args), args.runs,
-        lambda r: ", ".join(f"{v} {r[f'batch{args.items[0]}.daemon[{v}].ops_per_s']:,.0f} ops/s" for v in VARIANTS))
+        lambda r: (", ".join(f"{v} {r[f'saturation.{v}.ops_per_s']:,.0f} ops/s p99 paced "
+                             f"{r[f'paced.{v}.p99_us'] / 1000:.2f} ms" for v in VARIANTS)
+                   + f"; default/off {r['ab.default.throughput_ratio']:.3f}"))
     if code:
         return code
     summary = summarize(runs)
     report(args, summary)
-    ratios(summary, runs, [f"batch{n}" for n in args.items] + (["unary"] if args.unary else []))
     write_json(args, runs, summary)
     return 0
 

@@ -116,3 +116,35 @@ def test_operation_counts_expose_as_prometheus_counters_and_histograms() -> None
     assert samples[("hsmlb_operation_duration_seconds_bucket", (("le", "+Inf"), *a))] == 5
     assert samples[("hsmlb_operation_duration_seconds_count", a)] == 5
     assert abs(samples[("hsmlb_operation_duration_seconds_sum", a)] - 9.00384) < 1e-9
+
+
+def test_lean_otlp_encoding_decodes_as_the_sdks_own() -> None:
+    """otlp.py's bytes, parsed by opentelemetry-proto, equal the SDK encoder's request for the same spans:
+    a remote-parented server span in error, a local child, a root; str, int (negative too), bool, float."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanKind
+
+    from hsmlb.telemetry.export import SpanRecord, readable
+    from hsmlb.telemetry.otlp import Encoder
+
+    server = SpanRecord("hsmlb.v1.Operations/EncryptData", SpanKind.SERVER, int(TRACE, 16), 0x1234,
+                        0x00F067AA0BA902B7, True, 1_700_000_000_000_000_000)
+    server.attributes = {"rpc.system": "grpc", "rpc.grpc.status_code": 5, "hsmlb.retry": False,
+                         "hsmlb.attempts": 2, "offset": -5, "ratio": 1.5}
+    server.end_ns, server.error = server.start_ns + 1000, "NOT_FOUND"
+    child = SpanRecord("hsmlb.attempt", SpanKind.CLIENT, server.trace_id, 0x9999, server.span_id, False,
+                       server.start_ns + 5)
+    child.attributes, child.end_ns = {"hsmlb.node": "node-a", "hsmlb.retry": True}, server.start_ns + 10
+    root = SpanRecord("root", SpanKind.SERVER, 0xABC, 0xDEF, 0, False, 1)
+    root.end_ns = 2
+    records = [server, child, root, child]  # twice: the second from the attribute cache
+    resource = Resource.create({"service.name": "hsmlb-test"})
+    expected = encode_spans([readable(r, resource, InstrumentationScope("hsmlb")) for r in records])
+    for span in expected.resource_spans[0].scope_spans[0].spans:
+        if span.status.code == 0:
+            span.ClearField("status")  # the SDK writes an empty Status for UNSET; absent means the same
+    got = ExportTraceServiceRequest.FromString(Encoder(dict(resource.attributes), "hsmlb").request(records))
+    assert got == expected

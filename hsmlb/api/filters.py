@@ -105,12 +105,20 @@ class FilterBase:
         return None
 
 
+def _overrides(f: Filter, name: str) -> bool:
+    """False when `f`'s method is FilterBase's no-op."""
+    return getattr(type(f), name, None) is not getattr(FilterBase, name)
+
+
 class FilterChain:
     """The filters in their stated order. Falsy when empty: servicers then skip it altogether."""
 
     def __init__(self, filters: list[Filter] | tuple[Filter, ...] = ()) -> None:
         self.filters: tuple[Filter, ...] = tuple(filters)
         self._reversed = tuple(reversed(self.filters))
+        # per operation, only the filters that do something there (a no-op call is ~0.1-0.2 us, per filter, per op)
+        self._admit = tuple(f.admit for f in self.filters if _overrides(f, "admit"))
+        self._done = tuple(f.done for f in self._reversed if _overrides(f, "done"))
 
     def __bool__(self) -> bool:
         return bool(self.filters)
@@ -121,8 +129,8 @@ class FilterChain:
             f.open(call)
 
     def admit(self, call: Call, item: Item) -> None:
-        for f in self.filters:
-            f.admit(call, item)
+        for admit in self._admit:
+            admit(call, item)
 
     def done(self, call: Call, item: Item, code: grpc.StatusCode, message: str = "",
              key: KeyInfo | None = None) -> None:
@@ -130,11 +138,11 @@ class FilterChain:
         item.code = code
         item.message = message
         item.key = key
-        for f in self._reversed:
+        for done in self._done:
             try:
-                f.done(call, item)
+                done(call, item)
             except Exception:  # a filter bug must not lose the caller's answer
-                log.exception("filter %s failed in done()", type(f).__name__)
+                log.exception("filter %s failed in done()", type(done.__self__).__name__)  # type: ignore[attr-defined]
 
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str = "") -> None:
         for f in self._reversed:

@@ -8,6 +8,7 @@ scrapes. The registry is the daemon's own, not prometheus_client's global one.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from hsmlb.api.filters import Call, FilterBase, Item
 from hsmlb.router import Router
-from hsmlb.telemetry.opcount import DURATION_BUCKETS, OpCounts, OperationsCollector
+from hsmlb.telemetry.opcount import _OK, DURATION_BUCKETS, OpCounts, OperationsCollector
 
 __all__ = ["DURATION_BUCKETS", "Metrics", "MetricsFilter", "RouterCollector", "shed_reason"]
 _SHED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -64,11 +65,20 @@ class MetricsFilter(FilterBase):
     def __init__(self, metrics: Metrics, drills: FilterBase | None = None) -> None:
         self.metrics = metrics
         self.record = metrics.counts.record
+        self.ok_series = metrics.counts.ok_series
         self.drills = drills  # the status page's log of Admin actions: told here, not as a filter of its own
 
     def done(self, call: Call, item: Item) -> None:
         op = item.op
         code = item.code
+        if code is _OK and op is not None:  # OpCounts.record's common case, inlined: one call less per operation
+            series = self.ok_series.get((item.field, op.node))
+            if series is not None:
+                latency_s = item.ended - item.started
+                series.count += 1
+                series.total_s += latency_s
+                series.buckets[bisect_left(DURATION_BUCKETS, latency_s)] += 1
+                return
         self.record(item.field, op.node if op is not None else "", code, item.ended - item.started)
         if code is _SHED:
             self.metrics.shed.labels(shed_reason(item.message)).inc()

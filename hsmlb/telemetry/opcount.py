@@ -38,13 +38,13 @@ class Series:
 class OpCounts:
     def __init__(self) -> None:
         self.series: dict[tuple[str, str, str], Series] = {}  # (op, node, code name) -> Series
-        self._ok: dict[tuple[str, str], Series] = {}  # the hot path's key for OK answers
+        self.ok_series: dict[tuple[str, str], Series] = {}  # the hot path's key for OK answers
 
     def record(self, field: str, node: str, code: grpc.StatusCode, latency_s: float) -> None:
         if code is _OK:
-            series = self._ok.get((field, node))
+            series = self.ok_series.get((field, node))
             if series is None:
-                series = self._ok[(field, node)] = self._bind(field, node, "OK")
+                series = self.ok_series[(field, node)] = self._bind(field, node, "OK")
         else:  # the rare path: the name hashes as a str
             series = self.series.get((field or "unknown", node or "none", code.name)) \
                 or self._bind(field, node, code.name)

@@ -11,6 +11,9 @@ truth test and that decision, nothing else. A sampled one gets:
 - a child span per backend attempt (node, kind, retry or not, node fault or caller fault), from
   the hook the router calls when an op carries one (`Operation.trace`).
 
+Both are `SpanRecord`s (export.py), not SDK spans: the event loop pays ids, two clock reads and
+one attribute dict per span; the export thread builds the SDK's span objects and encodes them.
+
 Never a request's data: only the op's kind and key aliases, node names, counts and status codes.
 """
 
@@ -23,17 +26,14 @@ from functools import partial
 from typing import Any
 
 import grpc
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanKind
 
 from hsmlb.api.filters import Call, FilterBase, Item
 from hsmlb.errors import DeadlineExceeded, HsmlbError, NodeFault, Overloaded, Throttled
 from hsmlb.router import Router
 from hsmlb.telemetry.config import TracingConfig
-from hsmlb.telemetry.export import BoundedSpanProcessor, make_exporter, otlp_endpoint
+from hsmlb.telemetry.export import BoundedSpanProcessor, SpanRecord, make_exporter, otlp_endpoint
 from hsmlb.telemetry.logs import current_trace_id
 
 log = logging.getLogger("hsmlb.telemetry")
@@ -41,6 +41,7 @@ SERVICE = "hsmlb.v1.Operations"
 UNKNOWN_ALIAS = "(not a known alias)"
 _METHODS: dict[str, str] = {}  # proto field -> RPC method name ("encrypt_data" -> "EncryptData")
 _LOW64 = (1 << 64) - 1
+SERVER, CLIENT = SpanKind.SERVER, SpanKind.CLIENT
 
 
 def method_name(field: str) -> str:
@@ -93,30 +94,35 @@ def _peer_address(peer: str) -> str:
 
 
 class OpTrace:
-    """A sampled operation's server span; the router calls `attempt` for each node it tries."""
+    """A sampled operation's server span (a SpanRecord); the router calls `attempt` for each node it tries."""
 
-    __slots__ = ("span", "tracer")
+    __slots__ = ("ids", "record", "sink")
 
-    def __init__(self, tracer: trace.Tracer, span: trace.Span) -> None:
-        self.tracer = tracer
-        self.span = span
+    def __init__(self, record: SpanRecord, sink: Any, ids: random.Random) -> None:
+        self.record = record
+        self.sink = sink  # the processor's `add`: an ended record joins the export queue
+        self.ids = ids
 
     def attempt(self, op: Any, member: Any, future: Any) -> None:
         """A backend attempt started on `member`; its span ends with the attempt's future."""
-        span = self.tracer.start_span("hsmlb.attempt", trace.set_span_in_context(self.span), SpanKind.CLIENT,
-                                      {"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
-                                       "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1})
-        future.add_done_callback(partial(_attempt_done, span))
+        parent = self.record
+        child = SpanRecord("hsmlb.attempt", CLIENT, parent.trace_id, self.ids.getrandbits(64) or 1,
+                           parent.span_id, False, time.time_ns())
+        child.attributes = {"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                            "hsmlb.attempt": op.attempts, "hsmlb.retry": op.attempts > 1}
+        future.add_done_callback(partial(_attempt_done, child, self.sink))
 
     def shadow(self, side: str, member: Any, future: Any) -> None:
         """A shadow call (off the response path) to `member`: a span of its own under the operation's."""
-        span = self.tracer.start_span("hsmlb.shadow", trace.set_span_in_context(self.span), SpanKind.CLIENT,
-                                      {"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
-                                       "hsmlb.shadow.side": side})
-        future.add_done_callback(partial(_attempt_done, span))
+        parent = self.record
+        child = SpanRecord("hsmlb.shadow", CLIENT, parent.trace_id, self.ids.getrandbits(64) or 1,
+                           parent.span_id, False, time.time_ns())
+        child.attributes = {"hsmlb.node": member.name, "hsmlb.node.kind": member.pool.backend.kind,
+                            "hsmlb.shadow.side": side}
+        future.add_done_callback(partial(_attempt_done, child, self.sink))
 
 
-def _attempt_done(span: trace.Span, future: Any) -> None:
+def _attempt_done(record: SpanRecord, sink: Any, future: Any) -> None:
     if future.cancelled():
         outcome, fault = "cancelled", ""
     else:
@@ -136,21 +142,30 @@ def _attempt_done(span: trace.Span, future: Any) -> None:
         else:
             outcome, fault = "error", "node"
         if exc is not None:
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-    span.set_attribute("hsmlb.outcome", outcome)
+            record.error = type(exc).__name__
+    attributes = record.attributes
+    attributes["hsmlb.outcome"] = outcome
     if fault:
-        span.set_attribute("hsmlb.fault", fault)
-    span.end()
+        attributes["hsmlb.fault"] = fault
+    record.end_ns = time.time_ns()
+    sink(record)
 
 
 class TracingFilter(FilterBase):
-    """Decides per operation; only a sampled one gets a span (and the op its router hook)."""
+    """Decides per operation; only a sampled one gets a span record (and the op its router hook).
 
-    def __init__(self, tracer: trace.Tracer, sampler: Sampler, server_address: str, router: Router | None) -> None:
-        self.tracer = tracer
+    A sampled operation costs the event loop two small records (server span, attempt span) and one
+    attribute dict each; the SDK's span objects and the OTLP encoding are built on the export thread."""
+
+    def __init__(self, sink: Any, sampler: Sampler, server_address: str, router: Router | None,
+                 ids: random.Random | None = None) -> None:
+        self.sink = sink
         self.sampler = sampler
         self.server_address = server_address
         self.router = router
+        self.ids = ids or random.Random()
+        self._draw = partial(sampler._rng.getrandbits, 64)
+        self._bound = sampler.bound  # 2**64 for always_on: every draw is below it
 
     def _alias(self, alias: str | None) -> str:
         """The key alias, when a node holds it: the caller's string is data until it names a known key
@@ -164,31 +179,35 @@ class TracingFilter(FilterBase):
         if op is None:
             return
         traceparent = item.traceparent
-        parent = parse_traceparent(traceparent) if traceparent else None
-        if not self.sampler.sampled(parent):
+        if traceparent:
+            parent = parse_traceparent(traceparent)
+            if not self.sampler.sampled(parent):
+                return
+        elif self._draw() >= self._bound:  # Sampler.sampled(None), inlined: the path of 99% of operations
             return
-        context = None
-        if parent is not None:
-            remote = SpanContext(parent[0], parent[1], is_remote=True,
-                                 trace_flags=TraceFlags(TraceFlags.SAMPLED if parent[2] else 0))
-            context = trace.set_span_in_context(NonRecordingSpan(remote))
+        else:
+            parent = None
+        ids = self.ids
         method = method_name(item.field)
-        transport = call.method.rsplit("/", 1)[-1]
         started_ns = time.time_ns() - int((time.monotonic() - item.started) * 1e9)
+        if parent is not None:
+            record = SpanRecord(f"{SERVICE}/{method}", SERVER, parent[0], ids.getrandbits(64) or 1, parent[1],
+                                parent[2], started_ns)
+        else:
+            record = SpanRecord(f"{SERVICE}/{method}", SERVER, ids.getrandbits(128) or 1, ids.getrandbits(64) or 1,
+                                0, False, started_ns)
         peer = call.state.get("peer_address")
         if peer is None:  # once per RPC, not per sampled operation of a stream
             peer = call.state["peer_address"] = _peer_address(call.peer)
-        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
-                      "server.address": self.server_address, "network.peer.address": peer,
-                      "hsmlb.operation": op.kind.value, "hsmlb.rpc": transport,
-                      "hsmlb.key_alias": self._alias(op.key_alias)}
+        record.attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
+                             "server.address": self.server_address, "network.peer.address": peer,
+                             "hsmlb.operation": op.kind.value, "hsmlb.rpc": call.method.rsplit("/", 1)[-1],
+                             "hsmlb.key_alias": self._alias(op.key_alias)}
         if item.request_id:
-            attributes["hsmlb.request_id"] = item.request_id
-        span = self.tracer.start_span(f"{SERVICE}/{method}", context, SpanKind.SERVER, attributes,
-                                      start_time=started_ns)
-        op.trace = OpTrace(self.tracer, span)
+            record.attributes["hsmlb.request_id"] = item.request_id
+        op.trace = OpTrace(record, self.sink, ids)
         if not item.request_id:  # a unary call runs in its own task: its log lines may carry the trace id
-            current_trace_id.set(f"{span.get_span_context().trace_id:032x}")
+            current_trace_id.set(f"{record.trace_id:032x}")
 
     def done(self, call: Call, item: Item) -> None:
         op = item.op
@@ -196,13 +215,17 @@ class TracingFilter(FilterBase):
         if hook is None:
             return
         op.trace = None  # type: ignore[union-attr]
-        span = hook.span
+        record = hook.record
         code = item.code
-        span.set_attributes({"rpc.grpc.status_code": code.value[0], "hsmlb.node": op.node,  # type: ignore[union-attr]
-                             "hsmlb.attempts": op.attempts, "hsmlb.outcome": code.name})  # type: ignore[union-attr]
+        attributes = record.attributes
+        attributes["rpc.grpc.status_code"] = code.value[0]
+        attributes["hsmlb.node"] = op.node  # type: ignore[union-attr]
+        attributes["hsmlb.attempts"] = op.attempts  # type: ignore[union-attr]
+        attributes["hsmlb.outcome"] = code.name
         if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-        span.end()
+            record.error = code.name
+        record.end_ns = time.time_ns()
+        self.sink(record)
         if not item.request_id:
             current_trace_id.set("")
 
@@ -214,15 +237,12 @@ class Tracing:
         exporter = make_exporter(config)
         assert exporter is not None
         self.config = config
-        self.provider = TracerProvider(sampler=ALWAYS_ON,  # the decision is ours, made before any span exists
-                                       resource=Resource.create({"service.name": config.service_name}))
         where = "the console" if config.exporter == "console" else otlp_endpoint(config)
         self.processor = BoundedSpanProcessor(exporter, where, config.max_queue_size, config.export_interval_s,
-                                              config.max_export_batch_size)
-        self.provider.add_span_processor(self.processor)
-        self.tracer = self.provider.get_tracer("hsmlb")
+                                              config.max_export_batch_size,
+                                              Resource.create({"service.name": config.service_name}))
         self.sampler = Sampler(config.sampler, config.sampler_arg)
-        self.filter = TracingFilter(self.tracer, self.sampler, server_address, router)
+        self.filter = TracingFilter(self.processor.add, self.sampler, server_address, router)
 
     def collector(self) -> Any:
         from hsmlb.telemetry.metrics import SpanCollector
