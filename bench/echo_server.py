@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from hsmlb.server import GRPC_SERVER_OPTIONS
+from hsmlb.limits import LimitsConfig, grpc_server_options, raise_fd_limit
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
@@ -49,8 +49,10 @@ def _echo(request: Any) -> Any:
         code=grpc.StatusCode.UNIMPLEMENTED.value[0], message="echo: encrypt_data only"))
 
 
-async def serve(listen: str) -> None:
-    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)  # the daemon's own: only the handlers differ
+async def serve(listen: str, max_concurrent_rpcs: int | None = None) -> None:
+    # the daemon's own options at their defaults: only the handlers differ
+    server = grpc.aio.server(options=grpc_server_options(LimitsConfig(), raise_fd_limit()),
+                             maximum_concurrent_rpcs=max_concurrent_rpcs)
     pb_grpc.add_OperationsServicer_to_server(EchoOperations(), server)
     port = server.add_insecure_port(listen)
     if port == 0:
@@ -68,7 +70,9 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
-    uvloop.run(serve(parser.parse_args().listen))
+    parser.add_argument("--max-concurrent-rpcs", type=int, help="grpc.aio's own bound (default: none, as the daemon)")
+    args = parser.parse_args()
+    uvloop.run(serve(args.listen, args.max_concurrent_rpcs))
 
 
 if __name__ == "__main__":

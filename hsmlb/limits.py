@@ -19,7 +19,12 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hsmlb.pool.attempt_timeout import AttemptTimeout
+
 log = logging.getLogger("hsmlb.limits")
+# max_receive_message_length: a BatchRequest of MAX_BATCH_ITEMS items at the largest data size
+# (8192 hex digits each) is ~9 MB; a bigger message is refused whole by gRPC (RESOURCE_EXHAUSTED).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Descriptors kept back from the connection cap: token worker links, region connections, logs.
 FD_RESERVE = 128
 
@@ -38,6 +43,9 @@ class LimitsConfig(BaseModel):
     max_connections: int = Field(
         4096, ge=1, description="open client connections at most; lowered to fit the descriptor limit")
     max_concurrent_streams: int = Field(1024, ge=1, description="RPCs in flight per connection")
+    max_connections_per_peer: int = Field(
+        0, ge=0, description="connections one peer host may use for RPCs at once (within idle_timeout_s); an RPC "
+        "on one more gets RESOURCE_EXHAUSTED (peer_cap.py says what it does not do; 0: no per-peer cap)")
     max_pending_rpcs: int = Field(
         20000, ge=1, description="RPCs received and not yet taken up by the daemon; grpc core cancels "
         "(CANCELLED) beyond it, so it stays above what the shedding below answers with RESOURCE_EXHAUSTED")
@@ -46,6 +54,20 @@ class LimitsConfig(BaseModel):
     max_queue_wait_ms: float = Field(
         100.0, ge=0, description="longest an operation may wait for a node's session before it is shed "
         "(RESOURCE_EXHAUSTED, or another node with room)")
+    attempt_timeout_multiplier: float = Field(
+        10.0, ge=0, description="an idempotent op's attempt may take this many times the node's recent latency "
+        "(EWMA), then it is retried on another node and counted against this one (0: no per-attempt timeout)")
+    attempt_timeout_min_ms: float = Field(
+        500.0, gt=0, description="the per-attempt timeout's floor: a busy host's scheduling delays stay below it")
+    attempt_timeout_max_ms: float = Field(2000.0, gt=0, description="the per-attempt timeout's ceiling")
+
+
+def attempt_timeout(limits: LimitsConfig) -> AttemptTimeout | None:
+    """One node's per-attempt timeout policy (each pool gets its own: the latency is the node's)."""
+    if not limits.attempt_timeout_multiplier:
+        return None
+    floor = limits.attempt_timeout_min_ms / 1000
+    return AttemptTimeout(limits.attempt_timeout_multiplier, floor, max(floor, limits.attempt_timeout_max_ms / 1000))
 
 
 def raise_fd_limit() -> int:
@@ -68,9 +90,13 @@ def connection_cap(limits: LimitsConfig, fd_limit: int) -> int:
 
 
 def grpc_server_options(limits: LimitsConfig, fd_limit: int) -> tuple[tuple[str, int], ...]:
-    """grpc core channel args for the bounds above (so_reuseport 0: a busy port fails instead of sharing)."""
+    """The daemon's grpc core server args, the one place they are stated (bench/echo_server.py runs its
+    baseline with them too). so_reuseport 0: a second daemon on the same port fails to bind instead of
+    silently sharing it (several daemons behind one port measured no better on 2 vCPUs). Tried on the
+    echo baseline, no measurable change: grpc.http2.bdp_probe 0, grpc.optimization_target "throughput"."""
     return (
         ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
         ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", int(limits.keepalive_time_s * 1000)),

@@ -27,6 +27,7 @@ from hsmlb.api.operations import OperationsServicer
 from hsmlb.api.reflection import enable_reflection
 from hsmlb.api.registration import add_service
 from hsmlb.audit.filter import start_audit
+from hsmlb.auth.config import TlsConfig
 from hsmlb.auth.filter import AuthFilter
 from hsmlb.auth.tls import ReloadingServerCredentials
 from hsmlb.backends import Backend, create_backend
@@ -35,8 +36,10 @@ from hsmlb.config import Config
 from hsmlb.errors import HsmlbError
 from hsmlb.health import HealthPolicy, NodeHealth
 from hsmlb.health.checker import HealthChecker
-from hsmlb.limits import StartupError, announce, check_listen, grpc_server_options, raise_fd_limit
+from hsmlb.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported: tests size messages by it
+from hsmlb.limits import StartupError, announce, attempt_timeout, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
+from hsmlb.peer_cap import PeerConnectionCap
 from hsmlb.pool import NodePool
 from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
@@ -46,19 +49,6 @@ from hsmlb.v1 import hsmlb_pb2
 
 log = logging.getLogger("hsmlb.server")
 _background: set[asyncio.Future[None]] = set()
-# The gRPC server's base options (the daemon's own come from limits.grpc_server_options);
-# bench/echo_server.py runs its baseline with these.
-# so_reuseport 0: a second daemon on the same port fails to bind instead of silently sharing it
-# (several daemons behind one port measured no better on 2 vCPUs). Tried on the echo baseline,
-# no measurable change: grpc.http2.bdp_probe 0, grpc.optimization_target "throughput".
-# max_receive_message_length: a BatchRequest of MAX_BATCH_ITEMS items at the largest data size
-# (8192 hex digits each) is ~9 MB; a bigger message is refused whole by gRPC (RESOURCE_EXHAUSTED).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_concurrent_streams", 1024),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-)
 STOP_STEP_S = 5.0  # each shutdown step after the grace (health checks, node closes) waits at most this
 SERVICE_NAMES = (
     hsmlb_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
@@ -76,6 +66,8 @@ class Daemon:
     port: int
     filters: FilterChain | None = None
     telemetry: Telemetry | None = None
+    admin_server: grpc.aio.Server | None = None  # the Admin service on its own address (admin_listen)
+    admin_port: int = 0
 
     @property
     def nodes(self) -> list[NodePool]:
@@ -85,7 +77,8 @@ class Daemon:
         """Bounded: grace for the RPCs in flight, then each step at most STOP_STEP_S, logged if it overran."""
         grace = self.config.shutdown_grace_s
         await _bounded("health status", self.health.enter_graceful_shutdown(), 1.0)
-        await _bounded("the gRPC server", self.server.stop(grace), grace + 1.0)
+        servers = (self.server, *([self.admin_server] if self.admin_server is not None else []))
+        await _bounded("the gRPC server", asyncio.gather(*(s.stop(grace) for s in servers)), grace + 1.0)
         await _bounded("health checks", self.checker.close(), STOP_STEP_S)
         if self.telemetry is not None:
             await _bounded("telemetry", self.telemetry.stop(), STOP_STEP_S)
@@ -135,7 +128,8 @@ def build_router(config: Config, backends: list[Backend], clock: Clock = monoton
                           slow_start_s=o.slow_start_s, observe_only=o.observe_only)
     max_wait_s = config.limits.max_queue_wait_ms / 1000 or None
     members = [Member(pool=NodePool(b, size=c.pool_size, queue_limit=c.queue_limit, cost_weights=weights,
-                                    max_wait_s=max_wait_s, clock=clock, depth=getattr(b, "pipeline_depth", 1)),
+                                    max_wait_s=max_wait_s, clock=clock, depth=getattr(b, "pipeline_depth", 1),
+                                    attempt_timeout=attempt_timeout(config.limits)),
                       health=NodeHealth(b.name, policy, clock()),
                       breaker=NodeBreaker(b.name, clock, rc.breaker.fail_max, rc.breaker.reset_timeout_s),
                       pool_name=c.pool)
@@ -158,6 +152,8 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     for warning in warnings(config):
         log.warning("security: %s", warning)
     filters: list[Filter] = []
+    if config.limits.max_connections_per_peer:  # first: the cheapest refusal, before any identity work
+        filters.append(PeerConnectionCap(config.limits.max_connections_per_peer, config.limits.idle_timeout_s))
     if config.tls is not None or config.auth.callers or config.auth.deny:
         filters.append(AuthFilter(config.auth))
     if config.audit is not None:
@@ -210,28 +206,28 @@ async def start_daemon(config: Config) -> Daemon:
 
     telemetry = Telemetry(config, router)
     filters = FilterChain(build_filters(config, router, telemetry))
-    server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
-                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)),
+    server = grpc.aio.server(options=grpc_server_options(config.limits, fd_limit),
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
     limit = InFlightLimit(config.limits.max_unary_in_flight) if config.limits.max_unary_in_flight else None
     add_service("Operations", OperationsServicer(router, filters, limit), server)
-    add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
-                                       balancer_name=config.router.balancer, filters=filters), server)
+    admin = AdminServicer(router, fault_injection=config.fault_injection, balancer_name=config.router.balancer,
+                          filters=filters)
+    admin_server = _admin_server(config, admin, fd_limit) if config.admin_listen is not None else None
+    if admin_server is None:
+        add_service("Admin", admin, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)  # v1alpha and v1
-    try:  # bound now, before any node starts; grpc listens from server.start()
-        port = server.add_secure_port(config.listen, ReloadingServerCredentials(config.tls).credentials) \
-            if config.tls is not None else server.add_insecure_port(config.listen)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
+    port = _bind(server, config.listen, config.tls)  # bound now, before any node starts; served from start()
+    admin_port = _bind(admin_server, config.admin_listen.listen, config.admin_listen.tls or config.tls) \
+        if admin_server is not None and config.admin_listen is not None else 0
     try:
         await _start_nodes(backends, config.start_timeout_s)
     except BaseException:
         await _close_nodes(backends)
         raise
     await server.start()
+    if admin_server is not None:
+        await admin_server.start()
     hc = config.router.health_check
     checker = HealthChecker(hc.interval_s, hc.jitter_s, hc.timeout_s, router.clock)
     for member in router.cluster.members:
@@ -240,7 +236,30 @@ async def start_daemon(config: Config) -> Daemon:
     telemetry.url = await telemetry.start()
     up = sum(b.state == "up" for b in backends)
     log.info("serving on port %d with %d/%d nodes up (balancer %s)", port, up, len(backends), config.router.balancer)
-    return Daemon(config, server, router, checker, health_servicer, port, filters, telemetry)
+    return Daemon(config, server, router, checker, health_servicer, port, filters, telemetry, admin_server, admin_port)
+
+
+def _admin_server(config: Config, admin: AdminServicer, fd_limit: int) -> grpc.aio.Server:
+    """admin_listen: the Admin service alone on a server of its own (its address checked now, bound later)."""
+    assert config.admin_listen is not None
+    check_listen(config.admin_listen.listen)
+    server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
+                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)))
+    add_service("Admin", admin, server)
+    enable_reflection((SERVICE_NAMES[1],), server)
+    return server
+
+
+def _bind(server: grpc.aio.Server, listen: str, tls: TlsConfig | None) -> int:
+    """Bind `listen` (TLS when configured), or StartupError in one line; the port bound."""
+    try:
+        port = server.add_secure_port(listen, ReloadingServerCredentials(tls).credentials) if tls is not None \
+            else server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(f"cannot listen on {listen}")
+    return port
 
 
 def tune_gc() -> None:
@@ -265,6 +284,8 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     if daemon.telemetry is not None and daemon.telemetry.url:
         announce(f"hsmlb metrics and status page on {daemon.telemetry.url}")
+    if config.admin_listen is not None:
+        announce(f"hsmlb admin listening on {config.admin_listen.listen.rsplit(':', 1)[0]}:{daemon.admin_port}")
     announce(f"hsmlb listening on {config.listen.rsplit(':', 1)[0]}:{daemon.port}")
     await stop.wait()
     log.info("signal received: draining (grace %.1fs)", config.shutdown_grace_s)

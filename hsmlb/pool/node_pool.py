@@ -11,6 +11,13 @@ RESOURCE_EXHAUSTED (the router then tries a node with room), whether a slot free
 is taken) or not (one timer per pool sweeps the queue: a node that stops answering frees none).
 Overload then costs callers a fast answer, not seconds of queueing behind a backlog.
 
+An idempotent operation's attempt is bounded too (`attempt_timeout`, pool/attempt_timeout.py: a
+multiple of this node's recent latency): one timer per pool, armed only while such attempts run, fails
+an overdue attempt's future with NodeFault, so the router retries it on another node and counts the
+fault against this one; but only where the router says it has somewhere to go (`may_move`: another
+attempt allowed, another routable holder, budget and deadline left), else it waits as before. Its slot
+stays held until the node answers (its session is busy till then).
+
 Slow operations (RSA) may hold at most size - 1 slots, and waiting fast operations are served
 first, so symmetric traffic never queues behind a backlog of signatures.
 
@@ -32,13 +39,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from hsmlb.backends.base import Backend, NodeStats
 from hsmlb.clock import Clock
-from hsmlb.errors import HsmlbError, Overloaded
-from hsmlb.ops import CostClass, Operation
+from hsmlb.errors import HsmlbError, NodeFault, Overloaded
+from hsmlb.ops import OP_TRAITS, CostClass, Operation
+from hsmlb.pool.attempt_timeout import AttemptTimeout
 
 SLOW_WAIT_FACTOR = 25.0  # slow ops (RSA) may wait this many times max_wait_s: the cost weight of RSA
 
@@ -60,8 +69,12 @@ class _Queued:
 class NodePool:
     def __init__(self, backend: Backend, size: int, queue_limit: int,
                  cost_weights: dict[CostClass, float] | None = None, max_wait_s: float | None = None,
-                 clock: Clock = time.monotonic, depth: int = 1) -> None:
+                 clock: Clock = time.monotonic, depth: int = 1, attempt_timeout: AttemptTimeout | None = None) -> None:
         self.backend = backend
+        self.attempt_timeout = attempt_timeout
+        self._running: dict[int, tuple[float, bool, asyncio.Future[Any], Operation]] = {}  # timed attempts by slot
+        self.may_move: Callable[[Operation, str], bool] | None = None  # the router's: may this attempt move?
+        self._overdue: asyncio.TimerHandle | None = None
         self.max_wait_s = max_wait_s
         self.clock = clock
         self.shed = 0  # operations shed for waiting longer than max_wait_s
@@ -125,6 +138,11 @@ class NodePool:
         return done
 
     def _start(self, op: Operation, slot: int, slow: bool, weight: float, done: asyncio.Future[Any]) -> None:
+        timeouts = self.attempt_timeout
+        if timeouts is not None and OP_TRAITS[op.kind].idempotent:
+            self._running[slot] = (self.clock(), slow, done, op)
+            if self._overdue is None:
+                self._overdue = done.get_loop().call_later(timeouts.limit_s(slow), self._check_overdue)
         try:
             started = self.backend.perform(op, slot % self.size)
             if not isinstance(started, asyncio.Future):  # a coroutine (HTTP backends): its own task,
@@ -139,6 +157,11 @@ class NodePool:
                   started: asyncio.Future[Any]) -> None:
         """The backend answered: slot back (a queued op may start on it), stats, then the caller."""
         self.load -= weight
+        if self._running:
+            timed = self._running.pop(slot, None)
+            if timed is not None and timed[2] is done and not done.done() and not started.cancelled() \
+                    and started.exception() is None:  # answered within its limit: the node's normal
+                self.attempt_timeout.observe(self.clock() - timed[0], slow)  # type: ignore[union-attr]
         self._release(slot, slow)
         if started.cancelled():
             if not done.done():
@@ -201,6 +224,34 @@ class NodePool:
                 next_due = due if next_due is None else min(next_due, due)
         if next_due is not None and self._loop is not None:
             self._sweep = self._loop.call_later(max(0.001, next_due - now), self._sweep_queue)
+
+    def _check_overdue(self) -> None:
+        """Fail the attempts that ran past their limit (NodeFault: the router retries elsewhere)."""
+        self._overdue = None
+        timeouts = self.attempt_timeout
+        if timeouts is None:
+            return
+        now = self.clock()
+        next_due = None
+        for slot, timed in list(self._running.items()):
+            started_at, slow, done, op = timed
+            if done.done():  # the caller gave up (cancelled): nothing to move
+                del self._running[slot]
+                continue
+            limit = timeouts.limit_s(slow)
+            if now - started_at >= limit:
+                del self._running[slot]
+                if self.may_move is not None and not self.may_move(op, self.name):
+                    continue  # nowhere else to go: it waits for this node or its deadline, as before
+                timeouts.timed_out += 1
+                self.stats.ops_failed += 1
+                self.stats.last_fault = f"an attempt took over {limit:.3g}s"
+                done.set_exception(NodeFault(f"node {self.name}: no answer within {limit:.3g}s"))
+            else:
+                due = started_at + limit
+                next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None and self._loop is not None:
+            self._overdue = self._loop.call_later(max(0.001, next_due - now), self._check_overdue)
 
     def _leave_queue(self, entry: _Queued, waiter: asyncio.Future[Any]) -> None:
         """The caller gave up while its operation was still queued: take it out, with its load."""

@@ -34,6 +34,13 @@ class RetryBudget:
     def record_request(self, now: float) -> None:
         self._bucket(now)[1] += 1
 
+    def would_allow(self, now: float) -> bool:
+        """Whether try_withdraw would succeed now (withdraws nothing)."""
+        self._bucket(now)
+        requests = sum(b[1] for b in self._buckets)
+        retries = sum(b[2] for b in self._buckets)
+        return retries + 1 <= self.ratio * requests + self.min_per_s * self.window_s
+
     def try_withdraw(self, now: float) -> bool:
         bucket = self._bucket(now)
         requests = sum(b[1] for b in self._buckets)

@@ -89,6 +89,25 @@ class Router:
         self.shadow: Shadower | None = None
         self.watch: CandidateWatch | None = None  # weighted candidates' error rate (automatic weight drop)
         self.control: RouteControl | None = None  # operator changes to the routes (Admin)
+        for member in cluster.members:  # per-attempt timeouts (pool/attempt_timeout.py) ask before moving
+            member.pool.may_move = self.may_move
+
+    def may_move(self, op: Operation, node: str) -> bool:
+        """Whether an attempt of `op` overdue on `node` has somewhere to go: idempotent, another attempt
+        allowed, deadline and retry budget left, and another holder routable now with room."""
+        if not OP_TRAITS[op.kind].idempotent or op.attempts >= self.max_attempts:
+            return False
+        now = self.clock()
+        if op.deadline is not None and now + self.backoff_max_s >= op.deadline:
+            return False
+        if not self.budget.would_allow(now):
+            return False
+        try:
+            holders = self.cluster.holders(op)
+        except HsmlbError:
+            return False
+        others, panic = self.candidates([m for m in holders if m.name != node], [], now)
+        return not panic and any(not m.pool.saturated for m in others)
 
     def _load(self, member: Member) -> float:
         return member.pool.load
