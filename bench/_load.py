@@ -263,8 +263,17 @@ async def run_phase(stub: pb_grpc.OperationsStub, args: argparse.Namespace, seco
     return await asyncio.wait_for(coro, seconds + DRAIN_S + 2 * RPC_TIMEOUT_S)
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or (m)TLS with --ca and optionally a client --cert/--key (a daemon with `tls:`)."""
+    if not getattr(args, "ca", None):
+        return grpc.aio.insecure_channel(args.address)
+    from hsmlb.auth.tls import channel_credentials
+
+    return grpc.aio.secure_channel(args.address, channel_credentials(args.ca, args.cert, args.key))
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with _channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.OperationsStub(channel)
         warm = await run_phase(stub, args, args.warmup)
@@ -294,6 +303,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=128, help="stream: requests outstanding, over all streams")
     parser.add_argument("--items", type=int, default=16, help="batch, paced: operations per StreamBatch message")
     parser.add_argument("--rate", type=float, default=5000.0, help="paced: operations/s offered, over all streams")
+    parser.add_argument("--ca", help="TLS: the CA file that signed the server's certificate")
+    parser.add_argument("--cert", help="mTLS: the client certificate file")
+    parser.add_argument("--key", help="mTLS: the client key file")
     parser.add_argument("--check", action="store_true", help="count answers that are not the NIST cipher text as wrong")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main_async(args))), flush=True)

@@ -87,6 +87,7 @@ class Bench:
         self.echo: subprocess.Popen[bytes] | None = None
         self.echo_address = ""
         self.config_path = Path()
+        self.admin_credentials: grpc.ChannelCredentials | None = None  # the node wait's channel: None, plaintext
 
     def _spawn(self, argv: list[str], log_name: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         log = (self.state_dir / log_name).open("ab")
@@ -157,7 +158,8 @@ class Bench:
 
     def _wait_nodes_up(self, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        with grpc.insecure_channel(address) as channel:
+        creds = self.admin_credentials
+        with grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address) as channel:
             admin = pb_grpc.AdminStub(channel)
             while time.monotonic() < deadline:
                 nodes = admin.ListNodes(pb.ListNodesRequest(), timeout=5).nodes

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from hsmlb.audit.config import AuditConfig
-from hsmlb.auth.config import AuthConfig, TlsConfig
+from hsmlb.auth.config import AdminListenConfig, AuthConfig, TlsConfig
 from hsmlb.limits import LimitsConfig
 from hsmlb.router.routes_config import POOL_PATTERN, RouteConfig, ShadowConfig, check_routes
 from hsmlb.telemetry.config import LoggingConfig, MetricsConfig, TracingConfig
@@ -200,6 +200,8 @@ class Config(_Frozen):
     nodes: list[NodeConfig] = Field(min_length=1)
     tls: TlsConfig | None = Field(None, description="TLS (mTLS with client_ca_file); none: plaintext, dev only")
     auth: AuthConfig = AuthConfig()
+    admin_listen: AdminListenConfig | None = Field(None, description="the Admin service on its own address; "
+                                                   "none: on `listen` beside Operations")
     audit: AuditConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list, description="pools per operation; none: one pool of all")
     shadow: ShadowConfig = ShadowConfig()
@@ -264,9 +266,10 @@ def load_config(path: str | Path) -> Config:
             for field in ("pin_file", "credentials_file"):
                 if isinstance(node, dict) and node.get(field) and not Path(node[field]).is_absolute():
                     node[field] = str(base / node[field])
-        for section, fields in (("tls", ("cert_file", "key_file", "client_ca_file")),
-                                ("audit", ("dir", "signing_key_file"))):
-            part = data.get(section)
+        admin = data.get("admin_listen")
+        tls_files = ("cert_file", "key_file", "client_ca_file")
+        for part, fields in ((data.get("tls"), tls_files), (data.get("audit"), ("dir", "signing_key_file")),
+                             (admin.get("tls") if isinstance(admin, dict) else None, tls_files)):
             for field in fields if isinstance(part, dict) else ():
                 if part.get(field) and not Path(part[field]).is_absolute():
                     part[field] = str(base / part[field])

@@ -27,6 +27,7 @@ from hsmlb.api.operations import OperationsServicer
 from hsmlb.api.reflection import enable_reflection
 from hsmlb.api.registration import add_service
 from hsmlb.audit.filter import start_audit
+from hsmlb.auth.config import TlsConfig
 from hsmlb.auth.filter import AuthFilter
 from hsmlb.auth.tls import ReloadingServerCredentials
 from hsmlb.backends import Backend, create_backend
@@ -38,6 +39,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported: tests size messages by it
 from hsmlb.limits import StartupError, announce, attempt_timeout, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
+from hsmlb.peer_cap import PeerConnectionCap
 from hsmlb.pool import NodePool
 from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
@@ -64,6 +66,8 @@ class Daemon:
     port: int
     filters: FilterChain | None = None
     telemetry: Telemetry | None = None
+    admin_server: grpc.aio.Server | None = None  # the Admin service on its own address (admin_listen)
+    admin_port: int = 0
 
     @property
     def nodes(self) -> list[NodePool]:
@@ -73,7 +77,8 @@ class Daemon:
         """Bounded: grace for the RPCs in flight, then each step at most STOP_STEP_S, logged if it overran."""
         grace = self.config.shutdown_grace_s
         await _bounded("health status", self.health.enter_graceful_shutdown(), 1.0)
-        await _bounded("the gRPC server", self.server.stop(grace), grace + 1.0)
+        servers = (self.server, *([self.admin_server] if self.admin_server is not None else []))
+        await _bounded("the gRPC server", asyncio.gather(*(s.stop(grace) for s in servers)), grace + 1.0)
         await _bounded("health checks", self.checker.close(), STOP_STEP_S)
         if self.telemetry is not None:
             await _bounded("telemetry", self.telemetry.stop(), STOP_STEP_S)
@@ -147,6 +152,8 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     for warning in warnings(config):
         log.warning("security: %s", warning)
     filters: list[Filter] = []
+    if config.limits.max_connections_per_peer:  # first: the cheapest refusal, before any identity work
+        filters.append(PeerConnectionCap(config.limits.max_connections_per_peer, config.limits.idle_timeout_s))
     if config.tls is not None or config.auth.callers or config.auth.deny:
         filters.append(AuthFilter(config.auth))
     if config.audit is not None:
@@ -203,23 +210,24 @@ async def start_daemon(config: Config) -> Daemon:
                              maximum_concurrent_rpcs=config.auth.max_concurrent_rpcs or None)
     limit = InFlightLimit(config.limits.max_unary_in_flight) if config.limits.max_unary_in_flight else None
     add_service("Operations", OperationsServicer(router, filters, limit), server)
-    add_service("Admin", AdminServicer(router, fault_injection=config.fault_injection,
-                                       balancer_name=config.router.balancer, filters=filters), server)
+    admin = AdminServicer(router, fault_injection=config.fault_injection, balancer_name=config.router.balancer,
+                          filters=filters)
+    admin_server = _admin_server(config, admin, fd_limit) if config.admin_listen is not None else None
+    if admin_server is None:
+        add_service("Admin", admin, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)  # v1alpha and v1
-    try:  # bound now, before any node starts; grpc listens from server.start()
-        port = server.add_secure_port(config.listen, ReloadingServerCredentials(config.tls).credentials) \
-            if config.tls is not None else server.add_insecure_port(config.listen)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
+    port = _bind(server, config.listen, config.tls)  # bound now, before any node starts; served from start()
+    admin_port = _bind(admin_server, config.admin_listen.listen, config.admin_listen.tls or config.tls) \
+        if admin_server is not None and config.admin_listen is not None else 0
     try:
         await _start_nodes(backends, config.start_timeout_s)
     except BaseException:
         await _close_nodes(backends)
         raise
     await server.start()
+    if admin_server is not None:
+        await admin_server.start()
     hc = config.router.health_check
     checker = HealthChecker(hc.interval_s, hc.jitter_s, hc.timeout_s, router.clock)
     for member in router.cluster.members:
@@ -228,7 +236,30 @@ async def start_daemon(config: Config) -> Daemon:
     telemetry.url = await telemetry.start()
     up = sum(b.state == "up" for b in backends)
     log.info("serving on port %d with %d/%d nodes up (balancer %s)", port, up, len(backends), config.router.balancer)
-    return Daemon(config, server, router, checker, health_servicer, port, filters, telemetry)
+    return Daemon(config, server, router, checker, health_servicer, port, filters, telemetry, admin_server, admin_port)
+
+
+def _admin_server(config: Config, admin: AdminServicer, fd_limit: int) -> grpc.aio.Server:
+    """admin_listen: the Admin service alone on a server of its own (its address checked now, bound later)."""
+    assert config.admin_listen is not None
+    check_listen(config.admin_listen.listen)
+    server = grpc.aio.server(options=(*grpc_server_options(config.limits, fd_limit),
+                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)))
+    add_service("Admin", admin, server)
+    enable_reflection((SERVICE_NAMES[1],), server)
+    return server
+
+
+def _bind(server: grpc.aio.Server, listen: str, tls: TlsConfig | None) -> int:
+    """Bind `listen` (TLS when configured), or StartupError in one line; the port bound."""
+    try:
+        port = server.add_secure_port(listen, ReloadingServerCredentials(tls).credentials) if tls is not None \
+            else server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(f"cannot listen on {listen}")
+    return port
 
 
 def tune_gc() -> None:
@@ -253,6 +284,8 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     if daemon.telemetry is not None and daemon.telemetry.url:
         announce(f"hsmlb metrics and status page on {daemon.telemetry.url}")
+    if config.admin_listen is not None:
+        announce(f"hsmlb admin listening on {config.admin_listen.listen.rsplit(':', 1)[0]}:{daemon.admin_port}")
     announce(f"hsmlb listening on {config.listen.rsplit(':', 1)[0]}:{daemon.port}")
     await stop.wait()
     log.info("signal received: draining (grace %.1fs)", config.shutdown_grace_s)

@@ -145,7 +145,7 @@ def test_a_restart_resumes_the_chain_and_cuts_a_torn_line(tmp_path: Path) -> Non
     assert report.files == 2
 
 
-@pytest.mark.parametrize("variant", ["plain", "denied", "translation", "unicode", "no_key"])
+@pytest.mark.parametrize("variant", ["plain", "denied", "translation", "unicode", "no_key", "percent"])
 def test_fast_operation_records_are_canonical_json(variant: str) -> None:
     """The writer's hand-made encoding of an operation record is byte-identical to canonical(record),
     which is what verify recomputes."""
@@ -163,9 +163,13 @@ def test_fast_operation_records_are_canonical_json(variant: str) -> None:
         entry[2], entry[6] = 'spiffe://x/"é"\u2028', "alias/\\ü"
     elif variant == "no_key":
         entry[6], entry[8], entry[9] = None, "", ""
-    record = build(tuple(entry))
-    record.update(seq=42, prev="ab" * 32)
-    assert op_body(tuple(entry), 42, "ab" * 32) == canonical(record)
+    elif variant == "percent":  # the writer splices into a %-template: a literal % must survive
+        entry[2], entry[6] = "spiffe://x/100%25%s%d", "alias/%(x)s"
+    for seq, wall, latency, request_id in ((42, 1765000000.5, 0.000123, 17), (43, 1765000001.000007, 2.5, 18)):
+        entry[1], entry[14], entry[15] = wall, latency, request_id  # the same shape again: the cached template
+        record = build(tuple(entry))
+        record.update(seq=seq, prev="ab" * 32)
+        assert op_body(tuple(entry), seq, "ab" * 32) == canonical(record)
 
 
 def test_security_series_count_denials_and_the_audit_state(tmp_path: Path) -> None:

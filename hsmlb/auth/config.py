@@ -20,6 +20,16 @@ class TlsConfig(_Frozen):
     client_ca_file: Path | None = Field(None, description="CA bundle for client certificates: mTLS when set")
 
 
+class AdminListenConfig(_Frozen):
+    """The Admin service (drills, fault injection, routes) on an address of its own, so operators can put it
+    on another interface or port than the data path, with its own mTLS policy (e.g. a client CA that only
+    signs operators' certificates). The data port then serves no Admin RPC at all."""
+
+    listen: str = Field(pattern=r"^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
+                        description="host:port of the Admin service (port 0: any free port)")
+    tls: TlsConfig | None = Field(None, description="its own TLS; none: the daemon's `tls:` (plaintext if none)")
+
+
 class RateLimit(_Frozen):
     per_s: float = Field(gt=0, description="operations per second, sustained")
     burst: float = Field(gt=0, description="operations allowed at once (the bucket's depth)")
