@@ -222,6 +222,7 @@ class FastSigner:
         self._credentials = credentials
         self._day = ""
         self._key = b""
+        self._plans: dict[tuple[tuple[str, str], ...], tuple[str, str]] = {}  # the token is in them
 
     def _signing_key(self, day: str) -> bytes:
         if day != self._day:  # derived once a day (and after a credential refresh), as SigV4 allows
@@ -246,26 +247,42 @@ class FastSigner:
             canonical = self._paths[path] = quote(normalize_url_path(path), safe="/~")
         return canonical
 
+    def _plan(self, headers: dict[str, str]) -> tuple[str, str]:
+        """(canonical header lines with NUL where the stamp goes, signed header names) for a header set:
+        our requests use one or two fixed sets, so the lower-casing and sorting is done once per set."""
+        key = tuple(headers.items())
+        plan = self._plans.get(key)
+        if plan is None:
+            pairs = [(name.lower(), " ".join(value.split())) for name, value in headers.items()]
+            pairs += [("host", self.host), ("x-amz-date", "\0")]
+            token = self._credentials.token
+            if token:
+                pairs.append(("x-amz-security-token", " ".join(token.split())))
+            pairs.sort()
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            plan = self._plans[key] = ("\n".join(f"{name}:{value}" for name, value in pairs) + "\n",
+                                       ";".join(name for name, _ in pairs))
+        return plan
+
     def sign(self, method: str, path: str, headers: dict[str, str], body: bytes,
              timestamp: str | None = None) -> dict[str, str]:
         """Headers to send for `method base_url+path`: `headers` plus X-Amz-Date, Authorization
-        (and X-Amz-Security-Token). `headers` must not hold hop-by-hop or user-agent headers."""
+        (and X-Amz-Security-Token). `headers` must not hold hop-by-hop or user-agent headers, nor a
+        NUL (none of ours do)."""
         stamp = timestamp or self.timestamp()
         credentials = self._credentials
         out = dict(headers)
         out["X-Amz-Date"] = stamp
         if credentials.token:
             out["X-Amz-Security-Token"] = credentials.token
-        pairs = sorted([(name.lower(), " ".join(value.split())) for name, value in out.items()]
-                       + [("host", self.host)])
-        signed = ";".join(name for name, _ in pairs)
-        canonical = "\n".join((method, self._canonical_path(self.base_path + path), "",
-                               "\n".join(f"{name}:{value}" for name, value in pairs) + "\n", signed,
-                               hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256_HASH))
+        lines, signed = self._plan(headers)
+        canonical = "\n".join((method, self._canonical_path(self.base_path + path), "", lines.replace("\0", stamp),
+                               signed, hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256_HASH))
         day = stamp[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._signing_key(day), to_sign.encode(), "sha256").hex()  # one C call
         out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
                                 f"SignedHeaders={signed}, Signature={signature}")
         return out
