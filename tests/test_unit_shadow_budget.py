@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hsmlb.clock import FakeClock
 from hsmlb.ops import NATIVE_CAPABILITIES, Capability, Operation, OpKind
 from hsmlb.shadow.budget import LoopLagProbe, ShadowBudget
@@ -59,6 +61,16 @@ def test_lag_or_a_backlog_cuts_the_rate_to_its_floor_and_quiet_grows_it_back_to_
     assert 5 < budget.rate < 1000
     budget.observe(0.0, quiet_probes=60)  # the first probe after three idle seconds
     assert budget.rate == 1000
+
+
+def test_a_cut_starts_from_the_calls_actually_made_not_the_ceiling():
+    clock = FakeClock()
+    budget = ShadowBudget(clock, max_per_s=2000, min_per_s=5)
+    for _ in range(20):  # 20 calls in 50 ms: 400/s used, far under the 2000/s allowed
+        budget.take("apc")
+    clock.advance(0.05)
+    budget.observe(0.0, backlog=True)
+    assert budget.rate == pytest.approx(200)
 
 
 def test_a_fixed_budget_ignores_load():

@@ -8,7 +8,7 @@ Two bounds, both plain policy over an injected clock:
   the primary's backlog (every session slot of the primary pools in use) say whether the primary has
   work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
   trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`
-  (as fast as it is cut: the shadow grows only while most probes find the primary with nothing waiting).
+  (slower than it is cut: the shadow grows only while over three probes in four find the primary idle).
   So at light load every primary answer is shadowed, and at saturation the shadow sample shrinks
   instead of the primary's throughput.
 
@@ -32,7 +32,7 @@ from hsmlb.clock import Clock
 class ShadowBudget:
     def __init__(self, clock: Clock, *, max_per_s: float = 2000.0, min_per_s: float = 5.0, burst_s: float = 0.1,
                  in_flight_per_candidate: int = 64, lag_high_s: float = 0.004, decrease: float = 0.5,
-                 increase: float = 2.0, adaptive: bool = True) -> None:
+                 increase: float = 1.25, adaptive: bool = True) -> None:
         self.clock = clock
         self.max_per_s = max_per_s
         self.min_per_s = min(min_per_s, max_per_s)
@@ -49,6 +49,8 @@ class ShadowBudget:
         self.cuts = 0  # times the rate was cut: how often the primary needed the room back
         self.lag_s = 0.0  # the last lag observed
         self.backlogs = 0  # probes that found the primary with a backlog
+        self.taken = 0  # shadow calls since the last probe
+        self._observed = self.last
 
     def _burst(self) -> float:
         return max(1.0, self.rate * self.burst_s)
@@ -64,6 +66,7 @@ class ShadowBudget:
     def take(self, pool: str) -> None:
         """A shadow call to `pool` starts: one token and one in-flight slot."""
         self.tokens -= 1.0
+        self.taken += 1
         self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
 
     def release(self, pool: str) -> None:
@@ -77,10 +80,14 @@ class ShadowBudget:
         self.backlogs += backlog
         if not self.adaptive:
             return
+        now = self.clock()
+        used = self.taken / (now - self._observed) if now > self._observed else self.rate
+        self.taken, self._observed = 0, now
         if backlog or lag_s >= self.lag_high_s:
             if self.rate > self.min_per_s:
                 self.cuts += 1
-            self.rate = max(self.min_per_s, self.rate * self.decrease)
+            # from what was used, not the ceiling: a rate far above the calls that fit would take many cuts to bite
+            self.rate = max(self.min_per_s, min(self.rate, used) * self.decrease)
             self.tokens = min(self.tokens, self._burst())
         else:
             for _ in range(min(quiet_probes, 100)):
@@ -99,7 +106,7 @@ class LoopLagProbe:
     since the last one does not re-arm, so an idle daemon has no timer."""
 
     def __init__(self, observe: Callable[[float, bool, int], None], backlog: Callable[[], bool],
-                 interval_s: float = 0.05, busy_high: float = 0.9) -> None:
+                 interval_s: float = 0.05, busy_high: float = 0.8) -> None:
         self.observe = observe
         self.backlog = backlog
         self.busy_high = busy_high
