@@ -5,7 +5,7 @@ Two bounds, both plain policy over an injected clock:
 - shadow calls in flight per candidate pool (a slow or hung candidate cannot pile up work);
 - a token bucket of shadow calls per second whose rate follows the daemon's load (AIMD, as TCP does),
   probed every 50 ms (`LoopLagProbe`): the event loop's lag (how late a timer fires), its CPU share, and
-  the primary's backlog (every session slot of the primary pools in use) say whether the primary has
+  the primary's backlog (half the slots of the primary pools in use) say whether the primary has
   work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
   trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`
   (slower than it is cut: the shadow grows only while over three probes in four find the primary idle).

@@ -73,14 +73,15 @@ class Shadower:
             self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
 
     def _backlog(self) -> bool:
-        """Every session slot of the pools not shadowed to in use (or more queued): the primary is running
-        at its capacity, so any CPU the shadow takes comes out of its throughput."""
+        """Half the slots of the pools not shadowed to in use, or more (queued too): the primary runs near its
+        capacity (measured: a saturating load keeps about half of the pipelined slots busy, a paced load
+        below saturation a quarter at most), so any CPU the shadow takes comes out of its throughput."""
         outstanding = capacity = 0
         for member in self.cluster.members:
             if member.pool_name not in self._targets:
                 outstanding += member.pool.outstanding
                 capacity += member.pool.capacity
-        return outstanding >= capacity > 0
+        return 2 * outstanding >= capacity > 0
 
     def primary_failed(self, op: Operation) -> None:
         self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
