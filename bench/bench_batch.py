@@ -17,7 +17,9 @@ first two token nodes in its config: fewer, busier token workers; `/32`: pool_si
 `+copies`: session_key_copies on the token nodes),
 each measured in turn in every run; `all/32@/tmp/base`: the same, running the hsmlb source unpacked in
 /tmp/base (e.g. `git archive BASE | tar -x -C /tmp/base`, plus hsmlb/v1/*_pb2*.py): before/after in one run.
-With --runs N everything repeats N times; the median, min and max of each figure are printed.
+With --runs N everything repeats N times; the median, min and max of each figure are printed, and at the
+end one "P3" line per daemon: CPU per op at the largest --items (goal <= 60 us) and the unary call's CPU as a
+multiple of the echo's (goal <= 1.3x). Defaults: 3 runs, about 3 minutes on 2 vCPUs.
 
     python bench/bench_batch.py [--seconds 4] [--runs 3] [--items 1 4 16 64] [--window 512] [--streams 2]
                                 [--nodes-variants all 2] [--no-unary] [--json out.json]
@@ -170,10 +172,28 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
                 s = summary.get(f"{phase}.{name}.{key}")
                 cells.append(f"{s['median']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]" if s else "")
             print(f"{label:<14}" + "".join(f"{c:>26}" for c in cells))
+    p3(args, summary)
     print("\nCPU us/op = user+system CPU of the server process and all its descendants (daemon: + token workers) "
           "during the phase / operations completed; loop = event loop thread, grpc thr = gRPC's threads, "
           "workers = token worker processes; client = the load generator's own CPU; CPU - token op = the daemon's CPU "
           "per op less the token op alone (through a session copy where the daemon uses them): what is ours")
+
+
+def p3(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> None:
+    """The issue's P3 figures, one line each per daemon variant: batched CPU per op at the largest batch
+    (goal <= 60 us, all daemon processes), and unary CPU per call as a multiple of the echo's (goal <= 1.3x)."""
+    items = max(args.items)
+    for variant in args.nodes_variants:
+        batch = summary.get(f"batch{items}.daemon[{variant}].cpu_us_per_op")
+        unary = summary.get(f"unary.daemon[{variant}].ratio_vs_echo")
+        line = f"P3 daemon[{variant}]:"
+        if batch:
+            line += (f" batched ({items} items/message) {batch['median']:.1f} [{batch['min']:.1f}-{batch['max']:.1f}] "
+                     f"us CPU/op (goal <= 60)")
+        if unary:
+            line += (f"; unary {unary['median']:.2f}x [{unary['min']:.2f}-{unary['max']:.2f}] the echo's CPU/call "
+                     "(goal <= 1.3)")
+        print(line)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,6 +43,9 @@ class LimitsConfig(BaseModel):
     max_connections: int = Field(
         4096, ge=1, description="open client connections at most; lowered to fit the descriptor limit")
     max_concurrent_streams: int = Field(1024, ge=1, description="RPCs in flight per connection")
+    max_connections_per_peer: int = Field(
+        0, ge=0, description="connections one peer host may use for RPCs at once (within idle_timeout_s); an RPC "
+        "on one more gets RESOURCE_EXHAUSTED (peer_cap.py says what it does not do; 0: no per-peer cap)")
     max_pending_rpcs: int = Field(
         20000, ge=1, description="RPCs received and not yet taken up by the daemon; grpc core cancels "
         "(CANCELLED) beyond it, so it stays above what the shedding below answers with RESOURCE_EXHAUSTED")

@@ -39,6 +39,7 @@ from hsmlb.health.checker import HealthChecker
 from hsmlb.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # re-exported: tests size messages by it
 from hsmlb.limits import StartupError, announce, attempt_timeout, check_listen, grpc_server_options, raise_fd_limit
 from hsmlb.ops import CostClass
+from hsmlb.peer_cap import PeerConnectionCap
 from hsmlb.pool import NodePool
 from hsmlb.pool.overload import InFlightLimit
 from hsmlb.router import Balancer, Cluster, KeyAffinity, LeastOutstanding, Member, NodeBreaker, RetryBudget, Router
@@ -151,6 +152,8 @@ def build_filters(config: Config, router: Router, telemetry: Telemetry | None = 
     for warning in warnings(config):
         log.warning("security: %s", warning)
     filters: list[Filter] = []
+    if config.limits.max_connections_per_peer:  # first: the cheapest refusal, before any identity work
+        filters.append(PeerConnectionCap(config.limits.max_connections_per_peer, config.limits.idle_timeout_s))
     if config.tls is not None or config.auth.callers or config.auth.deny:
         filters.append(AuthFilter(config.auth))
     if config.audit is not None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -298,3 +300,19 @@ async def test_stream_answers_an_op_its_backend_cancelled():
     requests.queue.put_nowait(None)
     await asyncio.wait_for(writer, 5)
     assert [(r.request_id, r.status.code) for r in responses] == [(1, grpc.StatusCode.UNAVAILABLE.value[0])]
+
+
+def test_bench_batch_prints_the_p3_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """The coordinator reruns bench/bench_batch.py for the issue's P3: it must say the two figures and their goals."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import bench_batch
+    finally:
+        sys.path.pop(0)
+    args = bench_batch.parse_args(["--items", "16", "64"])
+    figure = {"median": 90.0, "min": 80.0, "max": 110.0}
+    bench_batch.p3(args, {"batch64.daemon[all].cpu_us_per_op": figure,
+                          "unary.daemon[all].ratio_vs_echo": {"median": 1.5, "min": 1.4, "max": 1.6}})
+    out = capsys.readouterr().out
+    assert "P3 daemon[all]: batched (64 items/message) 90.0 [80.0-110.0] us CPU/op (goal <= 60)" in out
+    assert "unary 1.50x [1.40-1.60] the echo's CPU/call (goal <= 1.3)" in out

@@ -316,3 +316,17 @@ def test_random_inputs_travel_unchanged(daemon: DaemonProcess, ops: Any) -> None
                                                   encryption_attributes=sym(pb.ECB)), timeout=10).cipher_text
             for p in plains]
     assert got == want
+
+
+def test_sync_signatures_leave_in_a_batch_call_of_their_own(daemon: DaemonProcess) -> None:
+    """A Batch answer waits for its slowest item: symmetric calls taken with signatures go in another call."""
+    message = "00" * 32
+    with hsmlb_client.Client(daemon.address, linger=1.0) as client:  # one batcher cycle takes them all
+        with ThreadPoolExecutor(5) as pool:
+            encrypts = [pool.submit(lambda: _nist(client).cipher_text) for _ in range(3)]
+            signs = [pool.submit(lambda: client.sign(key_identifier="alias/sign-rsa", message=message,
+                                                     signing_algorithm=pb.RSASSA_PKCS1_V1_5_SHA_256))
+                     for _ in range(2)]
+            assert [f.result(WAIT_S) for f in encrypts] == [NIST_ECB] * 3
+            assert all(f.result(WAIT_S).signature for f in signs)
+        assert (client.batches, client.operations) == (2, 5)

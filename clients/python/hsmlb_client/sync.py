@@ -7,6 +7,10 @@ first call of a batch, it lingers `linger` seconds (0.5 ms by default) so the ot
 queue, takes up to `max_batch` calls and sends them as ONE non-blocking `Batch` call; its answer
 wakes each caller with its own result. Batches overlap: the batcher never waits for an answer.
 
+A `Batch` answer waits for its slowest item, so signatures (RSA-2048 ~0.5 ms of token time each, and
+queued behind the tokens' RSA capacity) travel in a Batch call of their own (SLOW_FIELDS): a symmetric
+operation never waits for a signature that happened to be taken in the same batch.
+
 A call's `timeout` becomes the item's `timeout_ms` (the time left when it is sent), the Batch call's
 deadline (the latest of its items', plus GRACE_S) and the caller's local wait. Back-pressure: at most
 `max_in_flight` calls at once; further callers block for room within their timeout
@@ -44,6 +48,7 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_LINGER_S = 0.0005
 GRACE_S = 0.05
 FAILED = "the Batch call carrying this operation failed; it may or may not have run"
+SLOW_FIELDS = frozenset({"sign"})  # sent in Batch calls of their own (see the module)
 
 
 class _Waiter:
@@ -55,6 +60,16 @@ class _Waiter:
         self.reply: Any = None
         self.error: HsmlbError | None = None
         self.abandoned = False
+
+
+def _lanes(batch: list[_Waiter]) -> list[list[_Waiter]]:
+    """The batch as the Batch calls to send: signatures apart from the rest (see the module)."""
+    slow = [w for w in batch if w.field in SLOW_FIELDS]
+    if not slow:
+        return [batch] if batch else []
+    if len(slow) == len(batch):
+        return [batch]
+    return [[w for w in batch if w.field not in SLOW_FIELDS], slow]
 
 
 def _gevent_patched() -> bool:
@@ -184,11 +199,11 @@ class Client(Operations):
                 del self._buffer[:self._max_batch]
                 if self._buffer:
                     self._wake.set()
-            if batch:
+            for lane in _lanes(batch):
                 try:
-                    self._send(batch)
+                    self._send(lane)
                 except Exception as exc:  # never let the batcher die: its callers would wait forever
-                    self._fail(batch, InternalError(f"the client could not send the batch ({type(exc).__name__})"))
+                    self._fail(lane, InternalError(f"the client could not send the batch ({type(exc).__name__})"))
 
     def _send(self, waiters: list[_Waiter]) -> None:
         now = time.monotonic()
