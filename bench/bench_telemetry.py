@@ -5,8 +5,9 @@
   full     metrics on + tracing at 100% (always_on): every operation and attempt a span, exported
 
 Spans go over OTLP/HTTP protobuf to a discard sink in this process (it answers 200 and keeps nothing), so
-the daemon pays the real encode-and-send cost. Each run measures every daemon (in a rotated order) twice,
-each phase from a fresh client process (bench/_load.py), on the batched wire (StreamBatch, --items per message):
+the daemon pays the real encode-and-send cost. Each run starts the daemons afresh and measures each (in a
+rotated order) twice, each phase from a fresh client process (bench/_load.py), on the batched wire
+(StreamBatch, --items per message):
 
   saturation  closed loop, --window operations outstanding over --streams streams: throughput and the daemon's
               CPU per operation (/proc, the daemon and its token workers);
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _procs import stop
 from bench_daemon import ENV, Bench, measure, summarize, write_json
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -78,10 +80,22 @@ class TelemetryBench(Bench):
             self.daemons[name] = self.start_daemon(path, f"daemon-{name}.log")
         self.daemon, self.daemon_address = self.daemons["off"]
 
+    def restart(self) -> None:
+        """Fresh daemons (same configs): two processes of the same code differ by up to ~10% in CPU per op
+        on a shared machine (their token workers too), which would otherwise bias every run the same way."""
+        for name, (proc, _) in self.daemons.items():
+            stop(proc)
+            self.procs.remove(proc)
+            self.daemons[name] = self.start_daemon(self.state_dir / f"hsmlb-telemetry-{name}.yaml",
+                                                   f"daemon-{name}.log")
+        self.daemon, self.daemon_address = self.daemons["off"]
+
     def run_once(self) -> dict[str, float]:
         a = self.args
         names = list(VARIANTS)
         shift = self.runs_done % len(names)  # rotate who goes first: no daemon always meets a warmer machine
+        if self.runs_done:
+            self.restart()
         self.runs_done += 1
         figures: dict[str, float] = {}
         for name in names[shift:] + names[:shift]:

@@ -148,3 +148,51 @@ def test_lean_otlp_encoding_decodes_as_the_sdks_own() -> None:
             span.ClearField("status")  # the SDK writes an empty Status for UNSET; absent means the same
     got = ExportTraceServiceRequest.FromString(Encoder(dict(resource.attributes), "hsmlb").request(records))
     assert got == expected
+
+
+def test_span_records_reach_an_otlp_grpc_collector() -> None:
+    """The default protocol: records encoded here, sent by the OpenTelemetry gRPC exporter's own stub to a
+    TraceService on loopback, decode as the span the filter made (in the caller's trace, attributes intact)."""
+    import time
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as ts_grpc
+
+    from hsmlb.api.filters import Call, Item
+    from hsmlb.ops import Operation, OpKind
+    from hsmlb.telemetry.tracing import Tracing
+
+    received: list[ts.ExportTraceServiceRequest] = []
+
+    class Service(ts_grpc.TraceServiceServicer):
+        def Export(self, request: ts.ExportTraceServiceRequest, context: object) -> ts.ExportTraceServiceResponse:
+            received.append(request)
+            return ts.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    ts_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    tracing = Tracing(TracingConfig(sampler="always_on", protocol="grpc", endpoint=f"http://127.0.0.1:{port}",
+                                    export_interval_s=0.1), "127.0.0.1", None)
+    try:
+        call = Call("/hsmlb.v1.Operations/Stream", "ipv4:127.0.0.1:5000", traceparent=SAMPLED)
+        item = Item("encrypt_data", 9, traceparent=SAMPLED)
+        item.op = Operation(OpKind.ENCRYPT, "alias/zek", ())
+        tracing.filter.admit(call, item)
+        item.op.node, item.op.attempts = "node-a", 1
+        tracing.filter.done(call, item)
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        tracing.shutdown()
+        server.stop(0)
+    span = received[0].resource_spans[0].scope_spans[0].spans[0]
+    attrs = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+    assert (span.name, span.trace_id.hex(), span.parent_span_id.hex()) == \
+        ("hsmlb.v1.Operations/EncryptData", TRACE, "00f067aa0ba902b7")
+    assert attrs["hsmlb.request_id"] == 9 and attrs["hsmlb.node"] == "node-a" and attrs["hsmlb.outcome"] == "OK"
+    assert attrs["network.peer.address"] == "127.0.0.1" and attrs["hsmlb.rpc"] == "Stream"
