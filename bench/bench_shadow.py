@@ -1,18 +1,22 @@
-"""hsmlb benchmark: the cost of shadowing. The primary's ops/s and p99 with every token answer shadowed
-to the emulated regions (candidate pool, 100%) against the same cluster without shadowing, A/B in one run.
+"""hsmlb benchmark: the cost of shadowing (issue 11, acceptance 7). The primary's throughput at saturation
+and its p99 paced at a fixed rate below saturation, with every token answer shadowed to the emulated
+regions (candidate pool, shadow_percent 100) against the same cluster without shadowing, A/B in one run,
+plus the fraction of the primary's operations actually shadowed (the rest skipped by the shadow budget,
+the regions' quota or a full candidate).
 
 One dev cluster (tokens + two emulated regions), two daemons on it: `off` (tokens primary, regions failover,
 no shadow) and `on` (the same route with `candidate: apc, shadow_percent: 100`, as `hsmlb dev up --serve
 --shadow` writes it). Each run measures both, in turn, with the batched wire (StreamBatch, --items ops per
-message, AES-128 ECB EncryptData) from a fresh load client process (bench/_load.py), then (--unary) the
-unary path. --runs N: the median, min and max of each figure. At the end the `on` daemon's shadow report
-is printed: the regions' quota (APC: 500 symmetric ops/s per region by default) bounds what can be shadowed,
-so at the token pool's rates most shadow calls are skipped{quota} or skipped{shed}; what is compared costs
-the daemon a candidate request each.
+message, AES-128 ECB EncryptData) from a fresh load client process (bench/_load.py):
+  * saturation: closed loop, --window operations outstanding: ops/s, daemon CPU us/op, errors;
+  * paced: open loop at --rate ops/s (below saturation), latency counted from when each op was due: p50, p99.
+--runs N: the median, min and max of each figure. The shadow budget (hsmlb/shadow/budget.py) lets shadow
+calls use only what the primary leaves over, so at saturation the shadowed fraction shrinks, not the primary.
 
-    python bench/bench_shadow.py [--seconds 4] [--runs 3] [--items 16] [--window 512] [--no-unary]
+    python bench/bench_shadow.py [--seconds 3] [--runs 3] [--rate 1000] [--items 16] [--window 512]
 
-Everything listens on or talks to 127.0.0.1 only and is torn down at the end, on error and on Ctrl-C.
+Defaults take about 2-3 minutes. Everything listens on or talks to 127.0.0.1 only and is torn down at the
+end, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ from hsmlb.dev.regions import Emulator, region_node_config, start_dev_regions
 from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
-FIGURES = (("ops_per_s", "ops/s", ",.0f"), ("p50_us", "p50 us", ",.0f"), ("p99_us", "p99 us", ",.0f"),
-           ("cpu_us_per_op", "CPU us/op", ",.1f"), ("errors", "errors", ",.0f"))
+FIGURES = (("sat.ops_per_s", "saturation ops/s", ",.0f"), ("sat.cpu_us_per_op", "saturation CPU us/op", ",.1f"),
+           ("sat.errors", "saturation errors", ",.0f"), ("sat.shadowed", "saturation shadowed", ".1%"),
+           ("paced.ops_per_s", "paced ops/s", ",.0f"), ("paced.p50_us", "paced p50 us", ",.0f"),
+           ("paced.p99_us", "paced p99 us", ",.0f"), ("paced.errors", "paced errors", ",.0f"),
+           ("paced.shadowed", "paced shadowed", ".1%"))
+RATIOS = ("sat.ops_per_s", "sat.cpu_us_per_op", "paced.p99_us")
+SHADOW_OP = "encrypt"
 
 
 class ShadowBench(Bench):
@@ -41,6 +50,9 @@ class ShadowBench(Bench):
         super().__init__(args)
         self.emulators: list[Emulator] = []
         self.daemons: dict[str, tuple[Any, str]] = {}
+        self.budget: tuple[float, int, float] = (0.0, 0, 0.0)
+        self.cuts = 0
+        self.runs_done = 0
 
     def start(self) -> None:
         self.cluster_up()
@@ -55,18 +67,43 @@ class ShadowBench(Bench):
 
     def run_once(self) -> dict[str, float]:
         figures: dict[str, float] = {}
-        phases = [("batch", ("--items", str(self.args.items)))] + ([("unary", ())] if self.args.unary else [])
-        for mode, extra in phases:
-            for name, (proc, address) in self.daemons.items():
+        items = ("--items", str(self.args.items))
+        order = list(self.daemons.items())
+        phases = (("sat", "batch", items), ("paced", "paced", (*items, "--rate", str(self.args.rate))))
+        for phase, mode, extra in phases:
+            for name, (proc, address) in order if self.runs_done % 2 == 0 else order[::-1]:  # no order bias
+                before = self.coverage() if name == "on" else (0, 0)
                 for key, value in self.phase(proc, address, mode, check=True, extra=extra).items():
-                    figures[f"{mode}.{name}.{key}"] = value
-            for key in ("ops_per_s", "p99_us"):
-                figures[f"{mode}.on_over_off.{key}"] = figures[f"{mode}.on.{key}"] / figures[f"{mode}.off.{key}"]
+                    figures[f"{name}.{phase}.{key}"] = value
+                if name == "on":
+                    after = self.coverage()
+                    total = after[1] - before[1]
+                    figures[f"on.{phase}.shadowed"] = (after[0] - before[0]) / total if total else 0.0
+                    figures[f"off.{phase}.shadowed"] = 0.0
+                    figures[f"on.{phase}.budget_rate"], cuts, figures[f"on.{phase}.budget_lag_ms"] = self.budget
+                    figures[f"on.{phase}.budget_cuts"] = cuts - self.cuts
+                    self.cuts = cuts
+        self.runs_done += 1
+        for key in RATIOS:
+            figures[f"on_over_off.{key}"] = figures[f"on.{key}"] / figures[f"off.{key}"]
         return figures
 
     def shadow_report(self) -> list[Any]:
+        return list(self.report_of_on().ops)
+
+    def report_of_on(self) -> Any:
         with grpc.insecure_channel(self.daemons["on"][1]) as channel:
-            return list(pb_grpc.AdminStub(channel).GetShadowReport(pb.GetShadowReportRequest(), timeout=10).ops)
+            return pb_grpc.AdminStub(channel).GetShadowReport(pb.GetShadowReportRequest(), timeout=10)
+
+    def coverage(self) -> tuple[int, int]:
+        """(operations shadowed, operations the primary answered) of the `on` daemon so far, candidate side."""
+        report = self.report_of_on()
+        self.budget = (report.budget_rate_per_s, report.budget_cuts, report.budget_lag_ms)
+        for r in report.ops:
+            if r.op == SHADOW_OP and r.side == "candidate":
+                called = r.samples + r.candidate_errors
+                return called, called + sum(r.skipped.values())
+        return 0, 0
 
     def close(self) -> None:
         super().close()
@@ -75,20 +112,26 @@ class ShadowBench(Bench):
 
 
 def report(args: argparse.Namespace, summary: dict[str, dict[str, float]], ops: list[Any]) -> None:
-    print(f"\nhsmlb shadowing cost: {args.runs} run(s), {args.seconds:g} s per phase, AES-128 ECB EncryptData; "
-          f"StreamBatch {args.items} items/message, {args.streams} stream(s), {args.window} outstanding; unary "
-          f"{args.concurrency} in flight; {os.cpu_count()} CPUs (a shared machine: compare the ratios)")
-    print("each cell: median [min-max] over the runs; off = no shadow, on = every token answer shadowed")
-    for mode in ("batch", "unary") if args.unary else ("batch",):
-        print(f"\n{mode}")
-        print(f"{'':<12}" + "".join(f"{n:>28}" for n in ("shadow off", "shadow on", "on / off")))
-        for key, label, fmt in FIGURES:
-            cells = []
-            for name in ("off", "on", "on_over_off"):
-                s = summary.get(f"{mode}.{name}.{key}")
-                cell_fmt = ".3f" if name == "on_over_off" else fmt
-                cells.append(f"{s['median']:{cell_fmt}} [{s['min']:{cell_fmt}}-{s['max']:{cell_fmt}}]" if s else "")
-            print(f"{label:<12}" + "".join(f"{c:>28}" for c in cells))
+    print(f"\nhsmlb shadowing cost: {args.runs} run(s), {args.seconds:g} s per phase, AES-128 ECB EncryptData, "
+          f"StreamBatch {args.items} items/message, {args.streams} stream(s); saturation: {args.window} outstanding "
+          f"(closed loop); paced: {args.rate:,.0f} ops/s offered (open loop); {os.cpu_count()} CPUs")
+    print("each cell: median [min-max] over the runs; off = no shadow, on = shadow_percent 100 to the regions; "
+          "shadowed = share of the primary's ops that got a shadow call")
+
+    def cell(key: str, fmt: str) -> str:
+        s = summary.get(key)
+        return f"{s['median']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]" if s else ""
+
+    print(f"{'':<22}" + "".join(f"{n:>30}" for n in ("shadow off", "shadow on", "on / off")))
+    for key, label, fmt in FIGURES:
+        ratio = cell(f"on_over_off.{key}", ".3f") if key in RATIOS else ""
+        print(f"{label:<22}{cell(f'off.{key}', fmt):>30}{cell(f'on.{key}', fmt):>30}{ratio:>30}")
+    sat, p99 = summary["on_over_off.sat.ops_per_s"], summary["on_over_off.paced.p99_us"]
+    print(f"\nacceptance 7: primary throughput at saturation, shadow on / off = {sat['median']:.3f} "
+          f"[{sat['min']:.3f}-{sat['max']:.3f}]; primary p99 paced at {args.rate:,.0f} ops/s, on / off = "
+          f"{p99['median']:.3f} [{p99['min']:.3f}-{p99['max']:.3f}] ({summary['off.paced.p99_us']['median']:,.0f} "
+          f"-> {summary['on.paced.p99_us']['median']:,.0f} us); shadowed {summary['on.sat.shadowed']['median']:.1%} "
+          f"at saturation, {summary['on.paced.shadowed']['median']:.1%} paced")
     print("\nshadow report of the `on` daemon (all runs):")
     for r in ops:
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(r.skipped.items())) or "-"
@@ -100,14 +143,14 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]], ops: 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, help="cluster state dir (default: a temp dir, removed at the end)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per phase, not measured")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000.0, help="paced phase: ops/s offered, below saturation")
     parser.add_argument("--items", type=int, default=16, help="operations per StreamBatch message")
     parser.add_argument("--streams", type=int, default=2)
-    parser.add_argument("--window", type=int, default=512, help="operations outstanding, over all streams")
-    parser.add_argument("--concurrency", type=int, default=32, help="unary calls in flight")
-    parser.add_argument("--no-unary", dest="unary", action="store_false")
+    parser.add_argument("--window", type=int, default=512, help="saturation: operations outstanding, all streams")
+    parser.add_argument("--concurrency", type=int, default=32, help="(unused: the load client's unary setting)")
     return parser.parse_args(argv)
 
 
@@ -116,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = ShadowBench(args)
     code, runs, ops = measure(
         bench, args.runs,
-        lambda r: (f"batch off {r['batch.off.ops_per_s']:,.0f} ops/s p99 {r['batch.off.p99_us']:,.0f} us, on "
-                   f"{r['batch.on.ops_per_s']:,.0f} ops/s p99 {r['batch.on.p99_us']:,.0f} us"),
+        lambda r: (f"saturation off {r['off.sat.ops_per_s']:,.0f} on {r['on.sat.ops_per_s']:,.0f} ops/s "
+                   f"(shadowed {r['on.sat.shadowed']:.0%}); paced p99 off {r['off.paced.p99_us']:,.0f} on "
+                   f"{r['on.paced.p99_us']:,.0f} us (shadowed {r['on.paced.shadowed']:.0%}); budget cuts "
+                   f"{r['on.sat.budget_cuts']:.0f}/{r['on.paced.budget_cuts']:.0f}, rate at the end "
+                   f"{r['on.sat.budget_rate']:,.0f}/{r['on.paced.budget_rate']:,.0f} calls/s"),
         finish=bench.shadow_report)
     if code:
         return code

@@ -105,4 +105,10 @@ class RouteAdmin:
                                         candidate_length=d.candidate_length)
                    for d in shadow.stats.discrepancy_records()]
         return pb.ShadowReport(ops=[pb.ShadowOpReport(**r) for r in shadow.stats.report()], discrepancies=records,
-                               in_flight=shadow.in_flight, max_in_flight=shadow.max_in_flight)
+                               in_flight=shadow.in_flight, max_in_flight=shadow.max_in_flight,
+                               **_budget(shadow.budget.stats()))
+
+
+def _budget(stats: dict[str, float]) -> dict[str, float]:
+    return {"budget_rate_per_s": stats["rate_per_s"], "budget_max_per_s": stats["max_per_s"],
+            "budget_cuts": int(stats["cuts"]), "budget_lag_ms": stats["lag_ms"]}

@@ -64,7 +64,9 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         if table is None:
             return 1
         _print_routes(table)
-        print(f"shadow calls in flight: {report.in_flight}/{report.max_in_flight}")
+        print(f"shadow calls in flight: {report.in_flight}/{report.max_in_flight}; budget "
+              f"{report.budget_rate_per_s:,.0f}/{report.budget_max_per_s:,.0f} calls/s (cut {report.budget_cuts} "
+              f"times for event-loop lag, last lag {report.budget_lag_ms:.1f} ms)")
     header = ("OP", "SIDE", "SAMPLES", "MATCH", "DISCREP", "DRIFT", "CAND ERR", "N/C", "SKIPPED", "P99 PRIM",
               "P99 CAND")
     table_rows = [(r["op"], r["side"], str(r["samples"]), str(r["matches"]), str(r["discrepancies"]),

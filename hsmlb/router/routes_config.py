@@ -59,6 +59,13 @@ class ShadowConfig(_Frozen):
     auto_drop_error_rate: float = Field(0.2, gt=0, le=1, description="candidate error rate that drops weight to 0")
     auto_drop_min_requests: int = Field(10, ge=1)
     auto_drop_window_s: float = Field(30.0, gt=0)
+    budget_max_per_s: float = Field(2000.0, gt=0, description="shadow calls per second at most (token bucket)")
+    budget_min_per_s: float = Field(5.0, ge=0, description="the rate a saturated daemon still shadows at")
+    budget_in_flight_per_candidate: int = Field(64, ge=1, description="shadow calls in flight to one candidate "
+                                                "pool; more are skipped (budget)")
+    budget_adaptive: bool = Field(True, description="cut the shadow rate while the event loop lags, grow it back "
+                                  "when it does not: at saturation the shadow sample shrinks, not the primary")
+    budget_lag_ms: float = Field(4.0, gt=0, description="event-loop lag that cuts the shadow rate")
     state_file: Path | None = Field(None, description="runtime route changes (weights, promotions, switch); "
                                     "default: beside the config file, <name>.state.json")
 

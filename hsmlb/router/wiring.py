@@ -5,14 +5,19 @@ from __future__ import annotations
 from hsmlb.config import Config
 from hsmlb.router.control import RouteControl
 from hsmlb.router.router import Router
+from hsmlb.shadow.budget import ShadowBudget
 from hsmlb.shadow.shadower import Shadower
 
 
 def attach_routes(router: Router, config: Config) -> RouteControl:
     sc = config.shadow
     pools = [node.pool for node in config.nodes]
+    budget = ShadowBudget(router.clock, max_per_s=sc.budget_max_per_s, min_per_s=sc.budget_min_per_s,
+                          in_flight_per_candidate=sc.budget_in_flight_per_candidate, adaptive=sc.budget_adaptive,
+                          lag_high_s=sc.budget_lag_ms / 1000)
     shadower = Shadower(router.cluster, router.balancer, router.clock, max_in_flight=sc.max_in_flight,
-                        timeout_s=sc.timeout_s, ring_size=sc.discrepancy_records, window_s=sc.gate_window_s)
+                        timeout_s=sc.timeout_s, ring_size=sc.discrepancy_records, window_s=sc.gate_window_s,
+                        budget=budget)
     control = RouteControl(list(config.routes), pools, sc, router.clock, shadower.stats)
     router.routes = control.table
     router.shadow = shadower

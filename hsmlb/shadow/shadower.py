@@ -7,7 +7,8 @@ are all shadowed, once each. `after` starts the candidate's attempt as a future 
 answer. It is never retried; it has its own deadline; it does not report to the candidate's health or
 breaker (observing must not move traffic). Bounded: at most `max_in_flight` shadow calls at once, and
 a candidate with no room, a candidate's quota exhausted or no eligible candidate node are skipped and
-counted by reason, never queued.
+counted by reason, never queued. Best-effort: the shadow budget (budget.py) lets through only the shadow
+calls the event loop has room for; the rest are skipped as `budget`, so the report shows real coverage.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hsmlb.ops import Operation
 from hsmlb.router.balancer import Balancer
 from hsmlb.router.cluster import Cluster, Member
 from hsmlb.router.routes import Route
+from hsmlb.shadow.budget import LoopLagProbe, ShadowBudget
 from hsmlb.shadow.compare import DISCREPANCY, KEY_DRIFT, compare
 from hsmlb.shadow.stats import Discrepancy, ShadowStats, wall_time
 
@@ -42,7 +44,7 @@ def _name(member: Member) -> str:
 class Shadower:
     def __init__(self, cluster: Cluster, balancer: Balancer, clock: Clock, *, max_in_flight: int = 256,
                  timeout_s: float = 2.0, ring_size: int = 100, window_s: float = 600.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, budget: ShadowBudget | None = None) -> None:
         self.cluster = cluster
         self.balancer = balancer
         self.clock = clock
@@ -52,6 +54,9 @@ class Shadower:
         self.in_flight = 0
         self._rng = rng or random.Random()
         self._pools: dict[str, list[Member]] = {}
+        self.budget = budget or ShadowBudget(clock)
+        self.probe = LoopLagProbe(self.budget.observe, self._backlog)
+        self._targets: set[str] = set()  # pools shadowed to: their queues are the shadow's, not the primary's
 
     def pool(self, name: str) -> list[Member]:
         members = self._pools.get(name)
@@ -67,6 +72,16 @@ class Shadower:
         if route.noise_percent and rng() * 100 < route.noise_percent:
             self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
 
+    def _backlog(self) -> bool:
+        """Every session slot of the pools not shadowed to in use (or more queued): the primary is running
+        at its capacity, so any CPU the shadow takes comes out of its throughput."""
+        outstanding = capacity = 0
+        for member in self.cluster.members:
+            if member.pool_name not in self._targets:
+                outstanding += member.pool.outstanding
+                capacity += member.pool.capacity
+        return outstanding >= capacity > 0
+
     def primary_failed(self, op: Operation) -> None:
         self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
 
@@ -76,7 +91,18 @@ class Shadower:
         if self.in_flight >= self.max_in_flight:  # first: under overload a skip must cost next to nothing
             self.stats.skip(name, side, "shed")
             return
-        target, reason = self._target(op, self.pool(pool), served_by, now)
+        members = self.pool(pool)
+        needs = op.needs
+        if not any(needs in m.pool.backend.capabilities for m in members):  # structural, not load: whatever the budget
+            self.stats.skip(name, side, "no_capability")
+            return
+        budget = self.budget
+        self._targets.add(pool)
+        self.probe.poke()
+        if not budget.ready(pool, now):
+            self.stats.skip(name, side, "budget")
+            return
+        target, reason = self._target(op, members, served_by, now)
         if reason == KEY_DRIFT:
             assert target is not None
             self.stats.outcome(name, side, KEY_DRIFT, now, now - started, -1.0)
@@ -93,9 +119,10 @@ class Shadower:
             self.stats.skip(name, side, "shed")
             return
         self.in_flight += 1
+        budget.take(pool)
         if op.trace is not None:  # the primary is traced (sampled): the shadow call gets a span of its own
             op.trace.shadow(side, target, future)
-        future.add_done_callback(partial(self._done, op, side, served_by, target, result, now - started, now))
+        future.add_done_callback(partial(self._done, op, side, pool, served_by, target, result, now - started, now))
 
     def _target(self, op: Operation, members: list[Member], served_by: Member, now: float) -> tuple[Member | None, str]:
         """The node to shadow to, or None and why not."""
@@ -129,9 +156,10 @@ class Shadower:
                 return None, "quota"  # at once: waiting for a token would hold a shadow slot for nothing
         return target, ""
 
-    def _done(self, op: Operation, side: str, served_by: Member, target: Member, primary_result: Any,
+    def _done(self, op: Operation, side: str, pool: str, served_by: Member, target: Member, primary_result: Any,
               primary_s: float, sent: float, future: asyncio.Future[Any]) -> None:
         self.in_flight -= 1
+        self.budget.release(pool)
         now = self.clock()
         name = op.kind.value
         if future.cancelled():

@@ -15,7 +15,7 @@ from typing import Any
 
 from hsmlb.shadow.histogram import LatencyHistogram
 
-SKIP_REASONS = ("no_capability", "key_missing", "quota", "shed", "unavailable")  # what skip() is given
+SKIP_REASONS = ("no_capability", "key_missing", "quota", "shed", "unavailable", "budget")  # what skip() is given
 _BUCKET_S = 10
 
 

@@ -66,7 +66,7 @@ class Telemetry:
             from hsmlb.telemetry.metrics import ShadowCollector
 
             self.metrics.register(ShadowCollector(shadow.stats))
-            self.extras["shadow"] = lambda: shadow_section(shadow.stats)
+            self.extras["shadow"] = lambda: {**shadow_section(shadow.stats), "budget": shadow.budget.stats()}
         if table is not None and hasattr(table, "routes"):
             self.extras["routes"] = lambda: [{"op": r.op, "primary": r.primary, "failover": list(r.failover),
                                               "candidate": r.candidate, "candidate_percent": r.candidate_percent,
