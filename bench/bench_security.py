@@ -44,6 +44,7 @@ class SecurityBench(Bench):
         self.runs_done = 0
 
     def start(self) -> None:
+        from hsmlb.api.filters import ANONYMOUS
         from hsmlb.audit.cli import keygen
         from hsmlb.auth.devca import dev_pki
         from hsmlb.auth.devtls import dev_callers
@@ -64,7 +65,10 @@ class SecurityBench(Bench):
             self.client_tls = ("--ca", str(pki["ca"]), "--cert", str(pki["app_cert"]), "--key", str(pki["app_key"]))
             admin_creds = channel_credentials(pki["ca"], pki["operator_cert"], pki["operator_key"])
         if "auth" in features:
-            secure["auth"] = {"callers": dev_callers({"per_s": 1e7, "burst": 1e7})}  # the bucket runs, never refuses
+            callers = dev_callers({"per_s": 1e7, "burst": 1e7})  # the bucket runs, never refuses
+            if "tls" not in features:  # no certificate, no identity: `anonymous` may do what `app` may (and
+                callers[0].update(identity=ANONYMOUS, admin=True)  # list nodes: the bench's wait for them)
+            secure["auth"] = {"callers": callers}
         if "audit" in features:
             secure["audit"] = {"dir": str(self.audit_dir), "signing_key_file": str(self.state_dir / "audit.key")}
         for side, config in (("off", base), ("on", secure)):
