@@ -48,9 +48,14 @@ def test_lag_or_a_backlog_cuts_the_rate_to_its_floor_and_quiet_grows_it_back_to_
     budget = ShadowBudget(clock, max_per_s=1000, min_per_s=5, lag_high_s=0.004, increase=1.2)
     assert budget.rate == 1000  # an idle daemon shadows everything from the first request
     budget.observe(0.010)
-    assert budget.rate == 500 and budget.cuts == 1
-    budget.observe(0.0, backlog=True)
-    assert budget.rate == 250 and budget.backlogs == 1
+    assert budget.rate == 1000 and budget.cuts == 0  # one busy probe alone holds the rate
+    budget.observe(0.0)
+    budget.observe(0.010)
+    assert budget.rate == 1000  # busy, quiet, busy: never two in a row
+    budget.observe(0.0, backlog=True)  # lag, then a backlog: two in a row
+    assert budget.rate == 500 and budget.cuts == 1 and budget.backlogs == 1
+    budget.observe(0.010)
+    assert budget.rate == 250
     for _ in range(20):
         budget.observe(0.050)
     assert budget.rate == 5 and budget.cuts == 8  # at the floor, further probes are no new cuts
@@ -66,6 +71,7 @@ def test_lag_or_a_backlog_cuts_the_rate_to_its_floor_and_quiet_grows_it_back_to_
 def test_a_cut_starts_from_the_calls_actually_made_not_the_ceiling():
     clock = FakeClock()
     budget = ShadowBudget(clock, max_per_s=2000, min_per_s=5)
+    budget.observe(0.0, backlog=True)  # the first busy probe holds
     for _ in range(20):  # 20 calls in 50 ms: 400/s used, far under the 2000/s allowed
         budget.take("apc")
     clock.advance(0.05)

@@ -4,9 +4,10 @@ primary leaves over. What does not fit is skipped and counted as `budget`, never
 Two bounds, both plain policy over an injected clock:
 - shadow calls in flight per candidate pool (a slow or hung candidate cannot pile up work);
 - a token bucket of shadow calls per second whose rate follows the daemon's load (AIMD, as TCP does),
-  probed every 50 ms (`LoopLagProbe`): the event loop's lag (how late a timer fires), its CPU share, and
+  probed every 50 ms (`LoopLagProbe`; two busy probes in a row cut, one holds): the event loop's lag
+  (how late a timer fires), its CPU share, and
   the primary's backlog (half the slots of the primary pools in use) say whether the primary has
-  work waiting. Waiting: the rate is cut by `decrease` at once, down to `min_per_s` (a
+  work waiting. Waiting: the rate is cut by `decrease`, from the calls actually made, down to `min_per_s` (a
   trickle, so the comparison never stops). Quiet: it grows by `increase` per probe, up to `max_per_s`
   (slower than it is cut: the shadow grows only while over three probes in four find the primary idle).
   So at light load every primary answer is shadowed, and at saturation the shadow sample shrinks
@@ -50,6 +51,7 @@ class ShadowBudget:
         self.lag_s = 0.0  # the last lag observed
         self.backlogs = 0  # probes that found the primary with a backlog
         self.taken = 0  # shadow calls since the last probe
+        self._busy = False  # the last probe found the primary busy
         self._observed = self.last
 
     def _burst(self) -> float:
@@ -83,7 +85,11 @@ class ShadowBudget:
         now = self.clock()
         used = self.taken / (now - self._observed) if now > self._observed else self.rate
         self.taken, self._observed = 0, now
-        if backlog or lag_s >= self.lag_high_s:
+        busy = backlog or lag_s >= self.lag_high_s
+        first, self._busy = busy and not self._busy, busy
+        if first:
+            return  # one busy probe alone (another process's hiccup, a burst) holds the rate; two in a row cut it
+        if busy:
             if self.rate > self.min_per_s:
                 self.cuts += 1
             # from what was used, not the ceiling: a rate far above the calls that fit would take many cuts to bite
