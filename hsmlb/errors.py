@@ -124,14 +124,23 @@ class PermissionDenied(CallerError):
 
 
 class Overloaded(HsmlbError):
+    """`reason`: why, in a few fixed words (a bounded metric label), stated where the refusal is raised."""
+
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
     public = "every node that can serve this request is busy; retry later"
+    reason = "other"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class Throttled(Overloaded):
     """Back-pressure from one node: another node may take the request; this one is not at fault."""
 
     public = "the backends' request quota is in use; retry later"
+    reason = "backend_quota"
 
 
 class Unavailable(HsmlbError):

@@ -21,6 +21,7 @@ from hsmlb.errors import Overloaded
 
 
 class TooManyConnections(Overloaded):
+    reason = "peer_connections"
     public = "too many connections from this client; reuse a channel and retry later"
 
     def __init__(self, limit: int) -> None:

@@ -10,7 +10,6 @@ from hsmlb.config import ConfigError, parse_config
 from hsmlb.telemetry.config import TracingConfig
 from hsmlb.telemetry.export import otlp_endpoint
 from hsmlb.telemetry.history import p99_from
-from hsmlb.telemetry.metrics import shed_reason
 from hsmlb.telemetry.tracing import Sampler, _peer_address, build_tracing, method_name, parse_traceparent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -79,14 +78,11 @@ def test_config_sections() -> None:
         parse_config({"nodes": [NODE], "tracing": {"sampler_arg": 2}})
 
 
-def test_p99_shed_reasons_names() -> None:
+def test_p99_and_names() -> None:
     cumulative = {0.001: 90.0, 0.002: 98.0, 0.005: 99.5, float("inf"): 100.0}
     assert p99_from(cumulative) == 0.005
     assert p99_from({0.001: 0.0, float("inf"): 0.0}) is None
     assert p99_from({0.001: 0.0, 0.002: 0.0, float("inf"): 10.0}) == 0.002  # beyond the last bound: the last bound
-    assert shed_reason("items: a batch carries at most 1024 operations") == "batch_items"
-    assert shed_reason("node n: all 4 sessions busy and 1024 queued") == "node_queue_full"
-    assert shed_reason("every eligible node is saturated") == "all_nodes_saturated"
     assert method_name("translate_pin_data") == "TranslatePinData"
     assert _peer_address("ipv4:127.0.0.1:5000") == "127.0.0.1"
     assert _peer_address("ipv6:[::1]:5000") == "::1"
@@ -196,3 +192,29 @@ def test_span_records_reach_an_otlp_grpc_collector() -> None:
         ("hsmlb.v1.Operations/EncryptData", TRACE, "00f067aa0ba902b7")
     assert attrs["hsmlb.request_id"] == 9 and attrs["hsmlb.node"] == "node-a" and attrs["hsmlb.outcome"] == "OK"
     assert attrs["network.peer.address"] == "127.0.0.1" and attrs["hsmlb.rpc"] == "Stream"
+
+
+def test_a_refusal_is_counted_by_the_reason_stated_where_it_was_raised() -> None:
+    """The shed label comes from the error (errors.Overloaded.reason) through the seam's done, not from
+    the wording of its message: a reworded message keeps its label, an unknown refusal is `other`."""
+    import grpc
+
+    from hsmlb.api.filters import Call, FilterChain, Item
+    from hsmlb.auth.filter import RateLimited
+    from hsmlb.errors import Overloaded, Throttled
+    from hsmlb.peer_cap import TooManyConnections
+    from hsmlb.telemetry.metrics import Metrics, MetricsFilter
+
+    metrics = Metrics(router=None)  # type: ignore[arg-type]  # the router is read only at scrape time
+    chain = FilterChain([MetricsFilter(metrics)])
+    call = Call("/hsmlb.v1.Operations/StreamBatch", "ipv4:127.0.0.1:5000")
+    refusals = [Overloaded("every node is busy, in new words", "all_nodes_saturated"), Overloaded("no reason given"),
+                Throttled("node r: quota in use"), RateLimited("caller x is over its rate", 5), TooManyConnections(4),
+                Overloaded("a queue note", "node_queue_wait")]
+    for exc in refusals:
+        chain.done(call, Item("encrypt_data"), exc.status, exc.message, reason=exc.reason)
+    counted = {s.labels["reason"]: s.value for f in metrics.shed.collect() for s in f.samples
+               if s.name == "hsmlb_shed_total"}
+    assert counted == {"all_nodes_saturated": 1, "other": 1, "backend_quota": 1, "rate_limit": 1,
+                       "peer_connections": 1, "node_queue_wait": 1}
+    assert all(exc.status == grpc.StatusCode.RESOURCE_EXHAUSTED for exc in refusals)

@@ -72,6 +72,7 @@ class Item:
     ended: float = 0.0
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""  # the status message (already redacted) when code is not OK
+    reason: str = ""  # RESOURCE_EXHAUSTED: the refusal's fixed reason (errors.Overloaded.reason)
     key: KeyInfo | None = None  # the key the response reports, on success
     state: dict[str, Any] | None = None  # per-filter scratch for this item (a span), made on demand
 
@@ -133,10 +134,11 @@ class FilterChain:
             admit(call, item)
 
     def done(self, call: Call, item: Item, code: grpc.StatusCode, message: str = "",
-             key: KeyInfo | None = None) -> None:
+             key: KeyInfo | None = None, reason: str = "") -> None:
         item.ended = time.monotonic()
         item.code = code
         item.message = message
+        item.reason = reason
         item.key = key
         for done in self._done:
             try:

@@ -94,7 +94,8 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             log.exception("unary op %s failed unexpectedly", field)
             code, message = grpc.StatusCode.INTERNAL, "internal error"
         finally:
-            chain.done(call, item, code, message, key if code == grpc.StatusCode.OK else None)
+            chain.done(call, item, code, message, key if code == grpc.StatusCode.OK else None,
+                       getattr(failed, "reason", ""))
         if failed is not None:
             await abort(context, failed, field)
         await context.abort(code, message)

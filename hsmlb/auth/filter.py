@@ -28,6 +28,8 @@ _PER_ITEM = ("/Stream", "/StreamBatch", "/Batch")  # a refusal there is one item
 class RateLimited(Overloaded):
     """A caller over its own rate: RESOURCE_EXHAUSTED, with when to come back."""
 
+    reason = "rate_limit"
+
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms

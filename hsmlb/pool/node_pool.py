@@ -126,8 +126,8 @@ class NodePool:
             self.load += weight
             self._start(op, self._free.pop(), slow, weight, done)
         elif self.queued >= self.queue_limit:
-            done.set_exception(
-                Overloaded(f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued"))
+            done.set_exception(Overloaded(
+                f"node {self.name}: all {self.size} sessions busy and {self.queue_limit} queued", "node_queue_full"))
         else:
             entry = _Queued(op, slow, weight, done, self.clock())
             (self._slow_waiters if slow else self._fast_waiters).append(entry)
@@ -204,7 +204,7 @@ class NodePool:
         self.shed += 1
         if not entry.waiter.done():
             limit = self.max_wait_s * (SLOW_WAIT_FACTOR if entry.slow else 1)  # type: ignore[operator]
-            entry.waiter.set_exception(Overloaded(f"node {self.name}: no session within {limit:g}s"))
+            entry.waiter.set_exception(Overloaded(f"node {self.name}: no session within {limit:g}s", "node_queue_wait"))
 
     def _sweep_queue(self) -> None:
         """Shed what has waited too long though no slot freed (a node that stopped answering)."""

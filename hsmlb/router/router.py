@@ -141,7 +141,7 @@ class Router:
                 raise Unavailable(f"no node can serve {op.key_alias or op.kind.value} now")
             open_queue = [m for m in candidates if not m.pool.saturated]
             if not open_queue:
-                raise Overloaded("every eligible node is saturated")
+                raise Overloaded("every eligible node is saturated", "all_nodes_saturated")
             member = self.balancer.choose(open_queue, self._load, _name, op.key_alias,
                                           open_queue[0].pool.cost_weights[op.cost], weight=self._weight)
             if not panic and not member.breaker.allows():

@@ -21,23 +21,10 @@ from hsmlb.api.filters import Call, FilterBase, Item
 from hsmlb.router import Router
 from hsmlb.telemetry.opcount import _OK, DURATION_BUCKETS, OpCounts, OperationsCollector
 
-__all__ = ["DURATION_BUCKETS", "Metrics", "MetricsFilter", "RouterCollector", "shed_reason"]
+__all__ = ["DURATION_BUCKETS", "Metrics", "MetricsFilter", "RouterCollector"]
 _SHED = grpc.StatusCode.RESOURCE_EXHAUSTED
 OPERATOR_STATES = ("active", "draining", "failed")
 _QUANTILES = {"p50": "0.5", "p99": "0.99", "p999": "0.999"}
-
-
-def shed_reason(message: str) -> str:
-    """Why an operation was refused RESOURCE_EXHAUSTED, in a few fixed words (a bounded label set)."""
-    if message.startswith("items:"):
-        return "batch_items"
-    if "queued" in message:
-        return "node_queue_full"
-    if "saturated" in message:
-        return "all_nodes_saturated"
-    if "rate limit" in message or "quota" in message:
-        return "rate_limit"
-    return "other"
 
 
 class Metrics:
@@ -81,7 +68,7 @@ class MetricsFilter(FilterBase):
                 return
         self.record(item.field, op.node if op is not None else "", code, item.ended - item.started)
         if code is _SHED:
-            self.metrics.shed.labels(shed_reason(item.message)).inc()
+            self.metrics.shed.labels(item.reason or "other").inc()
 
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None:
         self.metrics.admin_actions.labels(action).inc()
