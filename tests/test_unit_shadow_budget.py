@@ -18,29 +18,29 @@ def test_the_bucket_lets_through_its_rate_and_no_more():
     clock = FakeClock()
     budget = ShadowBudget(clock, max_per_s=100, burst_s=0.05)  # 5 at once, then 100/s
     taken = 0
-    while budget.ready("apc", clock()):
+    while budget.ready("apc"):
         budget.take("apc")
         taken += 1
         assert taken <= 5
     assert taken == 5
     clock.advance(0.011)  # one more token (and a tenth)
-    assert budget.ready("apc", clock())
+    assert budget.ready("apc")
     budget.take("apc")
-    assert not budget.ready("apc", clock())
+    assert not budget.ready("apc")
     clock.advance(10.0)  # a long quiet spell refills the burst, not ten seconds' worth
-    assert sum(budget.ready("apc", clock()) and (budget.take("apc") or True) for _ in range(20)) == 5
+    assert sum(budget.ready("apc") and (budget.take("apc") or True) for _ in range(20)) == 5
 
 
 def test_calls_in_flight_are_bounded_per_candidate_pool():
     clock = FakeClock()
     budget = ShadowBudget(clock, in_flight_per_candidate=2)
     for _ in range(2):
-        assert budget.ready("apc", clock())
+        assert budget.ready("apc")
         budget.take("apc")
-    assert not budget.ready("apc", clock())
-    assert budget.ready("other", clock())  # another candidate has its own room
+    assert not budget.ready("apc")
+    assert budget.ready("other")  # another candidate has its own room
     budget.release("apc")
-    assert budget.ready("apc", clock())
+    assert budget.ready("apc")
 
 
 def test_lag_or_a_backlog_cuts_the_rate_to_its_floor_and_quiet_grows_it_back_to_its_ceiling():

@@ -36,6 +36,7 @@ class TokenBucket:
         if rate <= 0 or burst_s <= 0:
             raise ValueError("rate and burst_s must be positive")
         self.rate = rate
+        self.burst_s = burst_s
         self.capacity = max(1.0, rate * burst_s)
         self.clock = clock
         self.tokens = self.capacity
@@ -68,6 +69,16 @@ class TokenBucket:
         self.tokens -= 1.0
         self.delayed += 1
         return wait
+
+    def set_rate(self, rate: float) -> None:
+        """An adaptive limiter's new rate (the shadow budget's): tokens earned so far at the old rate are kept,
+        within the new capacity."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._refill(self.clock())
+        self.rate = rate
+        self.capacity = max(1.0, rate * self.burst_s)
+        self.tokens = min(self.tokens, self.capacity)
 
     def drain(self, seconds: float) -> None:
         """The service throttled us anyway (another client shares the quota): grant nothing for about

@@ -27,6 +27,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from hsmlb.apc.throttle import TokenBucket
 from hsmlb.clock import Clock
 
 
@@ -37,37 +38,35 @@ class ShadowBudget:
         self.clock = clock
         self.max_per_s = max_per_s
         self.min_per_s = min(min_per_s, max_per_s)
-        self.burst_s = burst_s
         self.in_flight_per_candidate = in_flight_per_candidate
         self.lag_high_s = lag_high_s
         self.decrease = decrease
         self.increase = increase
         self.adaptive = adaptive
-        self.rate = max_per_s  # optimistic: an idle daemon shadows everything from the first request
-        self.tokens = self._burst()
-        self.last = clock()
+        # optimistic: an idle daemon shadows everything from the first request
+        self.bucket = TokenBucket(max_per_s, burst_s, clock)
         self.in_flight: dict[str, int] = {}
         self.cuts = 0  # times the rate was cut: how often the primary needed the room back
         self.lag_s = 0.0  # the last lag observed
         self.backlogs = 0  # probes that found the primary with a backlog
         self.taken = 0  # shadow calls since the last probe
         self._busy = False  # the last probe found the primary busy
-        self._observed = self.last
+        self._observed = clock()
 
-    def _burst(self) -> float:
-        return max(1.0, self.rate * self.burst_s)
+    @property
+    def rate(self) -> float:
+        """Shadow calls a second allowed now."""
+        return self.bucket.rate
 
-    def ready(self, pool: str, now: float) -> bool:
+    def ready(self, pool: str) -> bool:
         """Room for one more shadow call to `pool` now (refills the bucket; takes nothing)."""
         if self.in_flight.get(pool, 0) >= self.in_flight_per_candidate:
             return False
-        tokens = self.tokens = min(self._burst(), self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        return tokens >= 1.0
+        return self.bucket.available() >= 1.0
 
     def take(self, pool: str) -> None:
         """A shadow call to `pool` starts: one token and one in-flight slot."""
-        self.tokens -= 1.0
+        self.bucket.acquire(0.0)
         self.taken += 1
         self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
 
@@ -93,11 +92,12 @@ class ShadowBudget:
             if self.rate > self.min_per_s:
                 self.cuts += 1
             # from what was used, not the ceiling: a rate far above the calls that fit would take many cuts to bite
-            self.rate = max(self.min_per_s, min(self.rate, used) * self.decrease)
-            self.tokens = min(self.tokens, self._burst())
+            self.bucket.set_rate(max(self.min_per_s, min(self.rate, used) * self.decrease))
         else:
+            rate = self.rate
             for _ in range(min(quiet_probes, 100)):
-                self.rate = min(self.max_per_s, self.rate * self.increase + 1.0)
+                rate = min(self.max_per_s, rate * self.increase + 1.0)
+            self.bucket.set_rate(rate)
 
     def stats(self) -> dict[str, float]:
         return {"rate_per_s": round(self.rate, 1), "max_per_s": self.max_per_s, "min_per_s": self.min_per_s,

@@ -100,7 +100,7 @@ class Shadower:
         budget = self.budget
         self._targets.add(pool)
         self.probe.poke()
-        if not budget.ready(pool, now):
+        if not budget.ready(pool):
             self.stats.skip(name, side, "budget")
             return
         target, reason = self._target(op, members, served_by, now)
