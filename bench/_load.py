@@ -13,6 +13,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -130,6 +131,35 @@ async def _one_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int,
         call.cancel()
 
 
+async def _read_batches(call: Any, sender: Coroutine[Any, Any, None], sent: dict[int, float], expect: str | None,
+                        tally: Tally, answered: Callable[[], None] | None = None) -> None:
+    """Run a StreamBatch's `sender` while reading its answers: each item's latency from its time in `sent`;
+    `answered` after each message; at the end, every item sent and never answered counts as an error."""
+    sending = asyncio.ensure_future(sender)
+    try:
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                break
+            now = time.perf_counter()
+            for item in reply.items:
+                started = sent.pop(item.request_id, None)
+                if started is None:
+                    tally.errors += 1
+                    continue
+                cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
+                tally.record(cipher_text, expect, now - started)
+            if answered is not None:
+                answered()
+    except grpc.aio.AioRpcError:
+        pass
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        tally.errors += len(sent)  # sent but never answered
+        call.cancel()
+
+
 async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int, items: int,
                             expect: str | None, tally: Tally) -> None:
     """StreamBatch: messages of `items` operations, at most `window` operations outstanding."""
@@ -156,29 +186,11 @@ async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window
             await call.write(message)
         await call.done_writing()
 
-    sending = asyncio.ensure_future(sender())
-    try:
-        while True:
-            reply = await call.read()
-            if reply is grpc.aio.EOF:
-                break
-            now = time.perf_counter()
-            for item in reply.items:
-                started = sent.pop(item.request_id, None)
-                if started is None:
-                    tally.errors += 1
-                    continue
-                cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
-                tally.record(cipher_text, expect, now - started)
-            if len(sent) + items <= window:
-                room.set()
-    except grpc.aio.AioRpcError:
-        pass
-    finally:
-        sending.cancel()
-        await asyncio.gather(sending, return_exceptions=True)
-        tally.errors += len(sent)  # sent but never answered
-        call.cancel()
+    def answered() -> None:
+        if len(sent) + items <= window:
+            room.set()
+
+    await _read_batches(call, sender(), sent, expect, tally, answered)
 
 
 async def _one_paced_stream(stub: pb_grpc.OperationsStub, seconds: float, rate: float, items: int,
@@ -208,27 +220,7 @@ async def _one_paced_stream(stub: pb_grpc.OperationsStub, seconds: float, rate: 
             await call.write(message)
         await call.done_writing()
 
-    sending = asyncio.ensure_future(sender())
-    try:
-        while True:
-            reply = await call.read()
-            if reply is grpc.aio.EOF:
-                break
-            now = time.perf_counter()
-            for item in reply.items:
-                started = sent.pop(item.request_id, None)
-                if started is None:
-                    tally.errors += 1
-                    continue
-                cipher_text = item.encrypt_data.cipher_text if item.WhichOneof("result") == "encrypt_data" else None
-                tally.record(cipher_text, expect, now - started)
-    except grpc.aio.AioRpcError:
-        pass
-    finally:
-        sending.cancel()
-        await asyncio.gather(sending, return_exceptions=True)
-        tally.errors += len(sent)  # sent but never answered
-        call.cancel()
+    await _read_batches(call, sender(), sent, expect, tally)
 
 
 async def paced_phase(stub: pb_grpc.OperationsStub, seconds: float, streams: int, rate: float, items: int,
