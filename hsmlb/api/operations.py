@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from hsmlb.api.codecs import CODECS
 from hsmlb.api.filters import Call, FilterChain, Item
-from hsmlb.api.status import WHOLE_REQUEST, abort
+from hsmlb.api.status import WHOLE_REQUEST, abort, refuse
 from hsmlb.api.stream import MAX_RESPONSE_ITEMS, StreamCall
 from hsmlb.errors import HsmlbError, InvalidArgument
 from hsmlb.pool.overload import InFlightLimit
@@ -43,7 +43,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
         if limit is None:
             return await self._unary_admitted(field, request, context)
         if not limit.enter():
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
+            await refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
         try:
             return await self._unary_admitted(field, request, context)
         finally:
@@ -65,7 +65,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             await abort(context, exc, field)
         except Exception:  # as the Stream does: gRPC's own reply would carry the exception's text
             log.exception("unary op %s failed unexpectedly", field)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            await refuse(context, grpc.StatusCode.INTERNAL, "internal error")
 
     async def _unary_filtered(self, chain: FilterChain, field: str, request: Any,
                               context: grpc.aio.ServicerContext) -> Any:
@@ -98,7 +98,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
                        getattr(failed, "reason", ""))
         if failed is not None:
             await abort(context, failed, field)
-        await context.abort(code, message)
+        await refuse(context, code, message)
 
     async def EncryptData(self, request: Any, context: Any) -> Any:
         return await self._unary("encrypt_data", request, context)
@@ -152,7 +152,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
         """One batch, one answer: exactly one result per item, in completion order."""
         if self.limit is not None and self.limit.in_flight >= self.limit.limit:
             self.limit.shed += 1
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
+            await refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
         call = await self._open(context, SERVICE + "Batch")
         remaining = context.time_remaining()
         work = StreamCall(self.router, asyncio.get_running_loop(),
@@ -213,4 +213,4 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             if isinstance(failed, DecodeError):
                 await abort(context, InvalidArgument(f"{WHOLE_REQUEST}: a stream message is not a valid {kind}; "
                                                      "messages after it were not read"))
-            await context.abort(grpc.StatusCode.INTERNAL, "reading the stream failed; later messages were not read")
+            await refuse(context, grpc.StatusCode.INTERNAL, "reading the stream failed; later messages were not read")

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from hsmlb.api.status import WHOLE_REQUEST, abort
+from hsmlb.api.status import WHOLE_REQUEST, abort, drop_if_late
 from hsmlb.errors import InvalidArgument
 from hsmlb.v1 import hsmlb_pb2 as pb
 
@@ -66,6 +66,8 @@ def _guarded(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, 
         if isinstance(request, Undecodable):
             log.debug("refused a request that is not a valid %s", request.type_name)  # the type, never the bytes
             await abort(context, InvalidArgument(f"{WHOLE_REQUEST}: the request is not a valid {request.type_name}"))
-        return await behaviour(request, context)
+        result = await behaviour(request, context)
+        drop_if_late(context)  # a late answer races core's deadline cancel (status.drop_if_late)
+        return result
 
     return handle

@@ -10,6 +10,7 @@ the full message goes to the DEBUG log and to the filters (audit, telemetry).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -74,9 +75,30 @@ def trailers(code: grpc.StatusCode, message: str, violations: list[tuple[str, st
     return ((DETAILS_KEY, status.SerializeToString()),)
 
 
+def drop_if_late(context: grpc.aio.ServicerContext) -> None:
+    """Raise CancelledError instead of answering a unary call whose deadline has passed.
+
+    Why: grpc core cancels such a call on its own deadline timer, and an answer or status sent now races
+    that cancel. When core fails the send before grpc.aio has seen the cancel, grpc.aio logs
+    `ExecuteBatchError raised in core by servicer method` at ERROR (aio/server.pyx.pxi, _handle_exceptions
+    checks rpc_state.client_closed, which only its close-watcher task sets). A handler that raises
+    CancelledError ends as a cancelled RPC there (DEBUG, nothing sent), and core's timer answers the caller
+    DEADLINE_EXCEEDED, as it would have anyway. One time_remaining() call, well under a microsecond."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise asyncio.CancelledError("the deadline passed: grpc core answers the call")
+
+
+async def refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+                 trailing_metadata: tuple[tuple[str, bytes], ...] = ()) -> None:
+    """context.abort, unless the call's deadline has passed (drop_if_late)."""
+    drop_if_late(context)
+    await context.abort(code, message, trailing_metadata=trailing_metadata)
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: HsmlbError, operation: str = "") -> None:
     message, violations = caller_error(exc, operation)
-    await context.abort(exc.status, message, trailing_metadata=trailers(exc.status, message, violations))
+    await refuse(context, exc.status, message, trailers(exc.status, message, violations))
 
 
 def item_status(request_id: int, code: grpc.StatusCode, message: str,
