@@ -213,6 +213,28 @@ class Bench:
                 "server_share": 100 * cpu_used / (cpu_used + result["cpu_s"]) if cpu_used + result["cpu_s"] else 0.0,
                 "errors": float(result["errors"] + result["wrong"])}
 
+    def alternate(self, a: tuple[subprocess.Popen[bytes], str], b: tuple[subprocess.Popen[bytes], str], mode: str,
+                  slots: int, slot_s: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Servers a and b measured in alternating slots from one client process (bench/_alternate.py), for
+        A/B figures that host drift cannot fake; returns its JSON ({"a": figures, "b": figures, ...})."""
+        argv = [sys.executable, str(HERE / "_alternate.py"), "--address-a", a[1], "--address-b", b[1],
+                "--pid-a", str(a[0].pid), "--pid-b", str(b[0].pid), "--mode", mode, "--slots", str(slots),
+                "--slot", str(slot_s), "--warmup", str(self.args.warmup), *extra]
+        client = self._spawn(argv, "client.log", stdin=subprocess.PIPE)
+        try:
+            reader = LineReader(client)
+            reader.wait_for("READY", START_TIMEOUT_S + 2 * self.args.warmup)
+            assert client.stdin is not None
+            client.stdin.write(b"GO\n")
+            client.stdin.flush()
+            return json.loads(reader.wait_for("{", 2 * slots * (slot_s + 40) + 60))
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"alternating load client ({mode}) failed: {exc}\n{self.log_tail('client.log')}") \
+                from None
+        finally:
+            stop(client, signal.SIGKILL, 10)
+            self.procs.remove(client)
+
     def idle_cpu_ms_per_s(self) -> float:
         assert self.daemon is not None
         before, started = tree_cpu_s(self.daemon.pid), time.monotonic()

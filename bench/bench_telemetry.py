@@ -5,24 +5,26 @@
   full     metrics on + tracing at 100% (always_on): every operation and attempt a span, exported
 
 Spans go over OTLP/HTTP protobuf to a discard sink in this process (it answers 200 and keeps nothing), so
-the daemon pays the real encode-and-send cost. Each run starts the daemons afresh and measures each (in a
-rotated order) twice, each phase from a fresh client process (bench/_load.py), on the batched wire
+the daemon pays the real encode-and-send cost. Each run starts the daemons afresh. On the batched wire
 (StreamBatch, --items per message):
 
   saturation  closed loop, --window operations outstanding over --streams streams: throughput and the daemon's
               CPU per operation (/proc, the daemon and its token workers);
   paced       open loop, --rate operations/s offered in messages of --items on --paced-streams streams, below
               saturation: p99 latency from each message's scheduled send time (no coordinated omission).
-              off and default alternate --paced-rounds times per run (ABAB.., the order flipped each round),
-              each variant's figure the median of its rounds: one scheduling hiccup of the co-located load
-              generator moves one phase's p99 by milliseconds, which a single phase per variant cannot tell
-              from the cost being measured. full (100% sampling) gets one paced phase per run.
+
+off and default, the pair acceptance 4 compares, are measured in alternating slots of --slot seconds (ABBA,
+--slots each, who is A swapped every run) from one client process (bench/_alternate.py): on this shared
+host the speed drifts by tens of percent over seconds and one phase's p99 moves by milliseconds with the
+co-located load generator's scheduling, more than the cost measured; side by side in time, drift hits both
+alike. Each variant's figures pool all its slots (p99 over every latency). full (100% sampling) gets one
+phase of --seconds each, from a fresh client.
 
 It prints acceptance 4 as it reads: default/off throughput at saturation (>= 0.95), default - off paced p99
 (<= 1 ms), and the cost of 100% sampling; each a median [min-max] of the per-run figures over --runs.
 
     python bench/bench_telemetry.py [--runs 3] [--seconds 3] [--items 16] [--window 512] [--rate 5000]
-                                    [--paced-rounds 3]
+                                    [--slots 10] [--slot 0.5]
 
 With the defaults it takes about 3 minutes. Loopback only; everything started is torn down at the end.
 The machine may be shared: only ratios within a run mean much there.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,26 +99,28 @@ class TelemetryBench(Bench):
 
     def run_once(self) -> dict[str, float]:
         a = self.args
-        names = list(VARIANTS)
-        shift = self.runs_done % len(names)  # rotate who goes first: no daemon always meets a warmer machine
         if self.runs_done:
             self.restart()
+        flip = self.runs_done % 2  # who is A in the ABBA slots: swapped every run
         self.runs_done += 1
+        names = ("default", "off") if flip else ("off", "default")
         figures: dict[str, float] = {}
-        for name in names[shift:] + names[:shift]:
-            proc, address = self.daemons[name]
-            saturation = self.phase(proc, address, "batch", check=True, extra=("--items", str(a.items)))
-            for key, value in saturation.items():
-                figures[f"saturation.{name}.{key}"] = value
-        paced: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-        for round_ in range(a.paced_rounds):
-            pair = ["off", "default"] if (round_ + shift) % 2 == 0 else ["default", "off"]
-            for name in pair + (["full"] if round_ == 0 else []):
-                paced[name].append(self.paced(name))
-        for name, rounds in paced.items():
-            for key in rounds[0]:
-                values = [r[key] for r in rounds]
-                figures[f"paced.{name}.{key}"] = sum(values) if key == "errors" else statistics.median(values)
+        items = ("--items", str(a.items))
+        saturation = (*items, "--streams", str(a.streams), "--window", str(a.window))
+        paced = (*items, "--streams", str(a.paced_streams), "--rate", str(a.rate))
+        for phase, mode, extra in (("saturation", "batch", saturation), ("paced", "paced", paced)):
+            result = self.alternate(self.daemons[names[0]], self.daemons[names[1]], mode, a.slots, a.slot, extra)
+            for side, name in zip("ab", names, strict=True):
+                for key, value in result[side].items():
+                    figures[f"{phase}.{name}.{key}"] = value
+            ratio = result["pair_ratio_median"]  # b/a of neighbouring slots
+            figures[f"ab.default.{phase}_pair_ratio"] = 1 / ratio if flip else ratio
+        proc, address = self.daemons["full"]
+        for phase, mode, extra in (("saturation", "batch", ("--items", str(a.items))),
+                                   ("paced", "paced", ("--items", str(a.items), "--rate", str(a.rate),
+                                                       "--streams", str(a.paced_streams)))):
+            for key, value in self.phase(proc, address, mode, check=True, extra=extra).items():
+                figures[f"{phase}.full.{key}"] = value
         for name in ("default", "full"):
             figures[f"ab.{name}.throughput_ratio"] = (figures[f"saturation.{name}.ops_per_s"]
                                                       / figures["saturation.off.ops_per_s"])
@@ -127,12 +130,6 @@ class TelemetryBench(Bench):
             figures[f"ab.{name}.paced_cpu_us_per_op"] = (figures[f"paced.{name}.cpu_us_per_op"]
                                                          - figures["paced.off.cpu_us_per_op"])
         return figures
-
-    def paced(self, name: str) -> dict[str, float]:
-        a = self.args
-        proc, address = self.daemons[name]
-        return self.phase(proc, address, "paced", check=True, extra=(
-            "--items", str(a.items), "--rate", str(a.rate), "--streams", str(a.paced_streams)))
 
     def close(self) -> None:
         if hasattr(self, "sink"):
@@ -148,8 +145,8 @@ def cell(summary: dict[str, dict[str, float]], key: str, fmt: str) -> str:
 def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> None:
     print(f"\nhsmlb telemetry cost: {args.runs} run(s), {args.seconds:g} s per phase, AES-128 ECB EncryptData on "
           f"StreamBatch, {args.items} per message; saturation: {args.window} outstanding over {args.streams} "
-          f"stream(s); paced: {args.rate:,.0f} ops/s offered on {args.paced_streams} stream(s), off/default alternated "
-          f"{args.paced_rounds} time(s) per run (median of the rounds); {os.cpu_count()} CPUs; "
+          f"stream(s); paced: {args.rate:,.0f} ops/s offered on {args.paced_streams} stream(s); off/default in "
+          f"{args.slots} x {args.slot:g} s alternating slots each per phase; {os.cpu_count()} CPUs; "
           "each cell: median [min .. max] over the runs")
     print(f"{'':<26}" + "".join(f"{n:>34}" for n in VARIANTS))
     for phase, key, label, fmt in (("saturation", "ops_per_s", "saturation ops/s", ",.0f"),
@@ -166,7 +163,8 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
     p99 = summary["ab.default.paced_p99_ms"]
     print("\nacceptance 4 (default = metrics on + tracing at 1%, against off in the same run):")
     print(f"  throughput at saturation, default/off: {cell(summary, 'ab.default.throughput_ratio', '.3f')}"
-          f"  (>= 0.95: {'holds' if tput['median'] >= 0.95 else 'FAILS'} on the median)")
+          f"  (>= 0.95: {'holds' if tput['median'] >= 0.95 else 'FAILS'} on the median); neighbouring slots' "
+          f"ratio {cell(summary, 'ab.default.saturation_pair_ratio', '.3f')}")
     print(f"  p99 paced at {args.rate:,.0f} ops/s, default - off: {cell(summary, 'ab.default.paced_p99_ms', '+.3f')} ms"
           f"  (<= 1 ms: {'holds' if p99['median'] <= 1.0 else 'FAILS'} on the median)")
     print(f"  daemon CPU, default - off: {cell(summary, 'ab.default.cpu_us_per_op', '+.1f')} us/op at saturation, "
@@ -189,14 +187,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=512, help="saturation: operations outstanding, all streams")
     parser.add_argument("--rate", type=float, default=5000.0, help="paced: operations/s offered, all streams")
     parser.add_argument("--paced-streams", type=int, default=1, help="paced: concurrent StreamBatch streams")
-    parser.add_argument("--paced-rounds", type=int, default=3,
-                        help="paced: off/default alternations per run; each figure the median of its rounds")
+    parser.add_argument("--slots", type=int, default=10,
+                        help="off and default: slots per variant per phase, alternated ABBA from one client")
+    parser.add_argument("--slot", type=float, default=0.5, help="off and default: seconds per slot")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.seconds <= 0 or args.items < 1 or args.streams < 1 or args.window < args.items \
-            or args.rate <= 0 or args.paced_streams < 1 or args.paced_rounds < 1:
-        parser.error("--runs, --seconds, --items, --streams, --rate, --paced-streams, --paced-rounds must be positive, "
-                     "--window >= --items")
+            or args.rate <= 0 or args.paced_streams < 1 or args.slots < 1 or args.slot <= 0:
+        parser.error("--runs, --seconds, --items, --streams, --rate, --paced-streams, --slots, --slot must be "
+                     "positive, --window >= --items")
     args.concurrency, args.pool_size, args.balancer, args.nodes = 1, None, None, None  # what Bench reads
     args.idle_seconds, args.token = 0.0, "node-a"
     return args

@@ -28,12 +28,14 @@ Request = tuple[str, Any]  # (StreamRequest oneof field, request message)
 def shadow_config(cluster: PaymentCluster, name: str, shadow: bool = True, route: dict[str, Any] | None = None,
                   router: dict[str, Any] | None = None, **settings: Any) -> Path:
     """The cluster's tokens and regions with the dev route (tokens primary, regions failover), shadowing
-    every token answer to the regions when `shadow`; `route` overrides fields of that route."""
+    every token answer to the regions when `shadow`; `route` overrides fields of that route. The adaptive
+    shadow budget is off unless asked for: these tests count every shadowed answer, and on a loaded CI host
+    the budget would rightly skip some (its own tests turn it on)."""
     def mutate(data: dict[str, Any]) -> None:
         routes = dev_routes(shadow)
         routes[0].update(route or {})
         data["routes"] = routes
-        data["shadow"] = {"gate_min_samples": 20, **settings}
+        data["shadow"] = {"gate_min_samples": 20, "budget_adaptive": False, **settings}
         if router:
             data["router"] = router
     path = cluster.state_dir / f"hsmlb-{name}.yaml"

@@ -59,7 +59,7 @@ def _encrypt(channel: grpc.Channel) -> tuple[int, dict[str, int], Any]:
 
 def test_saturation_shrinks_the_shadow_sample_not_the_primary(strict_payment_cluster: PaymentCluster,
                                                                tmp_path: Path):
-    config = shadow_config(strict_payment_cluster, f"budget-{tmp_path.name}")
+    config = shadow_config(strict_payment_cluster, f"budget-{tmp_path.name}", budget_adaptive=True)
     daemon = start_daemon(config, tmp_path / "d.log")
     try:
         with daemon.channel() as channel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -11,6 +12,7 @@ from hsmlb.ops import NATIVE_CAPABILITIES, VERIFICATION_FAILED, Capability, KeyI
 from hsmlb.router.routes_config import RouteConfig
 from hsmlb.shadow.compare import DISCREPANCY, MATCH, NOT_COMPARABLE, compare
 from hsmlb.shadow.histogram import LatencyHistogram
+from hsmlb.shadow.shadower import STARTS_PER_TURN
 from tests.test_unit_routes import AES, _enc, _setup
 
 SHADOW = RouteConfig(op="*", primary="hsm", failover=["apc"], candidate="apc", shadow_percent=100)
@@ -71,6 +73,28 @@ async def test_stream_entry_is_shadowed_once():
     router.succeeded(_enc(), attempt)
     await _settle()
     assert router.shadow is not None and router.shadow.stats.of("encrypt").matches == 1
+
+
+async def test_a_batch_of_answers_starts_its_shadow_calls_a_few_per_loop_turn():
+    """A batch's answers arrive in one turn; their shadow calls must not all start in the next one (each
+    first step costs ~0.25 ms of loop CPU that the primary's next messages would wait behind)."""
+    router, _, backends, _ = _setup(route=SHADOW)
+    shadow = router.shadow
+    assert shadow is not None
+    ops = [_enc() for _ in range(10)]
+    attempts = [router.start(op) for op in ops]
+    await asyncio.gather(*(attempt.future for attempt in attempts))
+    for op, attempt in zip(ops, attempts, strict=True):  # one loop turn, as a batch's answers
+        router.succeeded(op, attempt)
+    assert shadow.in_flight == 10
+    started = [0]
+    for _ in range(30):
+        await asyncio.sleep(0)
+        started.append(backends["r1"].calls + backends["r2"].calls)
+    steps = [b - a for a, b in itertools.pairwise(started)]
+    assert started[-1] == 10 and max(steps) <= STARTS_PER_TURN, started
+    await _settle()
+    assert (shadow.stats.of("encrypt").matches, shadow.in_flight) == (10, 0)
 
 
 async def test_shadow_calls_in_flight_are_bounded_and_the_rest_skipped_as_shed():

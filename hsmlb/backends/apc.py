@@ -2,11 +2,12 @@
 
 Why this shape: a region is remote, metered and shared. Requests are SigV4-signed rest-json over a
 pool of warm keep-alive connections (hsmlb/apc/wire.py: botocore's model and signer, none of the
-boto3 client's per-call CPU); a local token bucket per key class keeps us under the account's
-quota so the router moves excess traffic to another node instead of collecting
-ThrottlingExceptions; and every HTTP outcome becomes an hsmlb.errors type here, once, with no
-request data in any message. Start-up (credentials, endpoints, key inventory) runs in a thread
-and, when it fails, is retried in the background with back-off, like a token worker's respawn.
+boto3 client's per-call CPU; hsmlb/apc/http.py: a lean HTTP/1.1 client for the data plane, aiohttp
+for the rare control-plane calls); a local token bucket per key class keeps us under the account's
+quota so the router moves excess traffic to another node instead of collecting ThrottlingExceptions;
+and every HTTP outcome becomes an hsmlb.errors type here, once, with no request data in any message.
+Start-up (credentials, endpoints, key inventory) runs in a thread and, when it fails, is retried in
+the background with back-off, like a token worker's respawn.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from botocore.credentials import ReadOnlyCredentials
 from yarl import URL
 
 from hsmlb.apc.discovery import Discovery, discover, resolve_credentials
+from hsmlb.apc.http import AnswerTooLarge, HttpConnectionError, HttpPool
 from hsmlb.apc.native import native_request, pick_canary
 from hsmlb.apc.throttle import RegionQuotas, TokenBucket
 from hsmlb.apc.wire import (
@@ -63,7 +65,6 @@ CREDENTIAL_REFRESH_S = 60.0
 KEEPALIVE_S = 30.0  # idle keep-alive connections live this long: under typical front-door idle timeouts
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 WARM_ROUNDS = 3
-URL_CACHE_MAX = 4096
 _JSON_HEADERS = {"Content-Type": JSON}
 # A session default, so unsigned: aiohttp would offer gzip/deflate, but we read bodies raw
 # (auto_decompress off), so a front door that honoured that offer would turn every answer into a fault.
@@ -88,8 +89,8 @@ class ApcRegionBackend(BackendState):
         self._discovery: Discovery | None = None
         self._signer: Signer | None = None  # botocore's SigV4Auth: control-plane requests
         self._fast: FastSigner | None = None  # the same signature, precomputed: data-plane requests
-        self._urls: dict[str, URL] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # the control plane (rare calls)
+        self._data: HttpPool | None = None  # the data plane: hsmlb/apc/http.py, lean on the event loop
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         # set when the region no longer matches discovery: keys gone (and "down"), or credentials rejected
@@ -134,6 +135,9 @@ class ApcRegionBackend(BackendState):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._data is not None:
+            self._data.close()
+            self._data = None
         self._set_state("down")
 
     def stats(self) -> dict[str, Any]:
@@ -143,12 +147,13 @@ class ApcRegionBackend(BackendState):
                 "credential_refreshes": self.credential_refreshes}
 
     def idle_connections(self) -> int:
-        """Keep-alive connections the pool holds now (aiohttp keeps no public count; -1 if unknown)."""
+        """Idle keep-alive connections held now: the data plane's and the control plane's (aiohttp keeps
+        no public count; -1 if unknown)."""
         connector = self._session.connector if self._session is not None else None
         conns = getattr(connector, "_conns", None)
         if not isinstance(conns, dict):
             return -1
-        return sum(len(c) for c in conns.values())
+        return sum(len(c) for c in conns.values()) + (self._data.idle_connections() if self._data else 0)
 
     # -- request path -----------------------------------------------------------------------
     async def _perform(self, op: Operation) -> Any:
@@ -215,35 +220,31 @@ class ApcRegionBackend(BackendState):
 
     async def _send(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float,
                     data: bool) -> tuple[int, str | None, bytes]:
-        session, found, fast, signer = self._session, self._discovery, self._fast, self._signer
-        if session is None or found is None or fast is None or signer is None:
+        session, pool, found, fast, signer = self._session, self._data, self._discovery, self._fast, self._signer
+        if session is None or pool is None or found is None or fast is None or signer is None:
             raise NodeFault(f"node {self.name} is {self._state}")
-        if data:
-            url = self._urls.get(path)
-            if url is None:
-                if len(self._urls) >= URL_CACHE_MAX:
-                    self._urls.clear()
-                url = self._urls[path] = URL(found.data_url + path, encoded=True)
-            signed = fast.sign(method, path, headers, body)
-        else:
-            url = URL(found.control_url + path, encoded=True)
-            signed = signer.sign(method, found.control_url + path, headers, body)
         clipped = timeout < self.config.request_timeout_s
         try:
-            async with session.request(method, url, data=body, headers=signed,
+            if data:
+                return await pool.request(method, path, fast.sign(method, path, headers, body), body, timeout)
+            signed = signer.sign(method, found.control_url + path, headers, body)
+            async with session.request(method, URL(found.control_url + path, encoded=True), data=body,
+                                       headers=signed,
                                        timeout=aiohttp.ClientTimeout(total=timeout) if clipped else self._timeout
                                        ) as response:
                 raw = await read_answer(response)
                 if raw is None:
-                    self.counts["oversized_answer"] += 1
-                    raise NodeFault(f"node {self.name}: answer over {MAX_ANSWER_BYTES} bytes")
+                    raise AnswerTooLarge()
                 return response.status, response.headers.get("x-amzn-ErrorType"), raw
+        except AnswerTooLarge:
+            self.counts["oversized_answer"] += 1
+            raise NodeFault(f"node {self.name}: answer over {MAX_ANSWER_BYTES} bytes") from None
         except TimeoutError:
             self.counts["timeout"] += 1
             if clipped:  # the caller's deadline, not the region, ran out
                 raise DeadlineExceeded(f"node {self.name}: no answer before the deadline") from None
             raise NodeFault(f"node {self.name}: no answer within {timeout:g}s") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, HttpConnectionError) as exc:
             self.counts["connection_error"] += 1
             raise NodeFault(f"node {self.name}: connection failed ({type(exc).__name__})") from None
 
@@ -312,7 +313,12 @@ class ApcRegionBackend(BackendState):
         self._discovery = found
         self._signer = Signer(found.frozen, self.config.region)
         self._fast = FastSigner(found.frozen, self.config.region, found.data_url)
-        self._urls = {}
+        if self._data is not None and self._data.base_url != found.data_url:  # the endpoint moved
+            self._data.close()
+            self._data = None
+        self._data = self._data or HttpPool(found.data_url, self.config.connections, host_header=self._fast.host,
+                              connect_timeout_s=self.config.connect_timeout_s, keepalive_s=KEEPALIVE_S,
+                              max_answer=MAX_ANSWER_BYTES, extra_headers=_SESSION_HEADERS)
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.config.connections, keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
