@@ -15,10 +15,11 @@ EncryptData); each daemon's figures pool all its slots:
 --runs N: the median, min and max of each figure. The shadow budget (hsmlb/shadow/budget.py) lets shadow
 calls use only what the primary leaves over, so at saturation the shadowed fraction shrinks, not the primary.
 The emulated regions run on the same 2 cores here; in production they are remote. --regions-nice 19 runs
-them at the lowest CPU priority, the closest this host gets to taking their CPU off the primary's cores.
+them at the lowest CPU priority; --regions-cpu 1 gives them CPU 1 and the rest CPU 0, the closest this host
+gets to regions on machines of their own (the primary then has one core, in both daemons alike).
 
     python bench/bench_shadow.py [--runs 3] [--slots 8] [--slot 0.5] [--rate 1000] [--items 16] [--window 512]
-                                 [--regions-nice 19]
+                                 [--regions-nice 19] [--regions-cpu 1]
 
 Defaults take about 2-3 minutes. Everything listens on or talks to 127.0.0.1 only and is torn down at the
 end, on error and on Ctrl-C.
@@ -34,7 +35,7 @@ from typing import Any
 
 import grpc
 import yaml
-from _procs import descendants
+from _procs import descendants, tree_cpu_s
 from bench_daemon import Bench, measure, summarize
 
 from hsmlb.dev.cluster import default_keys_file, dev_routes
@@ -43,19 +44,19 @@ from hsmlb.v1 import hsmlb_pb2 as pb
 from hsmlb.v1 import hsmlb_pb2_grpc as pb_grpc
 
 FIGURES = (("sat.ops_per_s", "saturation ops/s", ",.0f"), ("sat.cpu_us_per_op", "saturation CPU us/op", ",.1f"),
+           ("sat.regions_cpu_us_per_op", "  regions CPU us/op", ",.1f"),
            ("sat.errors", "saturation errors", ",.0f"), ("sat.shadowed", "saturation shadowed", ".1%"),
            ("paced.ops_per_s", "paced ops/s", ",.0f"), ("paced.p50_us", "paced p50 us", ",.0f"),
-           ("paced.p99_us", "paced p99 us", ",.0f"), ("paced.errors", "paced errors", ",.0f"),
-           ("paced.shadowed", "paced shadowed", ".1%"))
+           ("paced.p99_us", "paced p99 us", ",.0f"), ("paced.cpu_us_per_op", "paced CPU us/op", ",.1f"),
+           ("paced.regions_cpu_us_per_op", "  regions CPU us/op", ",.1f"),
+           ("paced.errors", "paced errors", ",.0f"), ("paced.shadowed", "paced shadowed", ".1%"))
 RATIOS = ("sat.ops_per_s", "sat.cpu_us_per_op", "paced.p99_us")
 SHADOW_OP = "encrypt"
 
 
-def renice(root: int, niceness: int) -> None:
-    """Every thread of `root` and its descendants (Linux niceness is per thread)."""
-    for pid in (root, *descendants(root)):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+def threads(root: int) -> list[int]:
+    """Every thread of `root` and its descendants (Linux niceness and affinity are per thread)."""
+    return [int(tid) for pid in (root, *descendants(root)) for tid in os.listdir(f"/proc/{pid}/task")]
 
 
 class ShadowBench(Bench):
@@ -68,11 +69,17 @@ class ShadowBench(Bench):
         self.runs_done = 0
 
     def start(self) -> None:
+        regions_cpu = self.args.regions_cpu
+        if regions_cpu is not None:  # everything started from here on (daemons, workers, load clients) inherits it
+            os.sched_setaffinity(0, os.sched_getaffinity(0) - {regions_cpu})
         self.cluster_up()
         self.emulators = start_dev_regions(default_keys_file(), self.state_dir.resolve())
-        if self.args.regions_nice:
-            for emulator in self.emulators:
-                renice(emulator.process.pid, self.args.regions_nice)
+        for emulator in self.emulators:
+            for tid in threads(emulator.process.pid):
+                if self.args.regions_nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, self.args.regions_nice)
+                if regions_cpu is not None:
+                    os.sched_setaffinity(tid, {regions_cpu})
         base = yaml.safe_load(self.config_path.read_text())
         base["nodes"] += [region_node_config(e, self.state_dir.resolve()) for e in self.emulators]
         for name, shadow in (("off", False), ("on", True)):
@@ -88,15 +95,19 @@ class ShadowBench(Bench):
         names = ("on", "off") if self.runs_done % 2 else ("off", "on")  # who is A in the ABBA slots
         for phase, mode, extra in (("sat", "batch", (*common, "--window", str(a.window))),
                                    ("paced", "paced", (*common, "--rate", str(a.rate)))):
-            before = self.coverage()
+            before, regions_before = self.coverage(), self.regions_cpu_s()
             result = self.alternate(self.daemons[names[0]], self.daemons[names[1]], mode, a.slots, a.slot, extra)
-            after = self.coverage()
+            after, regions_cpu = self.coverage(), self.regions_cpu_s() - regions_before
             for side, name in zip("ab", names, strict=True):
                 for key, value in result[side].items():
                     figures[f"{name}.{phase}.{key}"] = value
             total = after[1] - before[1]
             figures[f"on.{phase}.shadowed"] = (after[0] - before[0]) / total if total else 0.0
             figures[f"off.{phase}.shadowed"] = 0.0
+            # the regions answer only the `on` daemon's shadow calls: their CPU over the phase, per `on` op
+            on_ops = result["a" if names[0] == "on" else "b"]["ops"]
+            figures[f"on.{phase}.regions_cpu_us_per_op"] = regions_cpu / on_ops * 1e6 if on_ops else float("nan")
+            figures[f"off.{phase}.regions_cpu_us_per_op"] = 0.0
             cuts = self.budget[1]
             figures[f"on.{phase}.budget_cuts"] = cuts - self.cuts
             self.cuts = cuts
@@ -104,6 +115,9 @@ class ShadowBench(Bench):
         for key in RATIOS:
             figures[f"on_over_off.{key}"] = figures[f"on.{key}"] / figures[f"off.{key}"]
         return figures
+
+    def regions_cpu_s(self) -> float:
+        return sum(tree_cpu_s(e.process.pid) for e in self.emulators)
 
     def shadow_report(self) -> list[Any]:
         return list(self.report_of_on().ops)
@@ -130,7 +144,9 @@ class ShadowBench(Bench):
 
 def report(args: argparse.Namespace, summary: dict[str, dict[str, float]], ops: list[Any]) -> None:
     print(f"\nhsmlb shadowing cost: {args.runs} run(s), off and on alternated in {args.slots} x {args.slot:g} s slots "
-          f"each per phase, regions at niceness {args.regions_nice}; AES-128 ECB EncryptData, "
+          f"each per phase, regions at niceness {args.regions_nice}"
+          f"{'' if args.regions_cpu is None else f' on CPU {args.regions_cpu} (the rest on the others)'}; "
+          "AES-128 ECB EncryptData, "
           f"StreamBatch {args.items} items/message, {args.streams} stream(s); saturation: {args.window} outstanding "
           f"(closed loop); paced: {args.rate:,.0f} ops/s offered (open loop); {os.cpu_count()} CPUs")
     print("each cell: median [min-max] over the runs; off = no shadow, on = shadow_percent 100 to the regions; "
@@ -166,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slot", type=float, default=0.5, help="seconds per slot")
     parser.add_argument("--regions-nice", type=int, default=0, help="run the emulated regions at this niceness "
                         "(they stand for remote regions: 19 keeps their CPU off the primary's share of the cores)")
+    parser.add_argument("--regions-cpu", type=int, help="pin the emulated regions to this CPU and everything else "
+                        "(daemons, token workers, load clients) to the others: the regions as remote machines")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per phase, not measured")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="paced phase: ops/s offered, below saturation")
