@@ -38,6 +38,9 @@ CANDIDATE, NOISE = "candidate", "noise"
 # one turn, and the primary's next answers and messages waited ~4 ms behind them. Two per turn lets the
 # loop poll its sockets between them; a shadow call waiting here already counts as in flight.
 STARTS_PER_TURN = 2
+# Whether a pool can serve an operation at all, remembered this long: the check runs for every primary
+# answer (~1 us as a scan of the pool's members), and what a node can do changes only when it (re)starts.
+CAPABLE_TTL_S = 1.0
 
 
 def _load(member: Member) -> float:
@@ -65,6 +68,8 @@ class Shadower:
         self.probe = LoopLagProbe(self.budget.observe, self._backlog)
         self._targets: set[str] = set()  # pools shadowed to: their queues are the shadow's, not the primary's
         self._waiting: deque[tuple[Any, ...]] = deque()  # decided, not started yet: see STARTS_PER_TURN
+        self._capable: dict[tuple[str, str], bool] = {}  # (pool, capability) -> some member has it; CAPABLE_TTL_S
+        self._capable_since = 0.0
 
     def pool(self, name: str) -> list[Member]:
         members = self._pools.get(name)
@@ -75,7 +80,8 @@ class Shadower:
     def after(self, op: Operation, route: Route, served_by: Member, result: Any, started: float) -> None:
         """The primary answered `op` with `result`; maybe shadow it to the candidate and/or the noise baseline."""
         rng = self._rng.random
-        if route.shadow_percent and route.candidate and rng() * 100 < route.shadow_percent:
+        percent = route.shadow_percent
+        if percent and route.candidate and (percent >= 100 or rng() * 100 < percent):
             self._shadow(op, CANDIDATE, route.candidate, served_by, result, started)
         if route.noise_percent and rng() * 100 < route.noise_percent:
             self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
@@ -96,22 +102,20 @@ class Shadower:
 
     def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, started: float) -> None:
         now = self.clock()
-        name = op.kind.value
+        name = op.kind._value_  # Enum.value is a descriptor call; this runs for every primary answer
         if self.in_flight >= self.max_in_flight:  # first: under overload a skip must cost next to nothing
             self.stats.skip(name, side, "shed")
             return
-        members = self.pool(pool)
-        needs = op.needs
-        if not any(needs in m.pool.backend.capabilities for m in members):  # structural, not load: whatever the budget
+        # Operation.needs without a second enum lookup; structural, not load: counted whatever the budget
+        if not self._can_serve(pool, op.capability or name, now):
             self.stats.skip(name, side, "no_capability")
             return
         budget = self.budget
-        self._targets.add(pool)
         self.probe.poke()
         if not budget.ready(pool):
             self.stats.skip(name, side, "budget")
             return
-        target, reason = self._target(op, members, served_by, now)
+        target, reason = self._target(op, self.pool(pool), served_by, now)
         if reason == KEY_DRIFT:
             assert target is not None
             self.stats.outcome(name, side, KEY_DRIFT, now, now - started, -1.0)
@@ -125,6 +129,17 @@ class Shadower:
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._start_some)
         self._waiting.append((op, side, pool, served_by, target, result, now - started, op.trace))
+
+    def _can_serve(self, pool: str, needs: str, now: float) -> bool:
+        if now - self._capable_since > CAPABLE_TTL_S:
+            self._capable.clear()
+            self._capable_since = now
+        capable = self._capable.get((pool, needs))
+        if capable is None:
+            capable = self._capable[(pool, needs)] = any(needs in m.pool.backend.capabilities for m in self.pool(pool))
+            if capable:
+                self._targets.add(pool)
+        return capable
 
     def _start_some(self) -> None:
         """Start up to STARTS_PER_TURN waiting shadow calls; come back next turn for the rest."""
