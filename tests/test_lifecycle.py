@@ -99,7 +99,11 @@ def _sigterm_drains(daemon: DaemonProcess, send_sigterm: Callable[[], None]) -> 
         assert wait_for(lambda: _refuses(daemon.address), 5), "the daemon kept accepting connections"
         still_running = sum(not c.done() for c in calls)
 
-        with grpc.insecure_channel(daemon.address) as late_channel, pytest.raises(grpc.RpcError) as refused:
+        # Its own subchannel: a second channel to the same target otherwise shares the first one's HTTP/2
+        # connection (grpc's global subchannel pool), and its call then races the server's GOAWAY on that
+        # old connection (CANCELLED) instead of being a new connection to the closed port.
+        late = grpc.insecure_channel(daemon.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        with late as late_channel, pytest.raises(grpc.RpcError) as refused:
             pb_grpc.OperationsStub(late_channel).EncryptData(nist_request(), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
 
