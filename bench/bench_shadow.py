@@ -19,7 +19,7 @@ them at the lowest CPU priority; --regions-cpu 1 gives them CPU 1 and the rest C
 gets to regions on machines of their own (the primary then has one core, in both daemons alike).
 
     python bench/bench_shadow.py [--runs 3] [--slots 8] [--slot 0.5] [--rate 1000] [--items 16] [--window 512]
-                                 [--regions-nice 19] [--regions-cpu 1]
+                                 [--regions-nice 19] [--regions-cpu 1] [--budget-max-per-s 250]
 
 Defaults take about 2-3 minutes. Everything listens on or talks to 127.0.0.1 only and is torn down at the
 end, on error and on Ctrl-C.
@@ -84,6 +84,8 @@ class ShadowBench(Bench):
         base["nodes"] += [region_node_config(e, self.state_dir.resolve()) for e in self.emulators]
         for name, shadow in (("off", False), ("on", True)):
             config = {**base, "routes": dev_routes(shadow)}
+            if self.args.budget_max_per_s is not None:  # the operators' lever: coverage traded for the primary's p99
+                config["shadow"] = {"budget_max_per_s": self.args.budget_max_per_s}
             path = self.state_dir / f"hsmlb-shadow-{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             self.daemons[name] = self.start_daemon(path, f"daemon-{name}.log")
@@ -146,6 +148,7 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]], ops: 
     print(f"\nhsmlb shadowing cost: {args.runs} run(s), off and on alternated in {args.slots} x {args.slot:g} s slots "
           f"each per phase, regions at niceness {args.regions_nice}"
           f"{'' if args.regions_cpu is None else f' on CPU {args.regions_cpu} (the rest on the others)'}; "
+          f"shadow budget_max_per_s {'default' if args.budget_max_per_s is None else f'{args.budget_max_per_s:g}'}; "
           "AES-128 ECB EncryptData, "
           f"StreamBatch {args.items} items/message, {args.streams} stream(s); saturation: {args.window} outstanding "
           f"(closed loop); paced: {args.rate:,.0f} ops/s offered (open loop); {os.cpu_count()} CPUs")
@@ -182,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slot", type=float, default=0.5, help="seconds per slot")
     parser.add_argument("--regions-nice", type=int, default=0, help="run the emulated regions at this niceness "
                         "(they stand for remote regions: 19 keeps their CPU off the primary's share of the cores)")
+    parser.add_argument("--budget-max-per-s", type=float, help="the `on` daemon's shadow.budget_max_per_s "
+                        "(default: the daemon's, 2,000/s)")
     parser.add_argument("--regions-cpu", type=int, help="pin the emulated regions to this CPU and everything else "
                         "(daemons, token workers, load clients) to the others: the regions as remote machines")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per phase, not measured")
