@@ -73,6 +73,7 @@ class HsmlbError(Exception):
     retryable = False
     counts_against_node = False
     public = "the operation failed"
+    reason = ""  # refusals (Overloaded) say why in a few fixed words: the shed metric's label
 
     def __init__(self, message: str) -> None:
         message = redact(message)

@@ -95,7 +95,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             code, message = grpc.StatusCode.INTERNAL, "internal error"
         finally:
             chain.done(call, item, code, message, key if code == grpc.StatusCode.OK else None,
-                       getattr(failed, "reason", ""))
+                       failed.reason if failed is not None else "")
         if failed is not None:
             await abort(context, failed, field)
         await refuse(context, code, message)

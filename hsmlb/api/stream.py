@@ -182,7 +182,7 @@ class StreamCall:
         item = self.in_flight.pop(request_id, None)
         if item is not None:
             self.chain.done(self.call, item, code, message,  # type: ignore[union-attr,arg-type]
-                            reason=getattr(exc, "reason", ""))
+                            reason=exc.reason if exc is not None else "")
         self._answer(_status(request_id, code, message) if exc is None
                      else item_status(request_id, code, *caller_error(exc, field)))
 
@@ -190,7 +190,7 @@ class StreamCall:
         """Answer an operation that never got in flight (a duplicate id, over the batch limit)."""
         if self.chain is not None and self.call is not None:
             self.chain.done(self.call, Item(request.WhichOneof("operation") or "", request.request_id),
-                            exc.status, exc.message, reason=getattr(exc, "reason", ""))
+                            exc.status, exc.message, reason=exc.reason)
         self._answer(item_status(request.request_id, exc.status, *caller_error(exc)))
 
     def _answer(self, response: pb.StreamResponse) -> None:
