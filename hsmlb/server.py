@@ -80,6 +80,8 @@ class Daemon:
         servers = (self.server, *([self.admin_server] if self.admin_server is not None else []))
         await _bounded("the gRPC server", asyncio.gather(*(s.stop(grace) for s in servers)), grace + 1.0)
         await _bounded("health checks", self.checker.close(), STOP_STEP_S)
+        if self.router.shadow is not None:
+            self.router.shadow.close()
         if self.telemetry is not None:
             await _bounded("telemetry", self.telemetry.stop(), STOP_STEP_S)
         await _close_nodes([n.backend for n in self.nodes])

@@ -97,6 +97,11 @@ class Shadower:
                 capacity += member.pool.capacity
         return 2 * outstanding >= capacity > 0
 
+    def close(self) -> None:
+        """The daemon stops: no probe timer left armed; shadow calls not started yet are dropped."""
+        self.probe.close()
+        self._waiting.clear()
+
     def primary_failed(self, op: Operation) -> None:
         self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
 
