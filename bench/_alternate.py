@@ -64,10 +64,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             cpu[side] += tree_cpu_s(pids[side]) - before
             elapsed[side] += took
             rates[side].append(tally.ok / took)
-            total = tallies[side]
-            total.ok, total.errors, total.wrong = total.ok + tally.ok, total.errors + tally.errors, \
-                total.wrong + tally.wrong
-            total.latencies.extend(tally.latencies)
+            tallies[side].add(tally)
         loadgen_cpu = time.process_time() - cpu_started
     finally:
         for channel in channels:

@@ -47,6 +47,10 @@ class Tally:
             self.ok += 1
             self.latencies.append(seconds)
 
+    def add(self, other: Tally) -> None:
+        self.ok, self.errors, self.wrong = self.ok + other.ok, self.errors + other.errors, self.wrong + other.wrong
+        self.latencies.extend(other.latencies)
+
 
 @dataclass
 class PhaseResult:
@@ -125,10 +129,15 @@ async def _one_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int,
     except grpc.aio.AioRpcError:
         pass
     finally:
-        sending.cancel()
-        await asyncio.gather(sending, return_exceptions=True)
-        tally.errors += len(sent)  # sent but never answered
-        call.cancel()
+        await _end(call, sending, sent, tally)
+
+
+async def _end(call: Any, sending: asyncio.Future[None], sent: dict[int, float], tally: Tally) -> None:
+    """A stream's end: stop its sender, count every op sent and never answered as an error, cancel the call."""
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+    tally.errors += len(sent)
+    call.cancel()
 
 
 async def _read_batches(call: Any, sender: Coroutine[Any, Any, None], sent: dict[int, float], expect: str | None,
@@ -154,10 +163,7 @@ async def _read_batches(call: Any, sender: Coroutine[Any, Any, None], sent: dict
     except grpc.aio.AioRpcError:
         pass
     finally:
-        sending.cancel()
-        await asyncio.gather(sending, return_exceptions=True)
-        tally.errors += len(sent)  # sent but never answered
-        call.cancel()
+        await _end(call, sending, sent, tally)
 
 
 async def _one_batch_stream(stub: pb_grpc.OperationsStub, seconds: float, window: int, items: int,

@@ -60,6 +60,11 @@ def tree_cpu_s(root: int) -> float:
     return total / CLK_TCK
 
 
+def threads(root: int) -> list[int]:
+    """The thread ids of `root` and of its descendants."""
+    return [int(tid) for pid in (root, *descendants(root)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
 def _switches(path: str) -> int:
     """Voluntary context switches (sleeps, i.e. wake-ups) of one task, from /proc/.../status."""
     try:

@@ -177,6 +177,26 @@ class Bench:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # -- measurements -------------------------------------------------------------------------
+    def _drive(self, argv: list[str], what: str, ready_s: float, result_s: float,
+               around: Callable[[], Any] | None = None) -> tuple[dict[str, Any], Any, Any]:
+        """One load client process (bench/_load.py or _alternate.py): wait for its READY, read `around()`,
+        say GO, read its JSON line, read `around()` again; (its result, the two readings). Killed at the end."""
+        client = self._spawn(argv, "client.log", stdin=subprocess.PIPE)
+        try:
+            reader = LineReader(client)
+            reader.wait_for("READY", ready_s)
+            before = around() if around is not None else None
+            assert client.stdin is not None
+            client.stdin.write(b"GO\n")
+            client.stdin.flush()
+            result = json.loads(reader.wait_for("{", result_s))
+            return result, before, around() if around is not None else None
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"load client ({what}) failed: {exc}\n{self.log_tail('client.log')}") from None
+        finally:
+            stop(client, signal.SIGKILL, 10)
+            self.procs.remove(client)
+
     def phase(self, server: subprocess.Popen[bytes], address: str, mode: str, check: bool,
               extra: tuple[str, ...] = ()) -> dict[str, float]:
         """One load phase from a fresh client process, with the server tree's CPU read around it."""
@@ -184,22 +204,10 @@ class Bench:
         argv = [sys.executable, str(HERE / "_load.py"), "--address", address, "--mode", mode,
                 "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--concurrency", str(a.concurrency),
                 "--streams", str(a.streams), "--window", str(a.window), *(["--check"] if check else []), *extra]
-        client = self._spawn(argv, "client.log", stdin=subprocess.PIPE)
-        try:
-            reader = LineReader(client)
-            reader.wait_for("READY", START_TIMEOUT_S + a.warmup)
-            cpu_before, split_before = tree_cpu_s(server.pid), cpu_split(server.pid)
-            assert client.stdin is not None
-            client.stdin.write(b"GO\n")
-            client.stdin.flush()
-            result = json.loads(reader.wait_for("{", a.seconds + 120))
-            cpu_used, split_after = tree_cpu_s(server.pid) - cpu_before, cpu_split(server.pid)
-        except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"load client ({mode} on {address}) failed: {exc}\n{self.log_tail('client.log')}") \
-                from None
-        finally:
-            stop(client, signal.SIGKILL, 10)
-            self.procs.remove(client)
+        result, (cpu_before, split_before), (cpu_after, split_after) = self._drive(
+            argv, f"{mode} on {address}", START_TIMEOUT_S + a.warmup, a.seconds + 120,
+            lambda: (tree_cpu_s(server.pid), cpu_split(server.pid)))
+        cpu_used = cpu_after - cpu_before
         ops = result["ops"]
         per_op = 1e6 / ops if ops else float("nan")
         split = {k: split_after[k] - split_before[k] for k in split_after}
@@ -213,27 +221,18 @@ class Bench:
                 "server_share": 100 * cpu_used / (cpu_used + result["cpu_s"]) if cpu_used + result["cpu_s"] else 0.0,
                 "errors": float(result["errors"] + result["wrong"])}
 
-    def alternate(self, a: tuple[subprocess.Popen[bytes], str], b: tuple[subprocess.Popen[bytes], str], mode: str,
+    def alternate(self, a: str, b: str, daemons: dict[str, tuple[subprocess.Popen[bytes], str]], mode: str,
                   slots: int, slot_s: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Servers a and b measured in alternating slots from one client process (bench/_alternate.py), for
-        A/B figures that host drift cannot fake; returns its JSON ({"a": figures, "b": figures, ...})."""
-        argv = [sys.executable, str(HERE / "_alternate.py"), "--address-a", a[1], "--address-b", b[1],
-                "--pid-a", str(a[0].pid), "--pid-b", str(b[0].pid), "--mode", mode, "--slots", str(slots),
+        """Daemons `a` and `b` (names in `daemons`) measured in alternating slots from one client process
+        (bench/_alternate.py), for A/B figures that host drift cannot fake: {a: figures, b: figures,
+        "b_over_a": the median ratio of neighbouring slots' throughput}."""
+        (proc_a, address_a), (proc_b, address_b) = daemons[a], daemons[b]
+        argv = [sys.executable, str(HERE / "_alternate.py"), "--address-a", address_a, "--address-b", address_b,
+                "--pid-a", str(proc_a.pid), "--pid-b", str(proc_b.pid), "--mode", mode, "--slots", str(slots),
                 "--slot", str(slot_s), "--warmup", str(self.args.warmup), *extra]
-        client = self._spawn(argv, "client.log", stdin=subprocess.PIPE)
-        try:
-            reader = LineReader(client)
-            reader.wait_for("READY", START_TIMEOUT_S + 2 * self.args.warmup)
-            assert client.stdin is not None
-            client.stdin.write(b"GO\n")
-            client.stdin.flush()
-            return json.loads(reader.wait_for("{", 2 * slots * (slot_s + 40) + 60))
-        except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"alternating load client ({mode}) failed: {exc}\n{self.log_tail('client.log')}") \
-                from None
-        finally:
-            stop(client, signal.SIGKILL, 10)
-            self.procs.remove(client)
+        result, _, _ = self._drive(argv, f"{mode}, {a} and {b} alternating", START_TIMEOUT_S + 2 * self.args.warmup,
+                                   2 * slots * (slot_s + 40) + 60)
+        return {a: result["a"], b: result["b"], "b_over_a": result["pair_ratio_median"]}
 
     def idle_cpu_ms_per_s(self) -> float:
         assert self.daemon is not None

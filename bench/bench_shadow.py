@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 import yaml
-from _procs import descendants, tree_cpu_s
+from _procs import threads, tree_cpu_s
 from bench_daemon import Bench, measure, summarize
 
 from hsmlb.dev.cluster import default_keys_file, dev_routes
@@ -54,11 +54,6 @@ RATIOS = ("sat.ops_per_s", "sat.cpu_us_per_op", "paced.p99_us")
 SHADOW_OP = "encrypt"
 
 
-def threads(root: int) -> list[int]:
-    """Every thread of `root` and its descendants (Linux niceness and affinity are per thread)."""
-    return [int(tid) for pid in (root, *descendants(root)) for tid in os.listdir(f"/proc/{pid}/task")]
-
-
 class ShadowBench(Bench):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -75,7 +70,7 @@ class ShadowBench(Bench):
         self.cluster_up()
         self.emulators = start_dev_regions(default_keys_file(), self.state_dir.resolve())
         for emulator in self.emulators:
-            for tid in threads(emulator.process.pid):
+            for tid in threads(emulator.process.pid):  # niceness and affinity are per thread
                 if self.args.regions_nice:
                     os.setpriority(os.PRIO_PROCESS, tid, self.args.regions_nice)
                 if regions_cpu is not None:
@@ -98,16 +93,16 @@ class ShadowBench(Bench):
         for phase, mode, extra in (("sat", "batch", (*common, "--window", str(a.window))),
                                    ("paced", "paced", (*common, "--rate", str(a.rate)))):
             before, regions_before = self.coverage(), self.regions_cpu_s()
-            result = self.alternate(self.daemons[names[0]], self.daemons[names[1]], mode, a.slots, a.slot, extra)
+            result = self.alternate(*names, self.daemons, mode, a.slots, a.slot, extra)
             after, regions_cpu = self.coverage(), self.regions_cpu_s() - regions_before
-            for side, name in zip("ab", names, strict=True):
-                for key, value in result[side].items():
+            for name in names:
+                for key, value in result[name].items():
                     figures[f"{name}.{phase}.{key}"] = value
             total = after[1] - before[1]
             figures[f"on.{phase}.shadowed"] = (after[0] - before[0]) / total if total else 0.0
             figures[f"off.{phase}.shadowed"] = 0.0
             # the regions answer only the `on` daemon's shadow calls: their CPU over the phase, per `on` op
-            on_ops = result["a" if names[0] == "on" else "b"]["ops"]
+            on_ops = result["on"]["ops"]
             figures[f"on.{phase}.regions_cpu_us_per_op"] = regions_cpu / on_ops * 1e6 if on_ops else float("nan")
             figures[f"off.{phase}.regions_cpu_us_per_op"] = 0.0
             cuts = self.budget[1]

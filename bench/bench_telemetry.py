@@ -109,11 +109,11 @@ class TelemetryBench(Bench):
         saturation = (*items, "--streams", str(a.streams), "--window", str(a.window))
         paced = (*items, "--streams", str(a.paced_streams), "--rate", str(a.rate))
         for phase, mode, extra in (("saturation", "batch", saturation), ("paced", "paced", paced)):
-            result = self.alternate(self.daemons[names[0]], self.daemons[names[1]], mode, a.slots, a.slot, extra)
-            for side, name in zip("ab", names, strict=True):
-                for key, value in result[side].items():
+            result = self.alternate(*names, self.daemons, mode, a.slots, a.slot, extra)
+            for name in names:
+                for key, value in result[name].items():
                     figures[f"{phase}.{name}.{key}"] = value
-            ratio = result["pair_ratio_median"]  # b/a of neighbouring slots
+            ratio = result["b_over_a"]
             figures[f"ab.default.{phase}_pair_ratio"] = 1 / ratio if flip else ratio
         proc, address = self.daemons["full"]
         for phase, mode, extra in (("saturation", "batch", ("--items", str(a.items))),
