@@ -120,6 +120,14 @@ async def server() -> Server:
     await srv.stop()
 
 
+@pytest.fixture
+async def pool(server: Server) -> HttpPool:
+    """The default pool to `server`, closed after the test."""
+    pool = pool_for(server.port)
+    yield pool
+    pool.close()
+
+
 def pool_for(port: int, limit: int = 4, scheme: str = "http", keepalive_s: float = 30.0,
              ssl_context: ssl.SSLContext | None = None) -> HttpPool:
     return HttpPool(f"{scheme}://127.0.0.1:{port}", limit, host_header=HOST, connect_timeout_s=1.0,
@@ -133,95 +141,68 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_keep_alive_reuses_one_connection_for_sequential_calls(server: Server) -> None:
-    pool = pool_for(server.port)
-    try:
-        for i in range(20):
-            status, error_type, raw = await pool.request("POST", "/length", {"X-Amz-Date": "d"}, b"n%d" % i, 2.0)
-            assert (status, error_type, json.loads(raw)) == (200, None, {"echo": f"n{i}", "path": "/length"})
-        assert server.accepted == 1
-        assert pool.idle_connections() == 1
-        method, _, headers, body = server.requests[-1]
-        assert (method, headers["host"], headers["content-length"], body) == ("POST", HOST, "3", b"n19")
-        assert headers["accept-encoding"] == "identity" and headers["x-amz-date"] == "d"
-    finally:
-        pool.close()
+async def test_keep_alive_reuses_one_connection_for_sequential_calls(server: Server, pool: HttpPool) -> None:
+    for i in range(20):
+        status, error_type, raw = await pool.request("POST", "/length", {"X-Amz-Date": "d"}, b"n%d" % i, 2.0)
+        assert (status, error_type, json.loads(raw)) == (200, None, {"echo": f"n{i}", "path": "/length"})
+    assert server.accepted == 1
+    assert pool.idle_connections() == 1
+    method, _, headers, body = server.requests[-1]
+    assert (method, headers["host"], headers["content-length"], body) == ("POST", HOST, "3", b"n19")
+    assert headers["accept-encoding"] == "identity" and headers["x-amz-date"] == "d"
 
 
-async def test_chunked_answer_and_reuse_after_it(server: Server) -> None:
-    pool = pool_for(server.port)
-    try:
-        status, _, raw = await pool.request("POST", "/chunked", {}, b"chunks", 2.0)
-        assert status == 200 and json.loads(raw) == {"echo": "chunks", "path": "/chunked"}
-        status, _, raw = await pool.request("POST", "/length", {}, b"", 2.0)
-        assert status == 200 and server.accepted == 1  # the trailer was consumed: the stream is in sync
-    finally:
-        pool.close()
+async def test_chunked_answer_and_reuse_after_it(server: Server, pool: HttpPool) -> None:
+    status, _, raw = await pool.request("POST", "/chunked", {}, b"chunks", 2.0)
+    assert status == 200 and json.loads(raw) == {"echo": "chunks", "path": "/chunked"}
+    status, _, raw = await pool.request("POST", "/length", {}, b"", 2.0)
+    assert status == 200 and server.accepted == 1  # the trailer was consumed: the stream is in sync
 
 
-async def test_error_type_and_interim_answer(server: Server) -> None:
-    pool = pool_for(server.port)
-    try:
-        status, error_type, raw = await pool.request("POST", "/error", {}, b"x", 2.0)
-        assert (status, error_type) == (400, "ValidationException:http://x") and json.loads(raw)["echo"] == "x"
-        status, error_type, raw = await pool.request("POST", "/continue", {}, b"y", 2.0)
-        assert (status, error_type, json.loads(raw)["echo"]) == (200, None, "y")
-        assert server.accepted == 1
-    finally:
-        pool.close()
+async def test_error_type_and_interim_answer(server: Server, pool: HttpPool) -> None:
+    status, error_type, raw = await pool.request("POST", "/error", {}, b"x", 2.0)
+    assert (status, error_type) == (400, "ValidationException:http://x") and json.loads(raw)["echo"] == "x"
+    status, error_type, raw = await pool.request("POST", "/continue", {}, b"y", 2.0)
+    assert (status, error_type, json.loads(raw)["echo"]) == (200, None, "y")
+    assert server.accepted == 1
 
 
 @pytest.mark.parametrize("path", ["/close", "/eof"])
-async def test_connection_close_and_close_delimited_answers_are_not_reused(server: Server, path: str) -> None:
-    pool = pool_for(server.port)
-    try:
-        for i in range(3):
-            status, _, raw = await pool.request("GET", path, {}, b"%d" % i, 2.0)
-            assert status == 200 and json.loads(raw)["echo"] == str(i)
-        await settle()
-        assert server.accepted == 3
-        assert pool.idle_connections() == 0 and pool.open_connections() == 0
-    finally:
-        pool.close()
+async def test_connection_close_and_close_delimited_answers_are_not_reused(server: Server, pool: HttpPool,
+                                                                           path: str) -> None:
+    for i in range(3):
+        status, _, raw = await pool.request("GET", path, {}, b"%d" % i, 2.0)
+        assert status == 200 and json.loads(raw)["echo"] == str(i)
+    await settle()
+    assert server.accepted == 3
+    assert pool.idle_connections() == 0 and pool.open_connections() == 0
 
 
 @pytest.mark.parametrize("path", ["/huge", "/huge-chunked"])
-async def test_oversized_answer_refused_and_connection_dropped(server: Server, path: str) -> None:
-    pool = pool_for(server.port)
-    try:
-        with pytest.raises(AnswerTooLarge):
-            await pool.request("POST", path, {}, b"", 2.0)
-        await settle()
-        assert pool.open_connections() == 0
-        assert (await pool.request("POST", "/length", {}, b"", 2.0))[0] == 200
-        assert server.accepted == 2
-    finally:
-        pool.close()
+async def test_oversized_answer_refused_and_connection_dropped(server: Server, pool: HttpPool, path: str) -> None:
+    with pytest.raises(AnswerTooLarge):
+        await pool.request("POST", path, {}, b"", 2.0)
+    await settle()
+    assert pool.open_connections() == 0
+    assert (await pool.request("POST", "/length", {}, b"", 2.0))[0] == 200
+    assert server.accepted == 2
 
 
-async def test_no_answer_times_out_and_that_connection_is_not_reused(server: Server) -> None:
-    pool = pool_for(server.port)
-    try:
-        with pytest.raises(TimeoutError):
-            await pool.request("POST", "/hang", {}, b"", 0.2)
-        await settle()
-        assert pool.open_connections() == 0 and pool.idle_connections() == 0
-        assert (await pool.request("POST", "/length", {}, b"", 2.0))[0] == 200
-        assert server.accepted == 2
-    finally:
-        pool.close()
+async def test_no_answer_times_out_and_that_connection_is_not_reused(server: Server, pool: HttpPool) -> None:
+    with pytest.raises(TimeoutError):
+        await pool.request("POST", "/hang", {}, b"", 0.2)
+    await settle()
+    assert pool.open_connections() == 0 and pool.idle_connections() == 0
+    assert (await pool.request("POST", "/length", {}, b"", 2.0))[0] == 200
+    assert server.accepted == 2
 
 
 @pytest.mark.parametrize("path", ["/cut", "/garbage"])
-async def test_cut_or_garbled_answer_is_a_connection_error(server: Server, path: str) -> None:
-    pool = pool_for(server.port)
-    try:
-        with pytest.raises(HttpConnectionError):
-            await pool.request("POST", path, {}, b"", 2.0)
-        await settle()
-        assert pool.open_connections() == 0
-    finally:
-        pool.close()
+async def test_cut_or_garbled_answer_is_a_connection_error(server: Server, pool: HttpPool, path: str) -> None:
+    with pytest.raises(HttpConnectionError):
+        await pool.request("POST", path, {}, b"", 2.0)
+    await settle()
+    assert pool.open_connections() == 0
 
 
 async def test_refused_connection_is_a_connection_error() -> None:
