@@ -179,7 +179,7 @@ def test_span_records_reach_an_otlp_grpc_collector() -> None:
         item.op = Operation(OpKind.ENCRYPT, "alias/zek", ())
         tracing.filter.admit(call, item)
         item.op.node, item.op.attempts = "node-a", 1
-        tracing.filter.done(call, item)
+        tracing.filter.done(call, [item])
         deadline = time.monotonic() + 10
         while not received and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -212,7 +212,7 @@ def test_a_refusal_is_counted_by_the_reason_stated_where_it_was_raised() -> None
                 Throttled("node r: quota in use"), RateLimited("caller x is over its rate", 5), TooManyConnections(4),
                 Overloaded("a queue note", "node_queue_wait")]
     for exc in refusals:
-        chain.done(call, Item("encrypt_data"), exc.status, exc.message, reason=exc.reason)
+        chain.done(call, [Item("encrypt_data").end(exc.status, exc.message, reason=exc.reason)])
     counted = {s.labels["reason"]: s.value for f in metrics.shed.collect() for s in f.samples
                if s.name == "hsmlb_shed_total"}
     assert counted == {"all_nodes_saturated": 1, "other": 1, "backend_quota": 1, "rate_limit": 1,

@@ -7,8 +7,11 @@ servicers. Each is a `Filter` in its own module, and the servicers call the chai
                             batch can pay once (the caller's identity, its policy) is paid here.
     admit(call, item)       once per operation, after decoding and before routing. Raise an
                             HsmlbError to refuse this one operation (its neighbours go on).
-    done(call, item)        once per operation, whatever happened to it: decoded or not, refused,
-                            failed, answered, timed out, cancelled. `item.code` is its gRPC status.
+    done(call, items)       once per operation, whatever happened to it: decoded or not, refused,
+                            failed, answered, timed out, cancelled; `item.code` is its gRPC status.
+                            Batch-aware: a stream tells the operations answered since its last
+                            response message in one call (a unary call tells its one), so a
+                            filter pays its call, its lookups and its hand-off once per batch.
     admin(call, action)     once per Admin action (drills, fault injection, route changes).
 
 Order is stated where the chain is built (server.py): admit runs first to last (auth before audit
@@ -16,13 +19,15 @@ before telemetry), done runs last to first, like a Finagle filter stack or tower
 must not raise from `done`; the chain logs and swallows such a bug rather than lose an answer.
 
 Cost: with no filters configured the servicers skip the chain entirely (`if chain:`), so the hot
-path pays one truth test per operation.
+path pays one truth test per operation. With filters, an operation pays one Item (~0.3 us), the admit
+calls, and its share of one done call per response message.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +37,7 @@ from hsmlb.ops import KeyInfo, Operation
 
 log = logging.getLogger("hsmlb.filters")
 ANONYMOUS = "anonymous"
+OK = grpc.StatusCode.OK
 
 
 @dataclass(slots=True)
@@ -57,24 +63,39 @@ class Call:
         return cls(method, context.peer() or "", context, traceparent=traceparent)
 
 
-@dataclass(slots=True)
 class Item:
     """One operation through the seam: what it was, and (at `done`) how it ended.
 
     Never holds request data beyond the decoded Operation, which filters must treat as sensitive:
-    only `op.kind`, `op.key_alias`, `op.other_keys`, `op.node` and `op.attempts` may leave the process."""
+    only `op.kind`, `op.key_alias`, `op.other_keys`, `op.node` and `op.attempts` may leave the process.
+    A plain slotted class: one is made per operation, and a dataclass with a default factory costs
+    three times as much to make (0.95 against 0.3 us)."""
 
-    field: str  # the proto's operation name: "encrypt_data", "translate_pin_data", ...
-    request_id: int = 0  # the Stream/batch item's id; 0 for unary calls
-    op: Operation | None = None  # None when the request did not decode
-    traceparent: str = ""  # the item's own trace context (batched streams), else the call's
-    started: float = field(default_factory=time.monotonic)
-    ended: float = 0.0
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    message: str = ""  # the status message (already redacted) when code is not OK
-    reason: str = ""  # RESOURCE_EXHAUSTED: the refusal's fixed reason (errors.Overloaded.reason)
-    key: KeyInfo | None = None  # the key the response reports, on success
-    state: dict[str, Any] | None = None  # per-filter scratch for this item (a span), made on demand
+    __slots__ = ("code", "ended", "field", "key", "message", "op", "reason", "request_id", "started", "state",
+                 "traceparent")
+
+    def __init__(self, field: str, request_id: int = 0, op: Operation | None = None, traceparent: str = "",
+                 started: float = 0.0) -> None:
+        self.field = field  # the proto's operation name: "encrypt_data", "translate_pin_data", ...
+        self.request_id = request_id  # the Stream/batch item's id; 0 for unary calls
+        self.op = op  # None when the request did not decode
+        self.traceparent = traceparent  # the item's own trace context (batched streams), else the call's
+        self.started = started or time.monotonic()  # a batch's items share their message's arrival
+        self.ended = 0.0
+        self.code = OK
+        self.message = ""  # the status message (already redacted) when code is not OK
+        self.reason = ""  # RESOURCE_EXHAUSTED: the refusal's fixed reason (errors.Overloaded.reason)
+        self.key: KeyInfo | None = None  # the key the response reports, on success
+        self.state: dict[str, Any] | None = None  # per-filter scratch for this item (a span), made on demand
+
+    def end(self, code: grpc.StatusCode, message: str = "", key: KeyInfo | None = None, reason: str = "") -> Item:
+        """How it ended, stamped now; returns itself so a caller can end and tell in one expression."""
+        self.ended = time.monotonic()
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.key = key
+        return self
 
     @property
     def latency_s(self) -> float:
@@ -86,7 +107,7 @@ class Filter(Protocol):
 
     def open(self, call: Call) -> None: ...
     def admit(self, call: Call, item: Item) -> None: ...
-    def done(self, call: Call, item: Item) -> None: ...
+    def done(self, call: Call, items: Sequence[Item]) -> None: ...
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None: ...
 
 
@@ -99,7 +120,7 @@ class FilterBase:
     def admit(self, call: Call, item: Item) -> None:
         return None
 
-    def done(self, call: Call, item: Item) -> None:
+    def done(self, call: Call, items: Sequence[Item]) -> None:
         return None
 
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None:
@@ -133,16 +154,13 @@ class FilterChain:
         for admit in self._admit:
             admit(call, item)
 
-    def done(self, call: Call, item: Item, code: grpc.StatusCode, message: str = "",
-             key: KeyInfo | None = None, reason: str = "") -> None:
-        item.ended = time.monotonic()
-        item.code = code
-        item.message = message
-        item.reason = reason
-        item.key = key
+    def done(self, call: Call, items: Sequence[Item]) -> None:
+        """Tell every filter, last to first, of operations that have ended (`Item.end`).
+
+        A filter that raises loses its own view of the rest of this batch, never the caller's answer."""
         for done in self._done:
             try:
-                done(call, item)
+                done(call, items)
             except Exception:  # a filter bug must not lose the caller's answer
                 log.exception("filter %s failed in done()", type(done.__self__).__name__)  # type: ignore[attr-defined]
 

@@ -1,7 +1,7 @@
 """The Operations service: one unary RPC per operation; Stream, StreamBatch and Batch for throughput.
 
 Every path goes through the per-operation seam (api/filters.py) when filters are configured:
-open once per RPC, admit and done once per operation.
+open once per RPC, admit once per operation, done once per unary call or response message.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ class OperationsServicer(pb_grpc.OperationsServicer):
             log.exception("unary op %s failed unexpectedly", field)
             code, message = grpc.StatusCode.INTERNAL, "internal error"
         finally:
-            chain.done(call, item, code, message, key if code == grpc.StatusCode.OK else None,
-                       failed.reason if failed is not None else "")
+            chain.done(call, (item.end(code, message, key if code == grpc.StatusCode.OK else None,
+                                       failed.reason if failed is not None else ""),))
         if failed is not None:
             await abort(context, failed, field)
         await refuse(context, code, message)
@@ -197,6 +197,7 @@ class OperationsServicer(pb_grpc.OperationsServicer):
                     else:
                         yield out.popleft()
                         work.unanswered -= 1
+                        work.tell()
                 if not work.reading and work.unanswered <= 0:
                     finished = True
                     break

@@ -57,6 +57,7 @@ class StreamCall:
         self.reading = True
         self.closed = False
         self.in_flight: dict[int, Item | None] = {}  # request_id -> its filter item, until answered
+        self._ended: list[Item] = []  # answered, not yet told to the filters (once per response message)
         self._wake: asyncio.Future[None] | None = None  # the writer waits on it for responses
         self._room: asyncio.Future[None] | None = None  # the reader waits on it at the in-flight cap
         self._timed: dict[int, int] = {}  # seq -> request_id of operations with a timeout_ms, unanswered
@@ -84,21 +85,22 @@ class StreamCall:
             self._wakeup()
 
     def dispatch_batch(self, items: Iterable[pb.StreamRequest]) -> None:
+        arrived = time.monotonic()
         for index, request in enumerate(items):
             self.unanswered += 1
             if index < MAX_BATCH_ITEMS:
-                self.dispatch(request)
+                self.dispatch(request, arrived)
             else:
                 self._refuse(request, Overloaded(_OVER_ITEMS, "batch_items"))
 
-    def dispatch(self, request: pb.StreamRequest) -> None:
+    def dispatch(self, request: pb.StreamRequest, arrived: float = 0.0) -> None:
         request_id = request.request_id
         if request_id in self.in_flight:
             self._refuse(request, InvalidArgument("request_id: already in flight on this stream"))
             return
         field = request.WhichOneof("operation")
         chain = self.chain
-        item = Item(field or "", request_id, traceparent=request.traceparent or self.call.traceparent) \
+        item = Item(field or "", request_id, None, request.traceparent or self.call.traceparent, arrived) \
             if chain is not None and self.call is not None else None
         self.in_flight[request_id] = item
         if field is None:
@@ -172,8 +174,10 @@ class StreamCall:
             self._fail(request_id, None)
             return
         item = self.in_flight.pop(request_id, None)
-        if item is not None:
-            self.chain.done(self.call, item, OK, key=key)  # type: ignore[union-attr,arg-type]
+        if item is not None:  # Item.end's success case, inlined (code and reason are already OK and "")
+            item.ended = time.monotonic()
+            item.key = key
+            self._ended.append(item)
         self._answer(response)
 
     def _fail(self, request_id: int, exc: HsmlbError | None, field: str = "") -> None:
@@ -181,17 +185,23 @@ class StreamCall:
         code, message = (exc.status, exc.message) if exc is not None else (grpc.StatusCode.INTERNAL, "internal error")
         item = self.in_flight.pop(request_id, None)
         if item is not None:
-            self.chain.done(self.call, item, code, message,  # type: ignore[union-attr,arg-type]
-                            reason=exc.reason if exc is not None else "")
+            self._ended.append(item.end(code, message, reason=exc.reason if exc is not None else ""))
         self._answer(_status(request_id, code, message) if exc is None
                      else item_status(request_id, code, *caller_error(exc, field)))
 
     def _refuse(self, request: pb.StreamRequest, exc: HsmlbError) -> None:
         """Answer an operation that never got in flight (a duplicate id, over the batch limit)."""
         if self.chain is not None and self.call is not None:
-            self.chain.done(self.call, Item(request.WhichOneof("operation") or "", request.request_id),
-                            exc.status, exc.message, reason=exc.reason)
+            self._ended.append(Item(request.WhichOneof("operation") or "", request.request_id)
+                               .end(exc.status, exc.message, reason=exc.reason))
         self._answer(item_status(request.request_id, exc.status, *caller_error(exc)))
+
+    def tell(self) -> None:
+        """The filters hear of the operations answered since the last response message, in one call."""
+        ended = self._ended
+        if ended:
+            self._ended = []
+            self.chain.done(self.call, ended)  # type: ignore[union-attr,arg-type]
 
     def _answer(self, response: pb.StreamResponse) -> None:
         if self.closed:
@@ -201,7 +211,9 @@ class StreamCall:
 
     # -- the writer's side ----------------------------------------------------------------------
     async def wait(self) -> None:
-        """The writer's wait for responses; first lets the reader go on if it waits for room."""
+        """The writer's wait for responses; first tells the filters what was written and lets the
+        reader go on if it waits for room."""
+        self.tell()
         room = self._room
         if room is not None and self.unanswered < MAX_STREAM_IN_FLIGHT:
             self._room = None
@@ -211,7 +223,8 @@ class StreamCall:
         await self._wake
 
     def take(self, limit: int) -> list[pb.StreamResponse]:
-        """Up to `limit` queued responses, counted as answered."""
+        """Up to `limit` queued responses, counted as answered (and told to the filters)."""
+        self.tell()
         out = self.out
         if len(out) <= limit:
             taken = list(out)
@@ -241,9 +254,9 @@ class StreamCall:
             for future in self._pending:
                 future.cancel()
         if self.chain is not None and self.call is not None:
-            for item in self.in_flight.values():
-                if item is not None:
-                    self.chain.done(self.call, item, grpc.StatusCode.CANCELLED, "the call ended before the answer")
+            self._ended.extend(item.end(grpc.StatusCode.CANCELLED, "the call ended before the answer")
+                               for item in self.in_flight.values() if item is not None)
+            self.tell()
         self.in_flight.clear()
 
     def _wakeup(self) -> None:
