@@ -19,7 +19,7 @@ them at the lowest CPU priority; --regions-cpu 1 gives them CPU 1 and the rest C
 gets to regions on machines of their own (the primary then has one core, in both daemons alike).
 
     python bench/bench_shadow.py [--runs 3] [--slots 8] [--slot 0.5] [--rate 1000] [--items 16] [--window 512]
-                                 [--regions-nice 19] [--regions-cpu 1] [--budget-max-per-s 250]
+                                 [--regions-nice 19] [--regions-cpu 1] [--budget-max-per-s 250] [--in-loop]
 
 Defaults take about 2-3 minutes. Everything listens on or talks to 127.0.0.1 only and is torn down at the
 end, on error and on Ctrl-C.
@@ -78,9 +78,13 @@ class ShadowBench(Bench):
         base = yaml.safe_load(self.config_path.read_text())
         base["nodes"] += [region_node_config(e, self.state_dir.resolve()) for e in self.emulators]
         for name, shadow in (("off", False), ("on", True)):
-            config = {**base, "routes": dev_routes(shadow)}
+            config = {**base, "routes": dev_routes(shadow), "shadow": {}}
             if self.args.budget_max_per_s is not None:  # the operators' lever: coverage traded for the primary's p99
-                config["shadow"] = {"budget_max_per_s": self.args.budget_max_per_s}
+                config["shadow"]["budget_max_per_s"] = self.args.budget_max_per_s
+            if self.args.in_loop:  # shadow calls on the primary's event loop, as before the executor
+                config["shadow"]["executor"] = False
+            elif regions_cpu is not None and not self.args.executor_with_primary:
+                config["shadow"]["executor_cpus"] = [regions_cpu]  # the executor beside the regions, off the primary's
             path = self.state_dir / f"hsmlb-shadow-{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             self.daemons[name] = self.start_daemon(path, f"daemon-{name}.log")
@@ -147,8 +151,9 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]], ops: 
           "AES-128 ECB EncryptData, "
           f"StreamBatch {args.items} items/message, {args.streams} stream(s); saturation: {args.window} outstanding "
           f"(closed loop); paced: {args.rate:,.0f} ops/s offered (open loop); {os.cpu_count()} CPUs")
-    print("each cell: median [min-max] over the runs; off = no shadow, on = shadow_percent 100 to the regions; "
-          "shadowed = share of the primary's ops that got a shadow call")
+    where = "on the daemon's event loop" if args.in_loop else "in the shadow executor process"
+    print(f"each cell: median [min-max] over the runs; off = no shadow, on = shadow_percent 100 to the regions, "
+          f"the calls made {where}; shadowed = share of the primary's ops that got a shadow call")
 
     def cell(key: str, fmt: str) -> str:
         s = summary.get(key)
@@ -184,6 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the daemon's, 2,000/s)")
     parser.add_argument("--regions-cpu", type=int, help="pin the emulated regions to this CPU and everything else "
                         "(daemons, token workers, load clients) to the others: the regions as remote machines")
+    parser.add_argument("--in-loop", action="store_true", help="the `on` daemon makes its shadow calls on its own "
+                        "event loop (shadow.executor: false) instead of in the executor process")
+    parser.add_argument("--executor-with-primary", action="store_true", help="with --regions-cpu: leave the executor "
+                        "on the primary's CPUs (default: shadow.executor_cpus is the regions' CPU)")
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per phase, not measured")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="paced phase: ops/s offered, below saturation")

@@ -81,7 +81,7 @@ class Daemon:
         await _bounded("the gRPC server", asyncio.gather(*(s.stop(grace) for s in servers)), grace + 1.0)
         await _bounded("health checks", self.checker.close(), STOP_STEP_S)
         if self.router.shadow is not None:
-            self.router.shadow.close()
+            await _bounded("the shadow", self.router.shadow.close(), STOP_STEP_S)
         if self.telemetry is not None:
             await _bounded("telemetry", self.telemetry.stop(), STOP_STEP_S)
         await _close_nodes([n.backend for n in self.nodes])
@@ -235,6 +235,9 @@ async def start_daemon(config: Config) -> Daemon:
     for member in router.cluster.members:
         checker.watch(member.health, member.pool.backend.probe, on_change)
     on_change()
+    if router.shadow is not None:
+        routes = router.routes.routes() if router.routes is not None else []
+        await router.shadow.start(any(r.shadow_percent or r.noise_percent for r in routes))
     telemetry.url = await telemetry.start()
     up = sum(b.state == "up" for b in backends)
     log.info("serving on port %d with %d/%d nodes up (balancer %s)", port, up, len(backends), config.router.balancer)

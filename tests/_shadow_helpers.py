@@ -35,7 +35,7 @@ def shadow_config(cluster: PaymentCluster, name: str, shadow: bool = True, route
         routes = dev_routes(shadow)
         routes[0].update(route or {})
         data["routes"] = routes
-        data["shadow"] = {"gate_min_samples": 20, "budget_adaptive": False, **settings}
+        data["shadow"] = {"gate_min_samples": 20, "budget_adaptive": False, "executor_nice": 0, **settings}
         if router:
             data["router"] = router
     path = cluster.state_dir / f"hsmlb-{name}.yaml"

@@ -70,6 +70,16 @@ class TokenBucket:
         self.delayed += 1
         return wait
 
+    def take_now(self) -> bool:
+        """Take one token if one is banked now, else nothing (and nothing counted): a shadow call's share
+        of the region's quota, taken where the call is decided (shadow/executor.py performs it)."""
+        self._refill(self.clock())
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.granted += 1
+            return True
+        return False
+
     def set_rate(self, rate: float) -> None:
         """An adaptive limiter's new rate (the shadow budget's): tokens earned so far at the old rate are kept,
         within the new capacity."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from hsmlb.config import Config
+from hsmlb.config import ApcRegionConfig, Config
 from hsmlb.router.control import RouteControl
 from hsmlb.router.router import Router
 from hsmlb.shadow.budget import ShadowBudget
+from hsmlb.shadow.executor import ShadowExecutor
 from hsmlb.shadow.shadower import Shadower
 
 
@@ -17,10 +18,16 @@ def attach_routes(router: Router, config: Config) -> RouteControl:
                           lag_high_s=sc.budget_lag_ms / 1000)
     shadower = Shadower(router.cluster, router.balancer, router.clock, max_in_flight=sc.max_in_flight,
                         timeout_s=sc.timeout_s, ring_size=sc.discrepancy_records, window_s=sc.gate_window_s,
-                        budget=budget)
+                        budget=budget, executor=_executor(config))
     control = RouteControl(list(config.routes), pools, sc, router.clock, shadower.stats)
     router.routes = control.table
     router.shadow = shadower
     router.watch = control.watch
     router.control = control
     return control
+
+
+def _executor(config: Config) -> ShadowExecutor | None:
+    regions = [node for node in config.nodes if isinstance(node, ApcRegionConfig)]
+    sc = config.shadow
+    return ShadowExecutor(regions, sc.executor_nice, sc.executor_cpus) if sc.executor and regions else None

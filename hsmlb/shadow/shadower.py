@@ -22,13 +22,14 @@ from functools import partial
 from typing import Any
 
 from hsmlb.clock import Clock
-from hsmlb.errors import HsmlbError, Overloaded, Throttled
+from hsmlb.errors import HsmlbError, Overloaded, Throttled, Unavailable
 from hsmlb.ops import Operation
 from hsmlb.router.balancer import Balancer
 from hsmlb.router.cluster import Cluster, Member
 from hsmlb.router.routes import Route
 from hsmlb.shadow.budget import LoopLagProbe, ShadowBudget
 from hsmlb.shadow.compare import DISCREPANCY, KEY_DRIFT, compare
+from hsmlb.shadow.executor import ShadowExecutor
 from hsmlb.shadow.stats import Discrepancy, ShadowStats, wall_time
 
 log = logging.getLogger("hsmlb.shadow")
@@ -54,7 +55,8 @@ def _name(member: Member) -> str:
 class Shadower:
     def __init__(self, cluster: Cluster, balancer: Balancer, clock: Clock, *, max_in_flight: int = 256,
                  timeout_s: float = 2.0, ring_size: int = 100, window_s: float = 600.0,
-                 rng: random.Random | None = None, budget: ShadowBudget | None = None) -> None:
+                 rng: random.Random | None = None, budget: ShadowBudget | None = None,
+                 executor: ShadowExecutor | None = None) -> None:
         self.cluster = cluster
         self.balancer = balancer
         self.clock = clock
@@ -65,6 +67,8 @@ class Shadower:
         self._rng = rng or random.Random()
         self._pools: dict[str, list[Member]] = {}
         self.budget = budget or ShadowBudget(clock)
+        self.executor = executor  # performs shadow calls to regions in a child process (executor.py)
+        self._background: asyncio.Future[None] | None = None  # the executor's start, when shadowing began at run time
         self.probe = LoopLagProbe(self.budget.observe, self._backlog)
         self._targets: set[str] = set()  # pools shadowed to: their queues are the shadow's, not the primary's
         self._waiting: deque[tuple[Any, ...]] = deque()  # decided, not started yet: see STARTS_PER_TURN
@@ -97,10 +101,18 @@ class Shadower:
                 capacity += member.pool.capacity
         return 2 * outstanding >= capacity > 0
 
-    def close(self) -> None:
+    async def start(self, shadowing: bool) -> None:
+        """`shadowing`: some route shadows now. The executor starts with the daemon then; else on the first
+        shadow call to a region, which is skipped (unavailable), as every call is while it starts."""
+        if self.executor is not None and shadowing:
+            await self.executor.start()
+
+    async def close(self) -> None:
         """The daemon stops: no probe timer left armed; shadow calls not started yet are dropped."""
         self.probe.close()
         self._waiting.clear()
+        if self.executor is not None:
+            await self.executor.close()
 
     def primary_failed(self, op: Operation) -> None:
         self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
@@ -131,6 +143,10 @@ class Shadower:
             return
         self.in_flight += 1
         budget.take(pool)
+        executor = self.executor
+        if executor is not None and executor.serves(target.name):  # a frame per turn, whatever the count: at once
+            self._start(op, side, pool, served_by, target, result, now - started, op.trace)
+            return
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._start_some)
         self._waiting.append((op, side, pool, served_by, target, result, now - started, op.trace))
@@ -160,16 +176,25 @@ class Shadower:
         now = self.clock()
         shadow_op = Operation(op.kind, op.key_alias, op.args, deadline=now + self.timeout_s, cost=op.cost,
                               capability=op.capability, other_keys=op.other_keys, node=target.name, attempts=1)
+        executor = self.executor
+        remote = executor is not None and executor.serves(target.name)
         try:
-            future = target.pool.perform(shadow_op)
-        except HsmlbError:
+            if remote:
+                assert executor is not None
+                if not executor.started:
+                    self._background = asyncio.ensure_future(executor.start())
+                future = executor.perform(target.name, shadow_op)
+            else:
+                future = target.pool.perform(shadow_op)
+        except HsmlbError as exc:
             self.in_flight -= 1
             self.budget.release(pool)
-            self.stats.skip(op.kind.value, side, "shed")
+            self.stats.skip(op.kind.value, side, "unavailable" if isinstance(exc, Unavailable) else "shed")
             return
         if trace is not None:  # the primary is traced (sampled): the shadow call gets a span of its own
             trace.shadow(side, target, future)
-        future.add_done_callback(partial(self._done, op, side, pool, served_by, target, result, primary_s, now))
+        future.add_done_callback(partial(self._done, op, side, pool, served_by, target, result, primary_s, now,
+                                         remote))
 
     def _target(self, op: Operation, members: list[Member], served_by: Member, now: float) -> tuple[Member | None, str]:
         """The node to shadow to, or None and why not."""
@@ -199,12 +224,17 @@ class Shadower:
         quotas = getattr(target.pool.backend, "quotas", None)  # a region's client-side quota buckets
         if quotas is not None:
             key = self.cluster.key(op.key_alias)
-            if quotas.bucket(key.key_type if key else "AES").available() < 1:
+            bucket = quotas.bucket(key.key_type if key else "AES")
+            if self.executor is not None and self.executor.serves(target.name):
+                if not bucket.take_now():  # one count of the region's quota, the primary's calls and the executor's
+                    return None, "quota"
+            elif bucket.available() < 1:
                 return None, "quota"  # at once: waiting for a token would hold a shadow slot for nothing
         return target, ""
 
     def _done(self, op: Operation, side: str, pool: str, served_by: Member, target: Member, primary_result: Any,
-              primary_s: float, sent: float, future: asyncio.Future[Any]) -> None:
+              primary_s: float, sent: float, remote: bool, future: asyncio.Future[Any]) -> None:
+        """`remote`: performed by the executor, whose answer is (result, the call's own seconds there)."""
         self.in_flight -= 1
         self.budget.release(pool)
         now = self.clock()
@@ -222,12 +252,13 @@ class Shadower:
                 status = exc.status.name if isinstance(exc, HsmlbError) else "INTERNAL"
                 self.stats.candidate_error(name, side, status, now - sent)
             return
+        candidate, candidate_s = future.result() if remote else (future.result(), now - sent)
         try:
-            outcome, field, p_len, c_len = compare(op, primary_result, future.result())
+            outcome, field, p_len, c_len = compare(op, primary_result, candidate)
         except Exception:  # a comparator bug must never reach the request path; the type only (no data)
             log.exception("shadow comparison of %s failed", name)
             return
-        self.stats.outcome(name, side, outcome, now, primary_s, now - sent)
+        self.stats.outcome(name, side, outcome, now, primary_s, candidate_s)
         if outcome == DISCREPANCY:
             self._note(op, side, served_by, target, outcome, field, p_len, c_len)
 
