@@ -197,7 +197,8 @@ class StreamCall:
         self._answer(item_status(request.request_id, exc.status, *caller_error(exc)))
 
     def tell(self) -> None:
-        """The filters hear of the operations answered since the last response message, in one call."""
+        """The filters hear of the operations answered since they last heard, in one call: before a
+        StreamBatch or Batch message is written, after a Stream message, before the writer waits."""
         ended = self._ended
         if ended:
             self._ended = []
@@ -211,7 +212,7 @@ class StreamCall:
 
     # -- the writer's side ----------------------------------------------------------------------
     async def wait(self) -> None:
-        """The writer's wait for responses; first tells the filters what was written and lets the
+        """The writer's wait for responses; first tells the filters of what was answered and lets the
         reader go on if it waits for room."""
         self.tell()
         room = self._room

@@ -48,18 +48,21 @@ class AuditFilter(FilterBase):
         # The hot path's whole share of auditing: one tuple of plain values per operation, and one
         # hand-off of the batch onto the writer's deque. `code._name_` and `is` rather than `code.name`
         # and hashing: an Enum's property and __hash__ are Python-level calls, a measurable part of it.
-        now = time.time()
+        wall = time.time() - time.monotonic()  # + item.ended: when each one ended, not when the batch was told
         identity, peer, method = call.identity, call.peer, call.method
         entries = []
-        for item in items:
-            op, key, code = item.op, item.key, item.code
-            entries.append(("op", now, identity, peer, method, item.field,
-                            op.key_alias if op is not None else "", op.other_keys if op is not None else (),
-                            key.label if key is not None else "", key.kcv if key is not None else "",
-                            op.node if op is not None else "", op.attempts if op is not None else 0, code._name_,
-                            item.message if code is not _OK and code in _WITH_DETAIL else "",
-                            (item.ended or time.monotonic()) - item.started, item.request_id, item.traceparent))
-        self._submit_many(entries)
+        try:
+            for item in items:
+                op, key, code = item.op, item.key, item.code
+                ended = item.ended or time.monotonic()
+                entries.append(("op", wall + ended, identity, peer, method, item.field,
+                                op.key_alias if op is not None else "", op.other_keys if op is not None else (),
+                                key.label if key is not None else "", key.kcv if key is not None else "",
+                                op.node if op is not None else "", op.attempts if op is not None else 0,
+                                code._name_, item.message if code is not _OK and code in _WITH_DETAIL else "",
+                                ended - item.started, item.request_id, item.traceparent))
+        finally:  # a bug on one item must not lose the records built before it
+            self._submit_many(entries)
 
     def admin(self, call: Call, action: str, target: str, code: grpc.StatusCode, detail: str) -> None:
         self._submit(("admin", time.time(), call.identity, call.peer, call.method, action, target, code.name,

@@ -68,7 +68,7 @@ class ShadowConfig(_Frozen):
     budget_lag_ms: float = Field(4.0, gt=0, description="event-loop lag that cuts the shadow rate")
     executor: bool = Field(True, description="shadow calls to APC regions run in a child process of their own "
                            "(shadow/executor.py), not on the primary's event loop")
-    executor_nice: int = Field(10, ge=0, le=19, description="the executor process's niceness")
+    executor_nice: int = Field(10, ge=0, le=19, description="added to the daemon's niceness for the executor process")
     executor_cpus: list[int] | None = Field(None, description="CPUs the executor process may run on "
                                            "(sched_setaffinity): cores the primary's loop and token workers do not "
                                            "use; default: any")

@@ -8,8 +8,9 @@ host the primary's processes win the CPU and the shadow calls wait, which is wha
 
 Not a pool member: the child's regions are copies the router never routes to. Their health, breakers
 and key inventory stay with the daemon's own region nodes, which decide where a call goes; the child
-only performs it. While the child is down (starting, crashed and respawning) a call fails at once
-(Unavailable) and the shadower counts it skipped, never queued.
+only performs it. While the child is down (starting, crashed and respawning) a call is skipped
+(`unavailable`), never queued; calls the child loses (it died, hung, or the daemon stops) fail with
+ExecutorUnavailable and are counted skipped too: they say nothing about the candidate.
 """
 
 from __future__ import annotations
@@ -21,24 +22,33 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsmlb import errors
 from hsmlb.backends import wire
-from hsmlb.config import ApcRegionConfig
 from hsmlb.dev.procs import die_with_parent_env
-from hsmlb.errors import DeadlineExceeded, HsmlbError, NodeFault, Unavailable
+from hsmlb.errors import HsmlbError, NodeFault, Unavailable
 from hsmlb.ops import Operation
+
+if TYPE_CHECKING:
+    from hsmlb.config import ApcRegionConfig
 
 log = logging.getLogger("hsmlb.shadow")
 READY_TIMEOUT_S = 30.0
 SWEEP_S = 0.5  # how often calls the child never answered are failed (a hung child), while any wait
 LATE_S = 1.0  # past its deadline, a call is failed by the daemon if the child has not answered it
-NICE = 10  # the child's niceness: the primary's processes first
+NICE = 10  # added to the daemon's niceness for the child: the primary's processes first
+HUNG_SWEEPS = 3  # sweeps in a row that fail calls with no answer between them: the child is killed (respawned)
+MAX_BUFFERED = 4 * 1024 * 1024  # bytes written to the child and not taken yet: beyond it, calls are skipped
+CLOSE_S = 3.0  # the child's own exit at close, before it is killed (within the daemon's 5 s stop step)
+
+
+class ExecutorUnavailable(Unavailable):
+    """The executor, not the candidate, failed the call: counted skipped (`unavailable`)."""
 
 
 def _error(name: str, message: str) -> HsmlbError:
-    cls = getattr(errors, name, None)
+    cls = ExecutorUnavailable if name == ExecutorUnavailable.__name__ else getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, HsmlbError)):
         cls = NodeFault
     try:
@@ -85,16 +95,21 @@ class ShadowExecutor:
         self._next_id = 1
         self._sweep: asyncio.TimerHandle | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._closing = False
+        self._late_sweeps = 0
 
     def serves(self, node: str) -> bool:
         return node in self.nodes
 
     def perform(self, node: str, op: Operation) -> asyncio.Future[Any]:
-        """Raises Unavailable while the child is not up (the shadower skips the call)."""
+        """Raises ExecutorUnavailable while the child is not up or not reading (the shadower skips the call)."""
         loop = self._loop
-        if not self.up or loop is None:
-            raise Unavailable("the shadow executor is not running")
+        transport = self._link.transport if self._link is not None else None
+        if not self.up or loop is None or transport is None:
+            raise ExecutorUnavailable("the shadow executor is not running")
+        if transport.get_write_buffer_size() > MAX_BUFFERED:
+            raise ExecutorUnavailable("the shadow executor is not keeping up")
         future = loop.create_future()
         request_id = self._next_id
         self._next_id = request_id + 1
@@ -118,6 +133,7 @@ class ShadowExecutor:
                 self._ready.set_result(frame)
             return
         pending = self._pending
+        self._late_sweeps = 0
         for request_id, code, payload in frame:
             entry = pending.pop(request_id, None)
             if entry is None or entry[0].done():
@@ -135,7 +151,15 @@ class ShadowExecutor:
         for request_id in late:
             future, _ = self._pending.pop(request_id)
             if not future.done():
-                future.set_exception(DeadlineExceeded("the shadow executor did not answer in time"))
+                future.set_exception(ExecutorUnavailable("the shadow executor did not answer in time"))
+        if late:
+            self._late_sweeps += 1
+            if self._late_sweeps >= HUNG_SWEEPS and self._proc is not None and self._proc.returncode is None:
+                log.error("shadow executor answered nothing for %d sweeps: killed as hung (pid %s)",
+                          self._late_sweeps, self._proc.pid)
+                self._late_sweeps = 0
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()  # the supervisor sees it exit and respawns it
         if self._pending and self._loop is not None and not self._closing:
             self._sweep = self._loop.call_later(SWEEP_S, self._fail_late)
 
@@ -143,7 +167,7 @@ class ShadowExecutor:
         self.up = False
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(NodeFault("the shadow executor exited during start"))
-        self._fail_pending(NodeFault("the shadow executor's connection was lost"))
+        self._fail_pending(ExecutorUnavailable("the shadow executor's connection was lost"))
 
     def _fail_pending(self, exc: HsmlbError) -> None:
         pending, self._pending = self._pending, {}
@@ -153,11 +177,19 @@ class ShadowExecutor:
                 future.set_exception(exc)
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def start_soon(self) -> None:
+        """Start in the background (shadowing began at run time); the calls until it is up are skipped."""
+        if not self.started:
+            self.started = True
+            self._starting = asyncio.ensure_future(self._start())
+
     async def start(self) -> None:
         """Spawn the child; if that fails, the supervisor keeps trying (shadow calls are skipped meanwhile)."""
-        if self.started:
-            return
-        self.started = True
+        if not self.started:
+            self.started = True
+            await self._start()
+
+    async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
             await self._spawn()
@@ -165,7 +197,8 @@ class ShadowExecutor:
             log.warning("shadow executor did not start (%s); shadow calls to regions are skipped until it does",
                         exc.message if isinstance(exc, HsmlbError) else type(exc).__name__)
         finally:
-            self._supervisor = asyncio.ensure_future(self._supervise())
+            if not self._closing:
+                self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def _spawn(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -180,11 +213,15 @@ class ShadowExecutor:
         finally:
             child.close()
         self._ready = loop.create_future()
+        self._link = None  # a failed connect must not close the previous (dead) child's link below
         try:
             _, self._link = await loop.create_connection(lambda: _Link(self), sock=parent)
             assert self._link.transport is not None
             self._link.transport.write(wire.encode({"regions": self.regions, "nice": self.nice, "cpus": self.cpus}))
-            hello = await asyncio.wait_for(self._ready, READY_TIMEOUT_S)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                hello = await self._ready
+            if "failed" in hello or self._closing:
+                raise NodeFault(f"the shadow executor could not start: {hello.get('failed', 'closing')}")
         except BaseException:
             if self._link is not None and self._link.transport is not None:
                 self._link.transport.close()
@@ -220,17 +257,24 @@ class ShadowExecutor:
     async def close(self) -> None:
         self._closing = True
         self.up = False
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        for task in (self._starting, self._supervisor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self._sweep is not None:
             self._sweep.cancel()
         if self._link is not None and self._link.transport is not None:
             self._link.transport.close()  # EOF: the child closes its regions and exits
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                async with asyncio.timeout(5.0):
-                    await self._proc.wait()
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
-        self._fail_pending(Unavailable("the daemon is stopping"))
+        proc = self._proc
+        try:
+            if proc is not None and proc.returncode is None:
+                async with asyncio.timeout(CLOSE_S):
+                    await proc.wait()
+        except TimeoutError:
+            pass
+        finally:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            self._fail_pending(ExecutorUnavailable("the daemon is stopping"))

@@ -11,7 +11,8 @@ Frames (backends/wire.py), on a private socketpair with the daemon:
   request  [(request_id, node, Operation), ...]
   reply    [(request_id, None, (result, seconds)) | (request_id, error class name, message), ...]
 Replies wait up to REPLY_LINGER_S to travel together: each frame wakes the daemon's loop, and the
-latency the daemon records is the call's own, measured here, so the linger does not count in it.
+latency the daemon records for an answer is the call's own, measured here, so the linger does not count
+in it (a failed call is timed by the daemon).
 It exits when the daemon closes the socket (or dies: die_with_parent).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -64,6 +66,14 @@ class _Executor(asyncio.Protocol):
             self.stopped.set_result(None)
 
     async def _start(self, init: dict[str, Any]) -> None:
+        try:
+            await self._open(init)
+        except Exception as exc:  # the daemon hears why at once instead of waiting out its timeout
+            self._reply({"failed": type(exc).__name__})
+            return
+        self._reply({"ready": [n for n, b in self.regions.items() if b.state == "up"], "pid": os.getpid()})
+
+    async def _open(self, init: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.nice(int(init.get("nice", 0)))
         if init.get("cpus"):  # before the regions start: threads they make inherit it
@@ -79,7 +89,6 @@ class _Executor(asyncio.Protocol):
         for start in starts:
             if start.done() and not start.cancelled():
                 start.exception()
-        self._reply({"ready": [n for n, b in self.regions.items() if b.state == "up"], "pid": os.getpid()})
 
     async def _perform(self, request_id: int, region: ApcRegionBackend | None, op: Operation) -> None:
         try:
@@ -95,7 +104,7 @@ class _Executor(asyncio.Protocol):
         except TimeoutError:
             reply = (request_id, "DeadlineExceeded", "the shadow call's deadline passed")
         except LookupError:
-            reply = (request_id, "NodeFault", "the shadow executor has no such region")
+            reply = (request_id, "ExecutorUnavailable", "the shadow executor has no such region")
         except Exception as exc:  # the type only: an exception's text may quote request data
             reply = (request_id, "NodeFault", f"shadow call failed: {type(exc).__name__}")
         self._reply(reply)
@@ -134,7 +143,12 @@ async def _serve(fd: int) -> None:
 
 
 def main() -> None:
-    die_with_parent()
+    # As a token worker (pkcs11_worker.main): the daemon owns this process's life. A SIGTERM or SIGINT to
+    # the whole process group must not kill it under the daemon's graceful stop (nor make it respawn);
+    # the daemon's death kills it, even a hung one.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
     try:
         import uvloop
 

@@ -3,9 +3,11 @@ response path, and the two results are compared (compare.py) and counted (stats.
 
 The router calls `after` where it reports a success, so the unary, Stream, StreamBatch and Batch paths
 are all shadowed, once each. `after` decides at once (skip or go) and the call starts a few per loop turn
-(STARTS_PER_TURN), as a future with a done-callback: the caller's answer never waits for it, and
-nothing about it can change that answer. It is never retried; it has its own deadline; it does not
-report to the candidate's health or breaker (observing must not move traffic). Bounded: at most
+(STARTS_PER_TURN), or at once when the shadow executor (executor.py) performs it, in a child process
+that takes a turn's calls in one frame; either way as a future with a done-callback: the caller's
+answer never waits for it, and nothing about it can change that answer. It is never retried; it has
+its own deadline; it does not report to the candidate's health or breaker (observing must not move
+traffic). Bounded: at most
 `max_in_flight` shadow calls at once (waiting to start included), and a candidate with no room, a
 candidate's quota exhausted or no eligible candidate node are skipped and counted by reason, never queued.
 Best-effort: the shadow budget (budget.py) lets through only the shadow calls the event loop has room
@@ -29,7 +31,7 @@ from hsmlb.router.cluster import Cluster, Member
 from hsmlb.router.routes import Route
 from hsmlb.shadow.budget import LoopLagProbe, ShadowBudget
 from hsmlb.shadow.compare import DISCREPANCY, KEY_DRIFT, compare
-from hsmlb.shadow.executor import ShadowExecutor
+from hsmlb.shadow.executor import ExecutorUnavailable, ShadowExecutor
 from hsmlb.shadow.stats import Discrepancy, ShadowStats, wall_time
 
 log = logging.getLogger("hsmlb.shadow")
@@ -68,7 +70,6 @@ class Shadower:
         self._pools: dict[str, list[Member]] = {}
         self.budget = budget or ShadowBudget(clock)
         self.executor = executor  # performs shadow calls to regions in a child process (executor.py)
-        self._background: asyncio.Future[None] | None = None  # the executor's start, when shadowing began at run time
         self.probe = LoopLagProbe(self.budget.observe, self._backlog)
         self._targets: set[str] = set()  # pools shadowed to: their queues are the shadow's, not the primary's
         self._waiting: deque[tuple[Any, ...]] = deque()  # decided, not started yet: see STARTS_PER_TURN
@@ -181,8 +182,6 @@ class Shadower:
         try:
             if remote:
                 assert executor is not None
-                if not executor.started:
-                    self._background = asyncio.ensure_future(executor.start())
                 future = executor.perform(target.name, shadow_op)
             else:
                 future = target.pool.perform(shadow_op)
@@ -225,7 +224,11 @@ class Shadower:
         if quotas is not None:
             key = self.cluster.key(op.key_alias)
             bucket = quotas.bucket(key.key_type if key else "AES")
-            if self.executor is not None and self.executor.serves(target.name):
+            executor = self.executor
+            if executor is not None and executor.serves(target.name):
+                if not executor.up:  # before its quota token is taken: a call not made must not spend one
+                    executor.start_soon()
+                    return None, "unavailable"
                 if not bucket.take_now():  # one count of the region's quota, the primary's calls and the executor's
                     return None, "quota"
             elif bucket.available() < 1:
@@ -244,7 +247,9 @@ class Shadower:
             return
         exc = future.exception()
         if exc is not None:
-            if isinstance(exc, Throttled):
+            if isinstance(exc, ExecutorUnavailable):  # the executor lost it: nothing learnt of the candidate
+                self.stats.skip(name, side, "unavailable")
+            elif isinstance(exc, Throttled):
                 self.stats.skip(name, side, "quota")
             elif isinstance(exc, Overloaded):
                 self.stats.skip(name, side, "shed")
