@@ -12,6 +12,7 @@ always ends within the grace plus a few seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -222,9 +223,21 @@ async def start_daemon(config: Config) -> Daemon:
     port = _bind(server, config.listen, config.tls)  # bound now, before any node starts; served from start()
     admin_port = _bind(admin_server, config.admin_listen.listen, config.admin_listen.tls or config.tls) \
         if admin_server is not None and config.admin_listen is not None else 0
+    shadow = router.shadow  # its executor process (regions' shadow calls) starts beside the nodes, not after
+    routes = router.routes.routes() if router.routes is not None else []
+    shadow_start = asyncio.ensure_future(shadow.start(any(r.shadow_percent or r.noise_percent for r in routes))) \
+        if shadow is not None else None
     try:
         await _start_nodes(backends, config.start_timeout_s)
+        if shadow_start is not None:
+            await shadow_start
     except BaseException:
+        if shadow_start is not None:
+            shadow_start.cancel()
+            with contextlib.suppress(BaseException):
+                await shadow_start
+        if shadow is not None:
+            await shadow.close()
         await _close_nodes(backends)
         raise
     await server.start()
@@ -235,9 +248,6 @@ async def start_daemon(config: Config) -> Daemon:
     for member in router.cluster.members:
         checker.watch(member.health, member.pool.backend.probe, on_change)
     on_change()
-    if router.shadow is not None:
-        routes = router.routes.routes() if router.routes is not None else []
-        await router.shadow.start(any(r.shadow_percent or r.noise_percent for r in routes))
     telemetry.url = await telemetry.start()
     up = sum(b.state == "up" for b in backends)
     log.info("serving on port %d with %d/%d nodes up (balancer %s)", port, up, len(backends), config.router.balancer)

@@ -147,13 +147,15 @@ class ApcRegionBackend(BackendState):
                 "credential_refreshes": self.credential_refreshes}
 
     def idle_connections(self) -> int:
-        """Idle keep-alive connections held now: the data plane's and the control plane's (aiohttp keeps
-        no public count; -1 if unknown)."""
+        """Idle keep-alive connections held now: the data plane's, and the control plane's where aiohttp's
+        private pool can be read (it keeps no public count); -1 only when neither is known."""
         connector = self._session.connector if self._session is not None else None
         conns = getattr(connector, "_conns", None)
-        if not isinstance(conns, dict):
+        control = sum(len(c) for c in conns.values()) if isinstance(conns, dict) else None
+        data = self._data.idle_connections() if self._data is not None else None
+        if control is None and data is None:
             return -1
-        return sum(len(c) for c in conns.values()) + (self._data.idle_connections() if self._data else 0)
+        return (control or 0) + (data or 0)
 
     # -- request path -----------------------------------------------------------------------
     async def _perform(self, op: Operation) -> Any:
