@@ -19,13 +19,12 @@ import contextlib
 import errno
 import logging
 import os
-import socket
-import sys
 import time
 from typing import Any
 
-from hsmlb.backends import wire
+from hsmlb.backends import child, wire
 from hsmlb.backends.base import BackendState
+from hsmlb.backends.child import FrameLink
 from hsmlb.config import ConfigError, Pkcs11NodeConfig
 from hsmlb.dev.procs import die_with_parent_env
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable, from_wire
@@ -85,27 +84,6 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class _WorkerLink(asyncio.Protocol):
-    """Socket protocol: frames in, futures resolved."""
-
-    def __init__(self, node: Pkcs11Backend) -> None:
-        self.node = node
-        self.decoder = wire.FrameDecoder()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.node._last_answer = time.monotonic()  # the worker is alive: see Pkcs11Backend._watch
-        for frame in self.decoder.feed(data):
-            self.node._on_frame(frame)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.node._link is self:  # a link replaced by a respawn has nothing left to fail
-            self.node._on_link_lost()
-
-
 class Pkcs11Backend(BackendState):
     kind = "pkcs11"
     pipeline_depth = PIPELINE_DEPTH
@@ -128,7 +106,7 @@ class Pkcs11Backend(BackendState):
         self._flush_scheduled = False
         self._last_wake = 0.0  # when the worker last went from idle to busy
         self._last_answer = 0.0  # when the worker last wrote anything
-        self._link: _WorkerLink | None = None
+        self._link: FrameLink | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -270,6 +248,13 @@ class Pkcs11Backend(BackendState):
                 future.set_exception(from_wire(code, payload))
         self._in_worker -= answered
 
+    def _answered(self) -> None:
+        self._last_answer = time.monotonic()  # the worker is alive: see _watch
+
+    def _on_lost(self, link: FrameLink) -> None:
+        if self._link is link:  # a link replaced by a respawn has nothing left to fail
+            self._on_link_lost()
+
     def _on_link_lost(self) -> None:
         if self._ready and not self._ready.done():
             self._ready.set_exception(NodeFault(f"node {self.name}: worker exited during start"))
@@ -295,22 +280,12 @@ class Pkcs11Backend(BackendState):
         except ConfigError as exc:
             self.down_reason = str(exc)
             raise NodeFault(f"node {self.name}: {exc}") from None
-        parent, child = socket.socketpair()
         env = {**os.environ, **self.config.env, **die_with_parent_env()}
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hsmlb.backends.pkcs11_worker", str(child.fileno()),
-                pass_fds=(child.fileno(),), env=env,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
         self._ready = loop.create_future()
-        self._link = None
+        self._link = None  # until the new one is connected: the old link's loss has nothing left to fail
+        self._proc, self._link = await child.spawn("hsmlb.backends.pkcs11_worker", env, lambda: FrameLink(
+            self._on_frame, self._on_lost, self._answered))
         try:
-            _, self._link = await loop.create_connection(lambda: _WorkerLink(self), sock=parent)
             init = {
                 "module": str(self.config.module),
                 "token_label": self.config.token_label,
@@ -329,13 +304,7 @@ class Pkcs11Backend(BackendState):
         except BaseException as exc:  # no worker may outlive a failed start
             if isinstance(exc, TimeoutError):
                 self.down_reason = "token worker did not open the token within 30s"
-            if self._link is not None and self._link.transport is not None:
-                self._link.transport.close()
-            else:
-                parent.close()
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+            await child.kill(self._proc, self._link)
             raise
         self._keys = self._index(hello["ready"])
         self._stopped = False

@@ -19,13 +19,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from hsmlb import errors
-from hsmlb.backends import wire
+from hsmlb.backends import child, wire
+from hsmlb.backends.child import FrameLink
 from hsmlb.dev.procs import die_with_parent_env
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable
 from hsmlb.ops import Operation
@@ -57,24 +56,6 @@ def _error(name: str, message: str) -> HsmlbError:
         return NodeFault(message)
 
 
-class _Link(asyncio.Protocol):
-    def __init__(self, executor: ShadowExecutor) -> None:
-        self.executor = executor
-        self.decoder = wire.FrameDecoder()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        for frame in self.decoder.feed(data):
-            self.executor._on_frame(frame)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.executor._link is self:
-            self.executor._on_lost()
-
-
 class ShadowExecutor:
     """perform(node, op) -> a future of (result, the call's own seconds in the child), for the regions given."""
 
@@ -87,7 +68,7 @@ class ShadowExecutor:
         self.started = False
         self.restarts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link: _Link | None = None
+        self._link: FrameLink | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._pending: dict[int, tuple[asyncio.Future[Any], float]] = {}  # id -> (future, fail-after)
@@ -163,7 +144,9 @@ class ShadowExecutor:
         if self._pending and self._loop is not None and not self._closing:
             self._sweep = self._loop.call_later(SWEEP_S, self._fail_late)
 
-    def _on_lost(self) -> None:
+    def _on_lost(self, link: FrameLink) -> None:
+        if self._link is not link:  # a link replaced by a respawn has nothing left to fail
+            return
         self.up = False
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(NodeFault("the shadow executor exited during start"))
@@ -202,20 +185,12 @@ class ShadowExecutor:
 
     async def _spawn(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        parent, child = socket.socketpair()
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hsmlb.shadow.executor_worker", str(child.fileno()),
-                pass_fds=(child.fileno(),), env={**os.environ, **die_with_parent_env()})
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
         self._ready = loop.create_future()
-        self._link = None  # a failed connect must not close the previous (dead) child's link below
+        self._link = None  # until the new one is connected: the old link's loss has nothing left to fail
+        env = {**os.environ, **die_with_parent_env()}
+        self._proc, self._link = await child.spawn("hsmlb.shadow.executor_worker", env,
+                                                   lambda: FrameLink(self._on_frame, self._on_lost))
         try:
-            _, self._link = await loop.create_connection(lambda: _Link(self), sock=parent)
             assert self._link.transport is not None
             self._link.transport.write(wire.encode({"regions": self.regions, "nice": self.nice, "cpus": self.cpus}))
             async with asyncio.timeout(READY_TIMEOUT_S):
@@ -223,13 +198,7 @@ class ShadowExecutor:
             if "failed" in hello or self._closing:
                 raise NodeFault(f"the shadow executor could not start: {hello.get('failed', 'closing')}")
         except BaseException:
-            if self._link is not None and self._link.transport is not None:
-                self._link.transport.close()
-            else:
-                parent.close()
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+            await child.kill(self._proc, self._link)
             raise
         self.up = True
         log.info("shadow executor up: pid %s, regions up %s of %d", hello.get("pid"), len(hello.get("ready", ())),

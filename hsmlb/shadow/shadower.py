@@ -144,9 +144,9 @@ class Shadower:
             return
         self.in_flight += 1
         budget.take(pool)
-        executor = self.executor
-        if executor is not None and executor.serves(target.name):  # a frame per turn, whatever the count: at once
-            self._start(op, side, pool, served_by, target, result, now - started, op.trace)
+        executor = self._executor_for(target)
+        if executor is not None:  # a frame per turn, whatever the count: at once
+            self._start(op, side, pool, served_by, target, result, now - started, op.trace, executor)
             return
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._start_some)
@@ -171,20 +171,20 @@ class Shadower:
         if waiting:
             asyncio.get_running_loop().call_soon(self._start_some)
 
+    def _executor_for(self, target: Member) -> ShadowExecutor | None:
+        """The executor when it performs calls to `target` (a region), else None (the target's own pool)."""
+        executor = self.executor
+        return executor if executor is not None and executor.serves(target.name) else None
+
     def _start(self, op: Operation, side: str, pool: str, served_by: Member, target: Member, result: Any,
-               primary_s: float, trace: Any) -> None:
+               primary_s: float, trace: Any, executor: ShadowExecutor | None = None) -> None:
         """`trace`: the primary's span hook as it was when it answered (the span's own end clears op.trace)."""
         now = self.clock()
         shadow_op = Operation(op.kind, op.key_alias, op.args, deadline=now + self.timeout_s, cost=op.cost,
                               capability=op.capability, other_keys=op.other_keys, node=target.name, attempts=1)
-        executor = self.executor
-        remote = executor is not None and executor.serves(target.name)
         try:
-            if remote:
-                assert executor is not None
-                future = executor.perform(target.name, shadow_op)
-            else:
-                future = target.pool.perform(shadow_op)
+            future = executor.perform(target.name, shadow_op) if executor is not None \
+                else target.pool.perform(shadow_op)
         except HsmlbError as exc:
             self.in_flight -= 1
             self.budget.release(pool)
@@ -193,7 +193,7 @@ class Shadower:
         if trace is not None:  # the primary is traced (sampled): the shadow call gets a span of its own
             trace.shadow(side, target, future)
         future.add_done_callback(partial(self._done, op, side, pool, served_by, target, result, primary_s, now,
-                                         remote))
+                                         executor is not None))
 
     def _target(self, op: Operation, members: list[Member], served_by: Member, now: float) -> tuple[Member | None, str]:
         """The node to shadow to, or None and why not."""
@@ -224,8 +224,8 @@ class Shadower:
         if quotas is not None:
             key = self.cluster.key(op.key_alias)
             bucket = quotas.bucket(key.key_type if key else "AES")
-            executor = self.executor
-            if executor is not None and executor.serves(target.name):
+            executor = self._executor_for(target)
+            if executor is not None:
                 if not executor.up:  # before its quota token is taken: a call not made must not spend one
                     executor.start_soon()
                     return None, "unavailable"
