@@ -7,6 +7,7 @@ HSMLB_STOP_S sets how long the worker stays stopped (default 3 s; acceptance 3 s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -163,44 +165,54 @@ def _problems(log: str) -> list[str]:
             and "fault injection:" not in line) or "Traceback" in line or "never retrieved" in line]
 
 
+@contextlib.contextmanager
+def _slowed_daemon(cluster: Cluster, tmp_path: Path, delay_s: float, settle_s: float
+                   ) -> Iterator[tuple[grpc.Channel, list[str]]]:
+    """A daemon on nodes slowed by `delay_s`, without span export (with no OTLP collector on this host, the
+    exporter's one warning that it cannot export says nothing about these tests). Yields the channel and a
+    list that, once the block is done, the slowdown off, `settle_s` waited and the daemon shown still
+    serving, holds the ERROR/WARNING lines logged since the slowdown began."""
+    config = cluster.write_variant(tmp_path / "no-export.yaml", tracing={"exporter": "none"})
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    added: list[str] = []
+    try:
+        with daemon.channel() as channel:
+            inject(channel, NODES, "delay", delay_s)
+            before = len(_problems(daemon.log_text()))
+            yield channel, added
+            inject(channel, NODES, "delay", 0.0)
+            time.sleep(settle_s)  # late answers of the expired ops (and their retries) settle
+            still_serves(channel)
+        added.extend(_problems(daemon.log_text())[before:])
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.parametrize("total", [1000])
 def test_cancelled_calls_and_timed_out_stream_messages_log_nothing(cluster: Cluster, tmp_path: Path,
                                                                     total: int) -> None:
     """Acceptance 6: 1,000 Stream messages whose timeout_ms passes while their op runs, and unary calls
     the client cancels or lets time out, add no ERROR or WARNING line to the daemon's log."""
-    # no span exporter: with no OTLP collector on this host, the exporter's one warning that it cannot
-    # export says nothing about cancellations
-    config = cluster.write_variant(tmp_path / "no-export.yaml", tracing={"exporter": "none"})
-    daemon = start_daemon(config, tmp_path / "daemon.log")
-    try:
-        with daemon.channel() as channel:
-            inject(channel, NODES, "delay", 0.005)
-            before = _problems(daemon.log_text())
-            ops = pb_grpc.OperationsStub(channel)
-            requests = [pb.StreamRequest(request_id=i + 1, timeout_ms=1, encrypt_data=nist_request())
-                        for i in range(total)]
-            replies = list(ops.Stream(iter(requests), timeout=60))
-            timed_out = sum(r.WhichOneof("result") == "status" and r.status.code == 4 for r in replies)
-            unary = [ops.EncryptData.future(nist_request(), timeout=0.002) for _ in range(total // 4)]
-            cancelled = [ops.EncryptData.future(nist_request(), timeout=10) for _ in range(total // 4)]
-            for future in cancelled:
-                future.cancel()
-            for future in unary + cancelled:
-                try:
-                    future.result()
-                except grpc.FutureCancelledError:
-                    pass
-                except grpc.RpcError as exc:
-                    assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-            inject(channel, NODES, "delay", 0.0)
-            time.sleep(1.0)  # late answers of the timed-out ops and their retries settle
-            still_serves(channel)
-        assert len(replies) == total
-        assert timed_out > total // 2, f"only {timed_out} of {total} timed out: the test proved little"
-        added = _problems(daemon.log_text())[len(before):]
-        assert not added, "\n".join(added[:10])
-    finally:
-        daemon.stop()
+    with _slowed_daemon(cluster, tmp_path, 0.005, settle_s=1.0) as (channel, added):
+        ops = pb_grpc.OperationsStub(channel)
+        requests = [pb.StreamRequest(request_id=i + 1, timeout_ms=1, encrypt_data=nist_request())
+                    for i in range(total)]
+        replies = list(ops.Stream(iter(requests), timeout=60))
+        timed_out = sum(r.WhichOneof("result") == "status" and r.status.code == 4 for r in replies)
+        unary = [ops.EncryptData.future(nist_request(), timeout=0.002) for _ in range(total // 4)]
+        cancelled = [ops.EncryptData.future(nist_request(), timeout=10) for _ in range(total // 4)]
+        for future in cancelled:
+            future.cancel()
+        for future in unary + cancelled:
+            try:
+                future.result()
+            except grpc.FutureCancelledError:
+                pass
+            except grpc.RpcError as exc:
+                assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+    assert len(replies) == total
+    assert timed_out > total // 2, f"only {timed_out} of {total} timed out: the test proved little"
+    assert not added, "\n".join(added[:10])
 
 
 def test_unary_answers_ready_as_their_deadline_passes_log_nothing(cluster: Cluster, tmp_path: Path) -> None:
@@ -208,26 +220,15 @@ def test_unary_answers_ready_as_their_deadline_passes_log_nothing(cluster: Clust
     answers and DEADLINE_EXCEEDED refusals are ready in the instant grpc core cancels the call on its own
     deadline timer. Sending them then made grpc.aio log `ExecuteBatchError raised in core` at ERROR for
     ~1 call in 250 of this loop (46 in 12,000 before api/status.drop_if_late); now nothing is logged."""
-    config = cluster.write_variant(tmp_path / "no-export.yaml", tracing={"exporter": "none"})
-    daemon = start_daemon(config, tmp_path / "daemon.log")
-    try:
-        with daemon.channel() as channel:
-            inject(channel, NODES, "delay", 0.003)
-            before = _problems(daemon.log_text())
-            ops = pb_grpc.OperationsStub(channel)
-            codes: Counter[str] = Counter()
-            for _ in range(100):
-                futures = [ops.EncryptData.future(nist_request(), timeout=(2 + i % 12) / 1000) for i in range(20)]
-                for future in futures:
-                    try:
-                        codes["OK" if future.result().cipher_text == NIST_ECB else "WRONG"] += 1
-                    except grpc.RpcError as exc:
-                        codes[exc.code().name] += 1
-            inject(channel, NODES, "delay", 0.0)
-            time.sleep(0.5)  # late answers of the expired ops settle
-            still_serves(channel)
-        assert set(codes) == {"OK", "DEADLINE_EXCEEDED"}, f"both outcomes are needed for the race: {codes}"
-        added = _problems(daemon.log_text())[len(before):]
-        assert not added, "\n".join(added[:10])
-    finally:
-        daemon.stop()
+    with _slowed_daemon(cluster, tmp_path, 0.003, settle_s=0.5) as (channel, added):
+        ops = pb_grpc.OperationsStub(channel)
+        codes: Counter[str] = Counter()
+        for _ in range(100):
+            futures = [ops.EncryptData.future(nist_request(), timeout=(2 + i % 12) / 1000) for i in range(20)]
+            for future in futures:
+                try:
+                    codes["OK" if future.result().cipher_text == NIST_ECB else "WRONG"] += 1
+                except grpc.RpcError as exc:
+                    codes[exc.code().name] += 1
+    assert set(codes) == {"OK", "DEADLINE_EXCEEDED"}, f"both outcomes are needed for the race: {codes}"
+    assert not added, "\n".join(added[:10])
