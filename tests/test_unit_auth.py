@@ -91,8 +91,8 @@ def make_log(tmp: Path, records: int = 40, rotate_bytes: int = 4096) -> tuple[Pa
     for i in range(records):
         item = Item("encrypt_data", request_id=i, op=Operation(OpKind.ENCRYPT, "alias/zek-aes128", (b"x",)))
         item.op.node = "node-a"  # type: ignore[union-attr]
-        item.code = grpc.StatusCode.OK if i % 5 else grpc.StatusCode.PERMISSION_DENIED
-        item.key = KeyInfo("alias/zek-aes128", "zek-aes128", "AES", "C1D0F8", frozenset())
+        item.end(grpc.StatusCode.OK if i % 5 else grpc.StatusCode.PERMISSION_DENIED,
+                 key=KeyInfo("alias/zek-aes128", "zek-aes128", "AES", "C1D0F8", frozenset()))
         flt.done(call, [item])
         if i % 15 == 14:  # let the writer flush (and rotate: 15 records pass 4 KiB) before going on
             deadline = time.monotonic() + 10

@@ -49,6 +49,32 @@ def test_parent_based_samplers_follow_the_flag_only_when_asked() -> None:
     assert Sampler("always_off", 1.0).never and Sampler("traceidratio", 0.0).never
 
 
+def test_a_streams_root_operations_are_sampled_by_countdown_at_the_configured_share() -> None:
+    """The filter samples root operations by drawing the gaps between sampled ones (a countdown per
+    operation): the share, every span ended once, and nothing left open for `done` to look for."""
+    import grpc
+
+    from hsmlb.api.filters import Call, Item
+    from hsmlb.ops import OpKind, Operation
+    from hsmlb.telemetry.tracing import TracingFilter
+
+    call = Call("/hsmlb.v1.Operations/StreamBatch", "ipv4:127.0.0.1:5000")
+    for ratio, low, high in ((0.01, 200, 400), (0.25, 4_700, 5_300), (1.0, 20_000, 20_000)):
+        ended: list[object] = []
+        flt = TracingFilter(ended.append, Sampler("traceidratio", ratio, random.Random(7)), "127.0.0.1", None)
+        items = [Item("encrypt_data", i + 1, Operation(OpKind.ENCRYPT, "alias/k", ())) for i in range(20_000)]
+        for item in items:
+            flt.admit(call, item)
+        sampled = sum(item.op.trace is not None for item in items)  # type: ignore[union-attr]
+        assert low <= sampled <= high, (ratio, sampled)
+        flt.done(call, [item.end(grpc.StatusCode.OK) for item in items])
+        assert len(ended) == sampled and flt._open == 0
+        assert all(item.op.trace is None for item in items)  # type: ignore[union-attr]
+    gaps = Sampler("traceidratio", 0.01, random.Random(3))
+    assert 80 < sum(gaps.gap() for _ in range(2_000)) / 2_000 < 120  # geometric: mean (1 - p) / p = 99
+    assert Sampler("always_on", 0.0).gap() == 0
+
+
 def test_otel_environment_overrides_the_file() -> None:
     base = TracingConfig(sampler_arg=0.5, service_name="from-file")
     env = {"OTEL_SERVICE_NAME": "gw-hsm", "OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_on",
@@ -179,7 +205,7 @@ def test_span_records_reach_an_otlp_grpc_collector() -> None:
         item.op = Operation(OpKind.ENCRYPT, "alias/zek", ())
         tracing.filter.admit(call, item)
         item.op.node, item.op.attempts = "node-a", 1
-        tracing.filter.done(call, [item])
+        tracing.filter.done(call, [item.end(grpc.StatusCode.OK)])
         deadline = time.monotonic() + 10
         while not received and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -119,7 +119,8 @@ class StreamCall:
                 raise DeadlineExceeded("deadline already passed")
             if item is not None:
                 item.op = op
-                chain.admit(self.call, item)  # type: ignore[union-attr,arg-type]
+                if chain.admits:  # type: ignore[union-attr]
+                    chain.admit(self.call, item)  # type: ignore[union-attr,arg-type]
             attempt = self.router.start(op)
         except HsmlbError as exc:
             self._fail(request_id, exc, field)
@@ -174,8 +175,10 @@ class StreamCall:
             self._fail(request_id, None)
             return
         item = self.in_flight.pop(request_id, None)
-        if item is not None:  # Item.end's success case, inlined (code and reason are already OK and "")
+        if item is not None:  # Item.end's success case, inlined
             item.ended = time.monotonic()
+            item.code = OK
+            item.message = item.reason = ""
             item.key = key
             self._ended.append(item)
         self._answer(response)

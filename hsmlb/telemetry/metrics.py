@@ -57,17 +57,21 @@ class MetricsFilter(FilterBase):
 
     def done(self, call: Call, items: Sequence[Item]) -> None:
         ok_series = self.ok_series
+        field, nodes = None, None  # a batch's items are mostly one operation: look it up once per change
         for item in items:
             op = item.op
-            code = item.code
-            if code is _OK and op is not None:  # OpCounts.record's common case, inlined: one call less per op
-                series = ok_series.get((item.field, op.node))
+            if item.code is _OK and op is not None:  # OpCounts.record's common case, inlined
+                if item.field != field:
+                    field = item.field
+                    nodes = ok_series.get(field)
+                series = nodes.get(op.node) if nodes is not None else None
                 if series is not None:
                     latency_s = item.ended - item.started
                     series.count += 1
                     series.total_s += latency_s
                     series.buckets[bisect_left(DURATION_BUCKETS, latency_s)] += 1
                     continue
+            code = item.code
             self.record(item.field, op.node if op is not None else "", code, item.ended - item.started)
             if code is _SHED:
                 self.metrics.shed.labels(item.reason or "other").inc()

@@ -2,8 +2,8 @@
 
 Measured on this machine, prometheus_client's pre-bound children cost ~0.5 us per counter increment
 and ~1.3 us per histogram observation (a lock and a Python loop over the buckets), and hashing a
-grpc.StatusCode (a Python-level Enum.__hash__) another few hundred ns. Here an operation costs one
-dict lookup keyed by (op, node) for the common OK answer, two additions and a C `bisect` into the
+grpc.StatusCode (a Python-level Enum.__hash__) another few hundred ns. Here an operation costs two
+str-keyed dict lookups (op, then node) for the common OK answer, two additions and a C `bisect` into the
 bucket list: plain ints, no lock, because every writer and every reader (the scrape handler, the
 status history) runs on the event loop thread. The Prometheus families are built at scrape time.
 """
@@ -38,13 +38,15 @@ class Series:
 class OpCounts:
     def __init__(self) -> None:
         self.series: dict[tuple[str, str, str], Series] = {}  # (op, node, code name) -> Series
-        self.ok_series: dict[tuple[str, str], Series] = {}  # the hot path's key for OK answers
+        # the hot path's view of the OK series: op -> node -> Series (two str lookups, no key tuple to build)
+        self.ok_series: dict[str, dict[str, Series]] = {}
 
     def record(self, field: str, node: str, code: grpc.StatusCode, latency_s: float) -> None:
         if code is _OK:
-            series = self.ok_series.get((field, node))
+            nodes = self.ok_series.get(field)
+            series = nodes.get(node) if nodes is not None else None
             if series is None:
-                series = self.ok_series[(field, node)] = self._bind(field, node, "OK")
+                series = self.ok_series.setdefault(field, {})[node] = self._bind(field, node, "OK")
         else:  # the rare path: the name hashes as a str
             series = self.series.get((field or "unknown", node or "none", code.name)) \
                 or self._bind(field, node, code.name)

@@ -2,8 +2,8 @@
 
 Not opentelemetry-instrumentation-grpc: it makes one span per RPC (a stream's whole life is one
 span) and pays ~100 us per RPC before any sampling decision. Here the decision comes first and is
-cheap (a slice and an int of the trace id, or one random number); an unsampled operation costs a
-truth test and that decision, nothing else. A sampled one gets:
+cheap (a slice and an int of the trace id, or a countdown to the next sampled root operation); an
+unsampled operation costs a truth test and that decision, nothing else. A sampled one gets:
 
 - a SERVER span named by its method (`hsmlb.v1.Operations/EncryptData`), in the caller's trace
   when it sent a W3C `traceparent` (gRPC metadata, or the batched item's own), with the RPC
@@ -20,7 +20,9 @@ Never a request's data: only the op's kind and key aliases, node names, counts a
 from __future__ import annotations
 
 import logging
+import math
 import random
+import sys
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -86,6 +88,17 @@ class Sampler:
                 return parent[2]
             return (parent[0] & _LOW64) < self.bound
         return self.ratio >= 1 or (self.ratio > 0 and self._rng.getrandbits(64) < self.bound)
+
+    def gap(self) -> int:
+        """How many root operations to leave unsampled before the next sampled one.
+
+        Drawing the gaps of a Bernoulli(ratio) sequence (geometric) samples the same share, with the
+        same independence, as one draw per operation; a stream then pays a countdown per operation."""
+        if self.ratio >= 1:
+            return 0
+        if self.ratio <= 0:
+            return sys.maxsize
+        return int(math.log(1.0 - self._rng.random()) / math.log1p(-self.ratio))
 
 
 def _peer_address(peer: str) -> str:
@@ -166,8 +179,8 @@ class TracingFilter(FilterBase):
         self.server_address = server_address
         self.router = router
         self.ids = ids or random.Random()
-        self._draw = partial(sampler._rng.getrandbits, 64)
-        self._bound = sampler.bound  # 2**64 for always_on: every draw is below it
+        self._skip = sampler.gap()  # root operations left unsampled before the next sampled one
+        self._open = 0  # sampled operations not yet ended: while 0, `done` has nothing to look for
 
     def _alias(self, alias: str | None) -> str:
         """The key alias, when a node holds it: the caller's string is data until it names a known key
@@ -185,9 +198,11 @@ class TracingFilter(FilterBase):
             parent = parse_traceparent(traceparent)
             if not self.sampler.sampled(parent):
                 return
-        elif self._draw() >= self._bound:  # Sampler.sampled(None), inlined: the path of 99% of operations
+        elif self._skip:  # Sampler.sampled(None) as a countdown: the path of 99% of operations
+            self._skip -= 1
             return
         else:
+            self._skip = self.sampler.gap()
             parent = None
         ids = self.ids
         method = method_name(item.field)
@@ -208,10 +223,13 @@ class TracingFilter(FilterBase):
         if item.request_id:
             record.attributes["hsmlb.request_id"] = item.request_id
         op.trace = OpTrace(record, self.sink, ids)
+        self._open += 1
         if not item.request_id:  # a unary call runs in its own task: its log lines may carry the trace id
             current_trace_id.set(f"{record.trace_id:032x}")
 
     def done(self, call: Call, items: Sequence[Item]) -> None:
+        if not self._open:  # most batches at 1%: no sampled operation among them
+            return
         for item in items:
             op = item.op
             if op is not None and op.trace is not None:  # the unsampled 99%: two reads per operation
@@ -223,6 +241,7 @@ class TracingFilter(FilterBase):
     def _end(self, op: Operation, item: Item) -> None:
         hook = op.trace
         op.trace = None
+        self._open -= 1
         record = hook.record
         code = item.code
         attributes = record.attributes
