@@ -20,7 +20,7 @@ PIN = "041234FFFFFFFFFF"
 
 
 async def _settle() -> None:
-    for _ in range(5):
+    for _ in range(10):
         await asyncio.sleep(0)
 
 
@@ -86,7 +86,10 @@ async def test_a_batch_of_answers_starts_its_shadow_calls_a_few_per_loop_turn():
     await asyncio.gather(*(attempt.future for attempt in attempts))
     for op, attempt in zip(ops, attempts, strict=True):  # one loop turn, as a batch's answers
         router.succeeded(op, attempt)
-    assert shadow.in_flight == 10
+    assert shadow.in_flight == 0  # nothing decided yet: the answers' writers go first
+    await asyncio.sleep(0)  # the writers' turn
+    await asyncio.sleep(0)
+    assert shadow.in_flight == 10  # every one decided, in one turn
     started = [0]
     for _ in range(30):
         await asyncio.sleep(0)
@@ -106,6 +109,7 @@ async def test_shadow_calls_in_flight_are_bounded_and_the_rest_skipped_as_shed()
     backends["r1"].gate = backends["r2"].gate = gate
     for _ in range(10):
         await router.execute(_enc())  # never waits for the gated candidate
+    await _settle()
     assert shadow.in_flight == 3
     gate.set()
     await _settle()

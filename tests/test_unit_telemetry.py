@@ -55,7 +55,7 @@ def test_a_streams_root_operations_are_sampled_by_countdown_at_the_configured_sh
     import grpc
 
     from hsmlb.api.filters import Call, Item
-    from hsmlb.ops import OpKind, Operation
+    from hsmlb.ops import Operation, OpKind
     from hsmlb.telemetry.tracing import TracingFilter
 
     call = Call("/hsmlb.v1.Operations/StreamBatch", "ipv4:127.0.0.1:5000")

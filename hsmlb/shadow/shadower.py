@@ -2,16 +2,18 @@
 response path, and the two results are compared (compare.py) and counted (stats.py).
 
 The router calls `after` where it reports a success, so the unary, Stream, StreamBatch and Batch paths
-are all shadowed, once each. `after` decides at once (skip or go) and the call starts a few per loop turn
-(STARTS_PER_TURN), or at once when the shadow executor (executor.py) performs it, in a child process
-that takes a turn's calls in one frame; either way as a future with a done-callback: the caller's
-answer never waits for it, and nothing about it can change that answer. It is never retried; it has
-its own deadline; it does not report to the candidate's health or breaker (observing must not move
-traffic). Bounded: at most
-`max_in_flight` shadow calls at once (waiting to start included), and a candidate with no room, a
-candidate's quota exhausted or no eligible candidate node are skipped and counted by reason, never queued.
-Best-effort: the shadow budget (budget.py) lets through only the shadow calls the event loop has room
-for; the rest are skipped as `budget`, so the report shows real coverage.
+are all shadowed, once each. `after` only remembers the answer (a tuple and a clock read): the decision
+(skip or go) is made two loop turns later, for every answer remembered meanwhile, behind the steps of the
+writers those answers woke; so no shadow work stands between a caller and its answer. The call then
+starts a few per loop turn (STARTS_PER_TURN), or at once when the shadow executor (executor.py) performs
+it, in a child process that takes a turn's calls in one frame; either way as a future with a done-
+callback: the caller's answer never waits for it, and nothing about it can change that answer. It is
+never retried; it has its own deadline; it does not report to the candidate's health or breaker
+(observing must not move traffic). Bounded: at most `max_in_flight` shadow calls at once (waiting to
+start included), and a candidate with no room, a candidate's quota exhausted or no eligible candidate
+node are skipped and counted by reason, never queued. Best-effort: the shadow budget (budget.py) lets
+through only the shadow calls the event loop has room for; the rest are skipped as `budget`, so the
+report shows real coverage.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class Shadower:
         self._waiting: deque[tuple[Any, ...]] = deque()  # decided, not started yet: see STARTS_PER_TURN
         self._capable: dict[tuple[str, str], bool] = {}  # (pool, capability) -> some member has it; CAPABLE_TTL_S
         self._capable_since = 0.0
+        self._answered: list[tuple[Any, ...]] = []  # primary answers not decided yet (see `after`)
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def pool(self, name: str) -> list[Member]:
         members = self._pools.get(name)
@@ -83,13 +87,34 @@ class Shadower:
         return members
 
     def after(self, op: Operation, route: Route, served_by: Member, result: Any, started: float) -> None:
-        """The primary answered `op` with `result`; maybe shadow it to the candidate and/or the noise baseline."""
+        """The primary answered `op` with `result`: remember it; whether to shadow it is decided after the
+        answer has gone (`_decide`), so no shadow work stands between a caller and its answer."""
+        answered = self._answered
+        answered.append((op, route, served_by, result, self.clock() - started, op.trace))  # trace: before its span ends
+        if len(answered) == 1:
+            self._loop().call_soon(self._after_writers)
+
+    def _after_writers(self) -> None:
+        """One turn on: the turn that queued the answers also woke their writers, whose steps run in
+        this turn; the decisions come in the next, behind them."""
+        self._loop().call_soon(self._decide)
+
+    def _decide(self) -> None:
+        """Maybe shadow each answer remembered since the last time to the candidate and/or the noise baseline."""
+        answered, self._answered = self._answered, []
         rng = self._rng.random
-        percent = route.shadow_percent
-        if percent and route.candidate and (percent >= 100 or rng() * 100 < percent):
-            self._shadow(op, CANDIDATE, route.candidate, served_by, result, started)
-        if route.noise_percent and rng() * 100 < route.noise_percent:
-            self._shadow(op, NOISE, served_by.pool_name, served_by, result, started)
+        for op, route, served_by, result, primary_s, trace in answered:
+            percent = route.shadow_percent
+            if percent and route.candidate and (percent >= 100 or rng() * 100 < percent):
+                self._shadow(op, CANDIDATE, route.candidate, served_by, result, primary_s, trace)
+            if route.noise_percent and rng() * 100 < route.noise_percent:
+                self._shadow(op, NOISE, served_by.pool_name, served_by, result, primary_s, trace)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._event_loop
+        if loop is None:
+            loop = self._event_loop = asyncio.get_running_loop()
+        return loop
 
     def _backlog(self) -> bool:
         """Half the slots of the pools not shadowed to in use, or more (queued too): the primary runs near its
@@ -111,6 +136,7 @@ class Shadower:
     async def close(self) -> None:
         """The daemon stops: no probe timer left armed; shadow calls not started yet are dropped."""
         self.probe.close()
+        self._answered.clear()
         self._waiting.clear()
         if self.executor is not None:
             await self.executor.close()
@@ -118,7 +144,8 @@ class Shadower:
     def primary_failed(self, op: Operation) -> None:
         self.stats.of(op.kind.value, CANDIDATE).primary_errors += 1
 
-    def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, started: float) -> None:
+    def _shadow(self, op: Operation, side: str, pool: str, served_by: Member, result: Any, primary_s: float,
+                trace: Any) -> None:
         now = self.clock()
         name = op.kind._value_  # Enum.value is a descriptor call; this runs for every primary answer
         if self.in_flight >= self.max_in_flight:  # first: under overload a skip must cost next to nothing
@@ -136,7 +163,7 @@ class Shadower:
         target, reason = self._target(op, self.pool(pool), served_by, now)
         if reason == KEY_DRIFT:
             assert target is not None
-            self.stats.outcome(name, side, KEY_DRIFT, now, now - started, -1.0)
+            self.stats.outcome(name, side, KEY_DRIFT, now, primary_s, -1.0)
             self._note(op, side, served_by, target, KEY_DRIFT, "key_check_value", 0, 0)
             return
         if target is None:
@@ -146,11 +173,11 @@ class Shadower:
         budget.take(pool)
         executor = self._executor_for(target)
         if executor is not None:  # a frame per turn, whatever the count: at once
-            self._start(op, side, pool, served_by, target, result, now - started, op.trace, executor)
+            self._start(op, side, pool, served_by, target, result, primary_s, trace, executor)
             return
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._start_some)
-        self._waiting.append((op, side, pool, served_by, target, result, now - started, op.trace))
+        self._waiting.append((op, side, pool, served_by, target, result, primary_s, trace))
 
     def _can_serve(self, pool: str, needs: str, now: float) -> bool:
         if now - self._capable_since > CAPABLE_TTL_S:
