@@ -4,9 +4,11 @@ A StreamCall (as StreamBatch uses it) over the real Router, Cluster, NodePools a
 four nodes whose backend answers every request of a loop turn in one batch on the next turn, as the
 token worker link does. Each round dispatches --items EncryptData items (decoded from a real
 BatchRequest), lets them complete, and takes the responses as the writer would (one BatchResponse,
-serialized). Prints CPU us per operation; with --profile, the cProfile top functions.
+serialized). Prints CPU us per operation; with --profile, the cProfile top functions. --filters puts
+the seam's telemetry filters on it as the daemon builds them (metrics, tracing at 1% whose export never
+runs in so short a run, or both: `default`); bench/seam_instructions.py counts what they cost.
 
-    python bench/_hot_path.py [--items 64] [--ops 200000] [--profile]
+    python bench/_hot_path.py [--items 64] [--ops 200000] [--profile] [--filters none|metrics|tracing|default]
 """
 
 from __future__ import annotations
@@ -80,10 +82,29 @@ def build_router(nodes: int, pool_size: int) -> Router:
     return Router(Cluster(members), LeastOutstanding())
 
 
-async def run(items: int, ops: int, nodes: int, pool_size: int) -> float:
+def telemetry_chain(router: Router, filters: str) -> tuple[Any, Any]:
+    """(FilterChain, Call) for `filters`, or (None, None) for none: the seam as `hsmlb serve` builds it."""
+    if filters == "none":
+        return None, None
+    from hsmlb.api.filters import Call, FilterChain
+    from hsmlb.telemetry.config import TracingConfig
+    from hsmlb.telemetry.metrics import Metrics, MetricsFilter
+    from hsmlb.telemetry.tracing import build_tracing
+
+    chain: list[Any] = []
+    if filters in ("metrics", "default"):
+        chain.append(MetricsFilter(Metrics(router)))
+    if filters in ("tracing", "default"):  # a collector that is never reached: no export in the run
+        tracing = build_tracing(TracingConfig(endpoint="http://127.0.0.1:9", export_interval_s=60), router)
+        assert tracing is not None
+        chain.append(tracing.filter)
+    return FilterChain(chain), Call("/hsmlb.v1.Operations/StreamBatch", "ipv4:127.0.0.1:5555")
+
+
+async def run(items: int, ops: int, nodes: int, pool_size: int, filters: str = "none") -> float:
     router = build_router(nodes, pool_size)
     loop = asyncio.get_running_loop()
-    work = StreamCall(router, loop, None)
+    work = StreamCall(router, loop, None, *telemetry_chain(router, filters))
     attrs = pb.EncryptionDecryptionAttributes(symmetric=pb.SymmetricEncryptionAttributes(mode=pb.ECB))
     body = pb.EncryptDataRequest(key_identifier=AES.alias, plain_text=PLAIN, encryption_attributes=attrs)
     next_id = 1
@@ -119,16 +140,18 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=1, help="repeat in this many slices of --ops and print the "
                         "least CPU per op: on a shared machine the least-disturbed slice")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--filters", choices=("none", "metrics", "tracing", "default"), default="none")
     parser.add_argument("--default-gc", action="store_true", help="leave the collector as Python starts it "
                         "(default: tuned as `hsmlb serve` tunes it)")
     args = parser.parse_args()
     if not args.default_gc:
         tune_gc()
-    uvloop.run(run(args.items, 2000, args.nodes, args.pool_size))  # warm-up
+    uvloop.run(run(args.items, 2000, args.nodes, args.pool_size, args.filters))  # warm-up
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
-    us = min(uvloop.run(run(args.items, args.ops, args.nodes, args.pool_size)) for _ in range(args.slices))
+    us = min(uvloop.run(run(args.items, args.ops, args.nodes, args.pool_size, args.filters))
+             for _ in range(args.slices))
     if args.profile:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hsmlb.clock import Clock
 from hsmlb.config import ApcRegionConfig, Config
 from hsmlb.router.control import RouteControl
 from hsmlb.router.router import Router
@@ -18,7 +19,7 @@ def attach_routes(router: Router, config: Config) -> RouteControl:
                           lag_high_s=sc.budget_lag_ms / 1000)
     shadower = Shadower(router.cluster, router.balancer, router.clock, max_in_flight=sc.max_in_flight,
                         timeout_s=sc.timeout_s, ring_size=sc.discrepancy_records, window_s=sc.gate_window_s,
-                        budget=budget, executor=_executor(config))
+                        budget=budget, executor=_executor(config, router.clock))
     control = RouteControl(list(config.routes), pools, sc, router.clock, shadower.stats)
     router.routes = control.table
     router.shadow = shadower
@@ -27,7 +28,7 @@ def attach_routes(router: Router, config: Config) -> RouteControl:
     return control
 
 
-def _executor(config: Config) -> ShadowExecutor | None:
+def _executor(config: Config, clock: Clock) -> ShadowExecutor | None:
     regions = [node for node in config.nodes if isinstance(node, ApcRegionConfig)]
     sc = config.shadow
-    return ShadowExecutor(regions, sc.executor_nice, sc.executor_cpus) if sc.executor and regions else None
+    return ShadowExecutor(regions, sc.executor_nice, sc.executor_cpus, clock) if sc.executor and regions else None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hsmlb import errors
 from hsmlb.backends import child, wire
 from hsmlb.backends.child import FrameLink
+from hsmlb.clock import Clock
 from hsmlb.dev.procs import die_with_parent_env
 from hsmlb.errors import HsmlbError, NodeFault, Unavailable
 from hsmlb.ops import Operation
@@ -59,8 +60,10 @@ def _error(name: str, message: str) -> HsmlbError:
 class ShadowExecutor:
     """perform(node, op) -> a future of (result, the call's own seconds in the child), for the regions given."""
 
-    def __init__(self, regions: list[ApcRegionConfig], nice: int = NICE, cpus: list[int] | None = None) -> None:
+    def __init__(self, regions: list[ApcRegionConfig], nice: int = NICE, cpus: list[int] | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.regions = regions
+        self.clock = clock  # the shadower's: an op's deadline is on it
         self.nodes = frozenset(r.name for r in regions)
         self.nice = nice
         self.cpus = cpus
@@ -94,7 +97,7 @@ class ShadowExecutor:
         future = loop.create_future()
         request_id = self._next_id
         self._next_id = request_id + 1
-        self._pending[request_id] = (future, (op.deadline or time.monotonic()) + LATE_S)
+        self._pending[request_id] = (future, (op.deadline or self.clock()) + LATE_S)
         if not self._outbox:
             loop.call_soon(self._flush)
         self._outbox.append((request_id, node, op))
@@ -127,7 +130,7 @@ class ShadowExecutor:
     def _fail_late(self) -> None:
         """A child that hangs must not hold shadow slots for ever: fail what is well past its deadline."""
         self._sweep = None
-        now = time.monotonic()
+        now = self.clock()
         late = [rid for rid, (_, after) in self._pending.items() if after <= now]
         for request_id in late:
             future, _ = self._pending.pop(request_id)
@@ -173,7 +176,6 @@ class ShadowExecutor:
             await self._start()
 
     async def _start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         try:
             await self._spawn()
         except Exception as exc:
