@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ def _encrypt(executor: ShadowExecutor) -> asyncio.Future[tuple[bytes, float]]:
                                                 deadline=time.monotonic() + 5))
 
 
-async def _until(check: object, timeout_s: float = 20.0) -> None:
+async def _until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not check() and time.monotonic() < deadline:  # type: ignore[operator]
+    while not check() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
 
 
@@ -78,7 +79,8 @@ async def test_a_hung_child_fails_its_calls_past_their_deadline(emulator, aws_en
         call = executor.perform("apc-test", native(OpKind.ENCRYPT, ALIAS, "ECB", b"", PLAIN,
                                                    deadline=time.monotonic() + 0.2))
         with pytest.raises(ExecutorUnavailable, match="did not answer in time"):  # skipped, not a candidate error
-            await asyncio.wait_for(call, 10)
+            async with asyncio.timeout(10):
+                await call
         assert time.monotonic() - started < 5
         deadline = time.monotonic() + 15  # still hung, sweep after sweep: killed and respawned
         while executor.restarts == 0 and time.monotonic() < deadline:

@@ -57,10 +57,7 @@ class TokenBucket:
     def acquire(self, max_wait_s: float) -> float | None:
         """Take one token: 0.0 when granted now, the seconds to sleep for a reserved one, or None
         (nothing taken) when the next free token is further away than `max_wait_s`."""
-        self._refill(self.clock())
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            self.granted += 1
+        if self.take_now():
             return 0.0
         wait = (1.0 - self.tokens) / self.rate
         if wait > max_wait_s:
@@ -71,8 +68,8 @@ class TokenBucket:
         return wait
 
     def take_now(self) -> bool:
-        """Take one token if one is banked now, else nothing (and nothing counted): a shadow call's share
-        of the region's quota, taken where the call is decided (shadow/executor.py performs it)."""
+        """Take one token if one is banked now (refilled first), else nothing and nothing counted: `acquire`'s
+        first step, and a shadow call's share of the region's quota where the call is decided."""
         self._refill(self.clock())
         if self.tokens >= 1.0:
             self.tokens -= 1.0

@@ -176,7 +176,7 @@ class Shadower:
             self._start(op, side, pool, served_by, target, result, primary_s, trace, executor)
             return
         if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._start_some)
+            self._loop().call_soon(self._start_some)
         self._waiting.append((op, side, pool, served_by, target, result, primary_s, trace))
 
     def _can_serve(self, pool: str, needs: str, now: float) -> bool:
@@ -196,7 +196,7 @@ class Shadower:
         for _ in range(min(STARTS_PER_TURN, len(waiting))):
             self._start(*waiting.popleft())
         if waiting:
-            asyncio.get_running_loop().call_soon(self._start_some)
+            self._loop().call_soon(self._start_some)
 
     def _executor_for(self, target: Member) -> ShadowExecutor | None:
         """The executor when it performs calls to `target` (a region), else None (the target's own pool)."""
