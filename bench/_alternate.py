@@ -4,7 +4,10 @@ Why: on this shared 2-core host the speed drifts by tens of percent over seconds
 generator's p99 moves by milliseconds from one phase to the next, so two phases of a few seconds each, one
 per variant, differ by more than the costs being measured (a 5% throughput or 1 ms p99 criterion). Slots
 of --slot seconds in ABBA order put A and B side by side in time many times over: drift hits both alike,
-and each variant's p99 is taken over all its slots' latencies pooled.
+and each variant's p99 is taken over all its slots' latencies pooled. Beside it, the paired p99
+difference: each slot's own p99, B's minus A's in neighbouring slots, the median over the pairs. A
+pooled p99 moves with one bad slot (a stall of the shared host lands in one variant's slot, not both);
+the paired median does not, and it cancels drift slower than a slot pair.
 
 Each slot is one phase of bench/_load.py (`batch`: closed loop; `paced`: open loop at --rate) on fresh
 StreamBatch calls, drained before the next slot starts, with the server's process tree CPU read around it
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import sys
 import time
@@ -55,6 +59,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline), GO_TIMEOUT_S)
         tallies, elapsed, cpu = [Tally(), Tally()], [0.0, 0.0], [0.0, 0.0]
         rates: list[list[float]] = [[], []]
+        p99s: list[list[float]] = [[], []]
         cpu_started = time.process_time()
         for slot in range(2 * args.slots):
             side = ABBA[slot % 4]
@@ -64,6 +69,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             cpu[side] += tree_cpu_s(pids[side]) - before
             elapsed[side] += took
             rates[side].append(tally.ok / took)
+            p99s[side].append(percentile(tally.latencies, 0.99) * 1e6)
             tallies[side].add(tally)
         loadgen_cpu = time.process_time() - cpu_started
     finally:
@@ -71,9 +77,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await channel.close()
     # slots 2k and 2k+1 are neighbours in time (AB, BA, AB, ...): their ratio has the drift cancelled
     pairs = [rates[1][k] / rates[0][k] for k in range(args.slots) if rates[0][k]]
+    p99_pairs = [p99s[1][k] - p99s[0][k] for k in range(args.slots)
+                 if not (math.isnan(p99s[0][k]) or math.isnan(p99s[1][k]))]
     return {"a": figures(tallies[0], elapsed[0], cpu[0]), "b": figures(tallies[1], elapsed[1], cpu[1]),
             "slots": args.slots, "pair_ratio_median": statistics.median(pairs) if pairs else float("nan"),
-            "loadgen_cpu_s": loadgen_cpu}
+            "pair_p99_diff_us": statistics.median(p99_pairs) if p99_pairs else float("nan"),
+            "slot_p99_us": p99s, "loadgen_cpu_s": loadgen_cpu}
 
 
 def main() -> None:

@@ -225,14 +225,17 @@ class Bench:
                   slots: int, slot_s: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
         """Daemons `a` and `b` (names in `daemons`) measured in alternating slots from one client process
         (bench/_alternate.py), for A/B figures that host drift cannot fake: {a: figures, b: figures,
-        "b_over_a": the median ratio of neighbouring slots' throughput}."""
+        "b_over_a": the median ratio of neighbouring slots' throughput, "b_minus_a_p99_us": the median difference
+        of neighbouring slots' own p99, "slot_p99_us": {a: [...], b: [...]} in time order}."""
         (proc_a, address_a), (proc_b, address_b) = daemons[a], daemons[b]
         argv = [sys.executable, str(HERE / "_alternate.py"), "--address-a", address_a, "--address-b", address_b,
                 "--pid-a", str(proc_a.pid), "--pid-b", str(proc_b.pid), "--mode", mode, "--slots", str(slots),
                 "--slot", str(slot_s), "--warmup", str(self.args.warmup), *extra]
         result, _, _ = self._drive(argv, f"{mode}, {a} and {b} alternating", START_TIMEOUT_S + 2 * self.args.warmup,
                                    2 * slots * (slot_s + 40) + 60)
-        return {a: result["a"], b: result["b"], "b_over_a": result["pair_ratio_median"]}
+        return {a: result["a"], b: result["b"], "b_over_a": result["pair_ratio_median"],
+                "b_minus_a_p99_us": result["pair_p99_diff_us"],
+                "slot_p99_us": dict(zip((a, b), result["slot_p99_us"], strict=True))}
 
     def idle_cpu_ms_per_s(self) -> float:
         assert self.daemon is not None

@@ -17,8 +17,11 @@ off and default, the pair acceptance 4 compares, are measured in alternating slo
 --slots each, who is A swapped every run) from one client process (bench/_alternate.py): on this shared
 host the speed drifts by tens of percent over seconds and one phase's p99 moves by milliseconds with the
 co-located load generator's scheduling, more than the cost measured; side by side in time, drift hits both
-alike. Each variant's figures pool all its slots (p99 over every latency). full (100% sampling) gets one
-phase of --seconds each, from a fresh client.
+alike. Each variant's figures pool all its slots (p99 over every latency); beside the pooled p99 difference,
+the paired one (the median over neighbouring slot pairs of default's slot p99 minus off's), which one
+stalled slot cannot move. full (100% sampling) gets one phase of --seconds each, from a fresh client.
+--same runs the `default` daemon with off's configuration: an A/A run, whose differences are the bench's
+own (position, start order, host), the floor under any A/B figure.
 
 It prints acceptance 4 as it reads: default/off throughput at saturation (>= 0.95), default - off paced p99
 (<= 1 ms), and the cost of 100% sampling; each a median [min-max] of the per-run figures over --runs.
@@ -73,6 +76,7 @@ class TelemetryBench(Bench):
         super().__init__(args)
         self.daemons: dict[str, Any] = {}
         self.runs_done = 0
+        self.slot_log: list[dict[str, Any]] = []  # per run and phase: each slot's p99, in time order
 
     def start(self) -> None:
         self.sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
@@ -81,6 +85,7 @@ class TelemetryBench(Bench):
         self.cluster_up()
         base = yaml.safe_load(self.config_path.read_text())
         for name, top in VARIANTS.items():
+            top = VARIANTS["off"] if name == "default" and self.args.same else top
             config = {**base, **top}
             if top["tracing"].get("enabled", True):
                 config["tracing"] = {**top["tracing"], "protocol": "http/protobuf", "endpoint": endpoint}
@@ -117,6 +122,9 @@ class TelemetryBench(Bench):
                     figures[f"{phase}.{name}.{key}"] = value
             ratio = result["b_over_a"]
             figures[f"ab.default.{phase}_pair_ratio"] = 1 / ratio if flip else ratio
+            diff_ms = result["b_minus_a_p99_us"] / 1000
+            figures[f"ab.default.{phase}_pair_p99_ms"] = -diff_ms if flip else diff_ms
+            self.slot_log.append({"run": self.runs_done, "phase": phase, "a": names[0], **result["slot_p99_us"]})
         proc, address = self.daemons["full"]
         for phase, mode, extra in (("saturation", "batch", ("--items", str(a.items))),
                                    ("paced", "paced", ("--items", str(a.items), "--rate", str(a.rate),
@@ -168,7 +176,8 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
           f"  (>= 0.95: {'holds' if tput['median'] >= 0.95 else 'FAILS'} on the median); neighbouring slots' "
           f"ratio {cell(summary, 'ab.default.saturation_pair_ratio', '.3f')}")
     print(f"  p99 paced at {args.rate:,.0f} ops/s, default - off: {cell(summary, 'ab.default.paced_p99_ms', '+.3f')} ms"
-          f"  (<= 1 ms: {'holds' if p99['median'] <= 1.0 else 'FAILS'} on the median)")
+          f"  (<= 1 ms: {'holds' if p99['median'] <= 1.0 else 'FAILS'} on the median); paired slots "
+          f"{cell(summary, 'ab.default.paced_pair_p99_ms', '+.3f')} ms")
     print(f"  daemon CPU, default - off: {cell(summary, 'ab.default.cpu_us_per_op', '+.1f')} us/op at saturation, "
           f"{cell(summary, 'ab.default.paced_cpu_us_per_op', '+.1f')} us/op paced")
     print("the cost of 100% sampling (always_on, every op and attempt a span, exported), against off:")
@@ -192,7 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=30,
                         help="off and default: slots per variant per phase, alternated ABBA from one client")
     parser.add_argument("--slot", type=float, default=0.5, help="off and default: seconds per slot")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--same", action="store_true",
+                        help="A/A: the default daemon runs off's configuration (the bench's own differences)")
+    parser.add_argument("--json", type=Path, help="also write the results here (with every slot's p99)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.seconds <= 0 or args.items < 1 or args.streams < 1 or args.window < args.items \
             or args.rate <= 0 or args.paced_streams < 1 or args.slots < 1 or args.slot <= 0:
@@ -207,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for key in [k for k in ENV if k.startswith("OTEL_")]:  # the configs say what each daemon does
         del ENV[key]
+    bench = TelemetryBench(args)
     code, runs, _ = measure(
-        TelemetryBench(args), args.runs,
+        bench, args.runs,
         lambda r: (", ".join(f"{v} {r[f'saturation.{v}.ops_per_s']:,.0f} ops/s p99 paced "
                              f"{r[f'paced.{v}.p99_us'] / 1000:.2f} ms" for v in VARIANTS)
                    + f"; default/off {r['ab.default.throughput_ratio']:.3f}"))
@@ -216,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     summary = summarize(runs)
     report(args, summary)
-    write_json(args, runs, summary)
+    write_json(args, runs, {**summary, "slot_p99_us": bench.slot_log})
     return 0
 
 
