@@ -9,7 +9,8 @@ import pytest
 from hsmlb.config import ConfigError, parse_config
 from hsmlb.telemetry.config import TracingConfig
 from hsmlb.telemetry.export import otlp_endpoint
-from hsmlb.telemetry.history import p99_from
+from hsmlb.telemetry.history import BOUNDS, p99_from
+from hsmlb.telemetry.opcount import DURATION_BUCKETS
 from hsmlb.telemetry.tracing import Sampler, _peer_address, build_tracing, method_name, parse_traceparent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -105,13 +106,43 @@ def test_config_sections() -> None:
 
 
 def test_p99_and_names() -> None:
-    cumulative = {0.001: 90.0, 0.002: 98.0, 0.005: 99.5, float("inf"): 100.0}
-    assert p99_from(cumulative) == 0.005
-    assert p99_from({0.001: 0.0, float("inf"): 0.0}) is None
-    assert p99_from({0.001: 0.0, 0.002: 0.0, float("inf"): 10.0}) == 0.002  # beyond the last bound: the last bound
+    counts = [0] * len(BOUNDS)
+    assert p99_from(counts) is None
+    for le, n in ((0.001, 90), (0.002, 8), (0.005, 1), (0.01, 1)):  # 99 of 100 by 5 ms
+        counts[BOUNDS.index(le)] = n
+    assert p99_from(counts) == 0.005
+    counts[BOUNDS.index(0.01)] = 2  # 99 of 101 by 5 ms: short of 99.99
+    assert p99_from(counts) == 0.01
+    beyond = [0] * len(BOUNDS)
+    beyond[-1] = 10
+    assert p99_from(beyond) == DURATION_BUCKETS[-1]  # beyond the last bound: the last bound
     assert method_name("translate_pin_data") == "TranslatePinData"
     assert _peer_address("ipv4:127.0.0.1:5000") == "127.0.0.1"
     assert _peer_address("ipv6:[::1]:5000") == "::1"
+
+
+def test_history_rates_per_node_and_in_total_from_count_differences() -> None:
+    import grpc
+
+    from hsmlb.telemetry.history import TOTAL, History, _rates
+    from hsmlb.telemetry.opcount import OpCounts
+
+    class _Metrics:
+        counts = OpCounts()
+
+    history = History(_Metrics(), history_s=60, interval_s=2.0)  # type: ignore[arg-type]
+    counts = _Metrics.counts
+    counts.record("EncryptData", "node-a", grpc.StatusCode.OK, 0.0004)
+    before = history.read()
+    for _ in range(98):
+        counts.record("EncryptData", "node-a", grpc.StatusCode.OK, 0.0004)
+    counts.record("EncryptData", "node-b", grpc.StatusCode.OK, 0.004)
+    counts.record("EncryptData", "node-b", grpc.StatusCode.UNAVAILABLE, 0.04)
+    rates = _rates(history.read(), before, 2.0)
+    assert rates["node-a"] == {"tps": 49.0, "errors_per_s": 0.0, "p99_ms": 0.5}  # 98 ops, all by 0.5 ms
+    assert rates["node-b"] == {"tps": 0.5, "errors_per_s": 0.5, "p99_ms": 50.0}  # 2 ops: p99 is the worst
+    assert rates[TOTAL] == {"tps": 49.5, "errors_per_s": 0.5, "p99_ms": 5.0}  # 99 of 100 by 5 ms
+    assert history.read()[TOTAL].ok == 100 and history.read()[TOTAL].errors == 1
 
 
 def test_operation_counts_expose_as_prometheus_counters_and_histograms() -> None:

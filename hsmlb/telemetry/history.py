@@ -2,7 +2,9 @@
 
 Nothing is added to the hot path: every `interval_s` a sampler reads the cumulative per-operation
 counts (by node and code, with their latency buckets) and keeps the differences in a bounded ring.
-p99 comes from the buckets' differences, so it is as fine as the buckets.
+p99 comes from the buckets' differences, so it is as fine as the buckets. The sample runs on the event
+loop, so it sums bucket lists element-wise in C (map), not per bucket in Python: 40 series took 0.7 ms
+with float-keyed dicts, an event-loop stall every interval.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from operator import add, sub
 from typing import Any
 
 from hsmlb.telemetry.metrics import Metrics
-from hsmlb.telemetry.opcount import DURATION_BUCKETS, cumulative
+from hsmlb.telemetry.opcount import DURATION_BUCKETS
 
 log = logging.getLogger("hsmlb.telemetry")
 TOTAL = "*"
@@ -26,23 +29,22 @@ WINDOW_S = 60.0
 
 @dataclass(slots=True)
 class _Cumulative:
-    ok: float = 0.0
-    errors: float = 0.0
-    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    ok: int = 0
+    errors: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(BOUNDS))  # a count per bucket of BOUNDS
 
 
-def p99_from(buckets: dict[float, float]) -> float | None:
-    """The 99th percentile's bucket upper bound, in seconds, from per-bucket cumulative counts."""
-    if not buckets:
-        return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
+def p99_from(counts: list[int]) -> float | None:
+    """The 99th percentile's bucket upper bound, in seconds, from a count per bucket of BOUNDS (beyond the
+    last finite bound: that bound); None without any count."""
+    total = sum(counts)
     if total <= 0:
         return None
-    target = 0.99 * total
-    for le in bounds:
-        if buckets[le] >= target:
-            return le if le != float("inf") else bounds[-2] if len(bounds) > 1 else None
+    target, running = 0.99 * total, 0
+    for le, n in zip(BOUNDS, counts, strict=True):
+        running += n
+        if running >= target:
+            return le if le != float("inf") else DURATION_BUCKETS[-1]
     return None
 
 
@@ -79,18 +81,18 @@ class History:
                 log.exception("status history sample failed")
 
     def read(self) -> dict[str, _Cumulative]:
-        now: dict[str, _Cumulative] = {TOTAL: _Cumulative()}
+        total = _Cumulative()
+        now: dict[str, _Cumulative] = {TOTAL: total}
         for (_, node, code), series in list(self.metrics.counts.series.items()):
-            running = cumulative(series.buckets)
-            for name in (node, TOTAL):
-                c = now.setdefault(name, _Cumulative())
+            c = now.get(node)
+            if c is None:
+                c = now[node] = _Cumulative()
+            for target in (c, total):
                 if code == "OK":
-                    c.ok += series.count
+                    target.ok += series.count
                 else:
-                    c.errors += series.count
-                b = c.buckets
-                for le, n in zip(BOUNDS, running, strict=True):
-                    b[le] = b.get(le, 0.0) + n
+                    target.errors += series.count
+                target.buckets = list(map(add, target.buckets, series.buckets))
         return now
 
     def sample(self) -> None:
@@ -120,8 +122,8 @@ def _rates(now: dict[str, _Cumulative], before_all: dict[str, _Cumulative],
            elapsed: float) -> dict[str, dict[str, float | None]]:
     rates: dict[str, dict[str, float | None]] = {}
     for node, c in now.items():
-        before = before_all.get(node, _Cumulative())
-        p99 = p99_from({le: n - before.buckets.get(le, 0.0) for le, n in c.buckets.items()})
+        before = before_all.get(node) or _Cumulative()
+        p99 = p99_from(list(map(sub, c.buckets, before.buckets)))
         rates[node] = {"tps": round((c.ok - before.ok) / elapsed, 1),
                        "errors_per_s": round((c.errors - before.errors) / elapsed, 2),
                        "p99_ms": round(p99 * 1000, 3) if p99 is not None else None}
