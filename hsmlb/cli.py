@@ -20,6 +20,7 @@ from hsmlb.limits import StartupError, announce
 from hsmlb.router.cli import add_parser as add_route_parser
 from hsmlb.router.cli import describe_config_routes
 from hsmlb.telemetry.cli import add_parser as add_status_parser
+from hsmlb.telemetry.logs import TEXT_FORMAT, share_with_children, use_json_logs
 
 DEFAULT_STATE_DIR = Path(".hsmlb/dev")
 
@@ -37,10 +38,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hsmlb.server import serve
 
     config = load_config(args.config)
-    if (getattr(args, "log_format", None) or config.logging.format) == "json":  # the flag wins over the file
-        from hsmlb.telemetry.logs import use_json_logs
-
+    log_format = getattr(args, "log_format", None) or config.logging.format  # the flag wins over the file
+    if log_format == "json":
         use_json_logs()
+    share_with_children(log_format)
     _run(serve(config))
     return 0
 
@@ -256,10 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a child of a daemon or a test (an emulated region): go when it goes
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=TEXT_FORMAT)
     if args.log_format == "json":
-        from hsmlb.telemetry.logs import use_json_logs
-
         use_json_logs()
     for chatty in ("botocore", "boto3", "urllib3"):  # at DEBUG they log whole signed requests: credentials
         logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))

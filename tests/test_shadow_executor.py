@@ -121,3 +121,26 @@ def test_a_daemons_shadow_calls_to_regions_run_in_the_executor(strict_payment_cl
     assert compared == len(mix) * 3
     by_regions = sum(served[name] for name in REGIONS)
     assert by_regions == (0 if executor else compared), served
+
+
+async def test_the_childs_log_lines_are_json_when_the_daemons_are(emulator, aws_env: Path,  # noqa: F811
+                                                                   capfd: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child writes to the daemon's stderr; under `--log-format json` (passed in its environment) its lines
+    are JSON objects naming it, not bare text. Here: the CPUs it is told to use do not exist."""
+    import json
+
+    from hsmlb.telemetry.logs import FORMAT_ENV
+
+    monkeypatch.setenv(FORMAT_ENV, "json")
+    executor = ShadowExecutor([region_config(emulator.endpoint_url, aws_env / "good")], nice=0, cpus=[4095])
+    await executor.start()
+    try:
+        assert executor.up  # on any CPU
+        assert (await _encrypt(executor))[0] == local_encrypt(ALIAS, "ECB", b"", PLAIN)
+    finally:
+        await executor.close()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "cpus" in line]
+    assert lines and all(line.startswith("{") for line in lines), lines
+    entry = json.loads(lines[0])
+    assert entry["process"] == "shadow-executor" and entry["level"] == "WARNING" and "refused" in entry["message"]

@@ -275,3 +275,42 @@ def test_a_refusal_is_counted_by_the_reason_stated_where_it_was_raised() -> None
     assert counted == {"all_nodes_saturated": 1, "other": 1, "backend_quota": 1, "rate_limit": 1,
                        "peer_connections": 1, "node_queue_wait": 1}
     assert all(exc.status == grpc.StatusCode.RESOURCE_EXHAUSTED for exc in refusals)
+
+
+def test_a_childs_log_lines_follow_the_daemons_format_and_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Token workers and the shadow executor share the daemon's stderr: in JSON mode their lines are JSON too,
+    naming the process; the level is the daemon's (passed through the environment they copy)."""
+    import json
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    from hsmlb.telemetry.logs import FORMAT_ENV, LEVEL_ENV, share_with_children
+
+    code = ("import logging; from hsmlb.telemetry.logs import child_logging; child_logging('token-worker'); "
+            "log = logging.getLogger('hsmlb.pkcs11'); log.warning('node %s: %s', 'node-a', 'token gone'); "
+            "log.info('an info line')")
+
+    def child_stderr() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.splitlines()
+
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
+    monkeypatch.setenv(FORMAT_ENV, "")
+    monkeypatch.setenv(LEVEL_ENV, "")
+    share_with_children("json")
+    assert os.environ[FORMAT_ENV] == "json" and os.environ[LEVEL_ENV] == "WARNING"
+    lines = child_stderr()
+    assert len(lines) == 1, lines  # WARNING and up, as the daemon
+    entry = json.loads(lines[0])
+    assert entry["process"] == "token-worker" and entry["pid"] > 0 and entry["level"] == "WARNING"
+    assert entry["message"] == "node node-a: token gone" and entry["logger"] == "hsmlb.pkcs11"
+
+    monkeypatch.setattr(logging.getLogger(), "level", logging.INFO)
+    share_with_children("text")
+    lines = child_stderr()
+    assert len(lines) == 2 and not any(line.startswith("{") for line in lines), lines
+    assert " WARNING hsmlb.pkcs11 [token-worker " in lines[0] and lines[0].endswith("node node-a: token gone")

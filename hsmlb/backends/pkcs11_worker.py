@@ -31,6 +31,7 @@ from hsmlb.backends.pkcs11_ops import OPS, SLOW_OPS, CallerFault, classify, disc
 from hsmlb.backends.pkcs11_payments import PAYMENT_OPS
 from hsmlb.backends.pkcs11_tokeninfo import token_info
 from hsmlb.dev.procs import die_with_parent
+from hsmlb.telemetry.logs import child_logging
 
 # Recovery steps in escalating order; one request may climb them, each step at most once.
 ESCALATION = ("session", "login", "library")
@@ -307,6 +308,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL)  # a daemon killed outright leaves no worker behind, even a hung one
+    child_logging("token-worker")
     fd = int(sys.argv[1])
     with socket.socket(fileno=fd) as sock:
         return serve(sock)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -32,7 +33,9 @@ from hsmlb.backends.apc import ApcRegionBackend
 from hsmlb.dev.procs import die_with_parent
 from hsmlb.errors import HsmlbError
 from hsmlb.ops import Operation
+from hsmlb.telemetry.logs import child_logging
 
+log = logging.getLogger("hsmlb.shadow")
 START_TIMEOUT_S = 20.0
 REPLY_LINGER_S = 0.002
 
@@ -80,8 +83,7 @@ class _Executor(asyncio.Protocol):
             try:
                 os.sched_setaffinity(0, set(init["cpus"]))
             except (OSError, ValueError) as exc:
-                print(f"shadow executor: cpus {init['cpus']} refused ({type(exc).__name__}); running on any",
-                      file=sys.stderr)
+                log.warning("shadow executor: cpus %s refused (%s); running on any", init["cpus"], type(exc).__name__)
         self.regions = {config.name: ApcRegionBackend(config) for config in init["regions"]}
         starts = [asyncio.ensure_future(backend.start()) for backend in self.regions.values()]
         if starts:  # a region down now is brought up by its own supervisor; calls to it fail until then
@@ -149,6 +151,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL)
+    child_logging("shadow-executor")
     try:
         import uvloop
 
