@@ -20,8 +20,9 @@ co-located load generator's scheduling, more than the cost measured; side by sid
 alike. Each variant's figures pool all its slots (p99 over every latency); beside the pooled p99 difference,
 the paired one (the median over neighbouring slot pairs of default's slot p99 minus off's), which one
 stalled slot cannot move. full (100% sampling) gets one phase of --seconds each, from a fresh client.
---same runs the `default` daemon with off's configuration: an A/A run, whose differences are the bench's
-own (position, start order, host), the floor under any A/B figure.
+--default-runs puts another configuration in the `default` daemon's place: `off` for an A/A run, whose
+differences are the bench's own (position, start order, host), the floor under any A/B figure; `metrics`
+or `tracing` (one half of the default) to split its cost.
 
 It prints acceptance 4 as it reads: default/off throughput at saturation (>= 0.95), default - off paced p99
 (<= 1 ms), and the cost of 100% sampling; each a median [min-max] of the per-run figures over --runs.
@@ -54,6 +55,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"metrics": {"listen": "127.0.0.1:0"}, "tracing": {}},
     "full": {"metrics": {"listen": "127.0.0.1:0"}, "tracing": {"sampler": "always_on"}},
 }
+IN_DEFAULTS_PLACE: dict[str, dict[str, Any]] = {  # --default-runs: what else the `default` daemon may run
+    "default": VARIANTS["default"], "off": VARIANTS["off"],
+    "metrics": {"metrics": {"listen": "127.0.0.1:0"}, "tracing": {"enabled": False}}, "tracing": {"tracing": {}},
+}
 PHASES = ("saturation", "paced")
 
 
@@ -85,7 +90,7 @@ class TelemetryBench(Bench):
         self.cluster_up()
         base = yaml.safe_load(self.config_path.read_text())
         for name, top in VARIANTS.items():
-            top = VARIANTS["off"] if name == "default" and self.args.same else top
+            top = IN_DEFAULTS_PLACE[self.args.default_runs] if name == "default" else top
             config = {**base, **top}
             if top["tracing"].get("enabled", True):
                 config["tracing"] = {**top["tracing"], "protocol": "http/protobuf", "endpoint": endpoint}
@@ -171,7 +176,9 @@ def report(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> No
         print(f"{label:<26}" + "".join(f"{cell(summary, f'{phase}.{n}.{key}', fmt):>34}" for n in VARIANTS))
     tput = summary["ab.default.throughput_ratio"]
     p99 = summary["ab.default.paced_p99_ms"]
-    print("\nacceptance 4 (default = metrics on + tracing at 1%, against off in the same run):")
+    what = ("metrics on + tracing at 1%" if args.default_runs == "default"
+            else f"{args.default_runs} in its place (--default-runs)")
+    print(f"\nacceptance 4 (default = {what}, against off in the same run):")
     print(f"  throughput at saturation, default/off: {cell(summary, 'ab.default.throughput_ratio', '.3f')}"
           f"  (>= 0.95: {'holds' if tput['median'] >= 0.95 else 'FAILS'} on the median); neighbouring slots' "
           f"ratio {cell(summary, 'ab.default.saturation_pair_ratio', '.3f')}")
@@ -204,8 +211,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=30,
                         help="off and default: slots per variant per phase, alternated ABBA from one client")
     parser.add_argument("--slot", type=float, default=0.5, help="off and default: seconds per slot")
-    parser.add_argument("--same", action="store_true",
-                        help="A/A: the default daemon runs off's configuration (the bench's own differences)")
+    parser.add_argument("--default-runs", choices=tuple(IN_DEFAULTS_PLACE), default="default",
+                        help="the `default` daemon's configuration: off for an A/A run (the bench's own "
+                        "differences), metrics or tracing alone to split the cost")
     parser.add_argument("--json", type=Path, help="also write the results here (with every slot's p99)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.seconds <= 0 or args.items < 1 or args.streams < 1 or args.window < args.items \
