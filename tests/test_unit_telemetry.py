@@ -277,6 +277,46 @@ def test_a_refusal_is_counted_by_the_reason_stated_where_it_was_raised() -> None
     assert all(exc.status == grpc.StatusCode.RESOURCE_EXHAUSTED for exc in refusals)
 
 
+def test_the_streams_inlined_items_have_the_fields_item_init_gives() -> None:
+    """StreamCall.dispatch builds its Items with __init__'s stores inlined (half their cost): both ways must
+    make the same fields with the same values, or a filter would read a missing slot."""
+    import asyncio
+
+    import grpc
+
+    from hsmlb.api.filters import Call, FilterBase, FilterChain, Item
+    from hsmlb.api.stream import StreamCall
+    from hsmlb.v1 import hsmlb_pb2 as pb
+
+    told: list[Item] = []
+
+    class Keep(FilterBase):
+        def done(self, call: Call, items: object) -> None:
+            told.extend(items)  # type: ignore[call-overload]
+
+    own = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"  # a batched item's own trace context
+    call = Call("/hsmlb.v1.Operations/StreamBatch", "ipv4:127.0.0.1:5000", traceparent=own.replace("c", "a"))
+    loop = asyncio.new_event_loop()
+    try:
+        stream = StreamCall(None, loop, None, FilterChain([Keep()]), call)  # type: ignore[arg-type]
+        stream.dispatch(pb.StreamRequest(request_id=7), 123.5)  # no operation: refused before routing
+        stream.dispatch(pb.StreamRequest(request_id=8, traceparent=own))
+        stream.tell()
+    finally:
+        loop.close()
+    expected = [Item("", 7, None, call.traceparent, 123.5), Item("", 8, None, own)]
+    for item in expected:
+        item.end(grpc.StatusCode.INVALID_ARGUMENT, "operation: one operation is required")
+    assert len(told) == 2
+    for got, want in zip(told, expected, strict=True):
+        have = {name for name in Item.__slots__ if hasattr(got, name)}
+        assert have == {name for name in Item.__slots__ if hasattr(want, name)} == set(Item.__slots__)
+        for name in Item.__slots__:
+            if name not in ("started", "ended"):
+                assert getattr(got, name) == getattr(want, name), name
+    assert told[0].started == 123.5 and told[1].started > 0  # a batch's arrival, else the item's own
+
+
 def test_a_childs_log_lines_follow_the_daemons_format_and_level(monkeypatch: pytest.MonkeyPatch) -> None:
     """Token workers and the shadow executor share the daemon's stderr: in JSON mode their lines are JSON too,
     naming the process; the level is the daemon's (passed through the environment they copy)."""

@@ -41,6 +41,7 @@ MAX_BATCH_ITEMS = 1024  # per BatchRequest; items beyond it are answered RESOURC
 MAX_RESPONSE_ITEMS = 1024  # per BatchResponse; more ready results go in further messages
 EXPIRY_TICK_S = 0.002  # timeout_ms is enforced to this precision, with one timer per call
 OK = grpc.StatusCode.OK
+_new = object.__new__  # an Item without the call to Item.__init__ (see dispatch)
 _OVER_ITEMS = f"items: a batch carries at most {MAX_BATCH_ITEMS} operations; this one was not run"
 
 
@@ -100,8 +101,15 @@ class StreamCall:
             return
         field = request.WhichOneof("operation")
         chain = self.chain
-        item = Item(field or "", request_id, None, request.traceparent or self.call.traceparent, arrived) \
-            if chain is not None and self.call is not None else None
+        if chain is not None and self.call is not None:  # Item.__init__'s stores, inlined: ~0.16 us less per op
+            item = _new(Item)
+            item.field = field or ""
+            item.request_id = request_id
+            item.op = None
+            item.traceparent = request.traceparent or self.call.traceparent
+            item.started = arrived or time.monotonic()
+        else:
+            item = None
         self.in_flight[request_id] = item
         if field is None:
             self._fail(request_id, InvalidArgument("operation: one operation is required"))
