@@ -75,7 +75,7 @@ class Item:
     Storing all ten up front cost ~0.42 us; a dataclass with a default factory ~0.95 us. The outcome
     fields therefore exist from `end` on: `done` only ever sees ended items; `admit` must not read them.
     StreamCall.dispatch makes its items with `__init__`'s stores inlined (the call itself is half the
-    cost): a field added here must be added there (test_unit_filters checks both make the same fields)."""
+    cost): a field added here must be added there (test_unit_telemetry checks both make the same fields)."""
 
     __slots__ = ("code", "ended", "field", "key", "message", "op", "reason", "request_id", "started",
                  "traceparent")

@@ -65,8 +65,8 @@ def child_logging(process: str) -> None:
     if os.environ.get(FORMAT_ENV) == "json":
         handler.setFormatter(JsonFormatter(process))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{process} %(process)d] "
-                                               "%(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT.replace("%(message)s",
+                                                                   f"[{process} %(process)d] %(message)s")))
     root = logging.getLogger()
     root.addHandler(handler)
     level = os.environ.get(LEVEL_ENV, "WARNING")
